@@ -1,0 +1,40 @@
+# Two commands do everything on a fresh clone:
+#   make repro   - creates .venv if missing, installs, runs the whole pipeline (dvc repro)
+#   make test    - creates .venv if missing, installs, runs the test suite
+PYTHON ?= python3.11
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: setup repro test params profile-gpu profile-embedded clean-venv
+
+$(STAMP): requirements.txt requirements-dev.txt
+	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "error: $(PYTHON) not found (Python 3.11 is required; set PYTHON=...)"; exit 1; }
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==2.13.0      # first: the exact pin keeps the CPU build
+	$(PY) -m pip install -q -r requirements-dev.txt
+	$(PY) -m pip check
+	touch $(STAMP)
+
+setup: $(STAMP)
+	@bash scripts/system-packages.sh
+
+repro: setup
+	@git rev-parse --git-dir >/dev/null 2>&1 || { echo "error: not a git repository (dvc needs one): run 'git init && git add -A && git commit -m init' first"; exit 1; }
+	PATH="$(abspath $(VENV))/bin:$$PATH" $(VENV)/bin/dvc repro
+
+test: setup
+	PATH="$(abspath $(VENV))/bin:$$PATH" $(PY) -m pytest
+
+params: $(STAMP)
+	$(PY) -m stages.params
+
+profile-gpu: $(STAMP)
+	$(PY) -m stages.profile gpu
+
+profile-embedded: $(STAMP)
+	$(PY) -m stages.profile embedded
+
+clean-venv:
+	rm -rf $(VENV)
