@@ -3,8 +3,8 @@
 
 One row per term (live and obsolete): id, label, definition, typed synonyms, xrefs,
 is_a parents, depth (shortest is_a distance from HP:0000001), obsolete flag and
-replacement, top-level branch, and ``selected`` (under one of ``hpo.roots``; obsolete
-terms only when ``hpo.include_obsolete``). Later stages use the selected terms.
+replacement, top-level branch, and ``selected`` (under one of ``hpo.roots``; an obsolete term only when
+``hpo.include_obsolete`` and its ``replaced_by`` term is under a root). Later stages use the selected terms.
 """
 from __future__ import annotations
 
@@ -56,8 +56,8 @@ def _branches(graph: nx.MultiDiGraph, children: dict[str, list[str]]) -> dict[st
     """For every reachable term: its primary top-level branch and all of them.
 
     A branch is a child of HP:0000118 for phenotypic abnormalities, otherwise a child of
-    HP:0000001 (a sub-ontology such as Mode of inheritance). The primary branch is the
-    nearest one by is_a distance, ties broken by id.
+    HP:0000001 (a sub-ontology such as Mode of inheritance); HP:0000118 itself is its own
+    branch. The primary branch is the nearest one by is_a distance, ties broken by id.
     """
     tops = sorted(children.get(PHENOTYPIC_ABNORMALITY, []))
     tops += sorted(c for c in children.get(ROOT_ID, []) if c != PHENOTYPIC_ABNORMALITY)
@@ -74,6 +74,8 @@ def _branches(graph: nx.MultiDiGraph, children: dict[str, list[str]]) -> dict[st
                         seen.add(c)
                         nxt.append(c)
             frontier, dist = nxt, dist + 1
+    if PHENOTYPIC_ABNORMALITY in graph:
+        found[PHENOTYPIC_ABNORMALITY] = {PHENOTYPIC_ABNORMALITY: 0}  # the subtree root is its own branch
     return {n: (min(d, key=lambda t: (d[t], t)), sorted(d)) for n, d in found.items()}
 
 
@@ -127,7 +129,11 @@ def build_tables(graph: nx.MultiDiGraph, params: HpoParams) -> tuple[pa.Table, p
         rows["replaced_by"].append(replaced[0] if replaced else None)
         rows["branch"].append(b[0] if b else None)
         rows["branches"].append(b[1] if b else [])
-        rows["selected"].append(tid in under_roots and (params.include_obsolete or not obsolete))
+        if obsolete:  # no is_a edges: it belongs where its replacement is
+            chosen = params.include_obsolete and bool(replaced) and replaced[0] in under_roots
+        else:
+            chosen = tid in under_roots
+        rows["selected"].append(chosen)
     terms = pa.table(dict(rows), schema=TERMS_SCHEMA)
     edge_table = pa.table({"child": [c for c, _ in edges], "parent": [p for _, p in edges]},
                           schema=EDGES_SCHEMA)

