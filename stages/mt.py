@@ -1,0 +1,236 @@
+"""Machine-translation backends behind one small interface.
+
+``Backend.translate(texts, target) -> list[Result]`` translates one batch (the caller
+keeps batches within ``max_segments`` / ``max_characters``). Three real backends:
+
+* ``google``   -- Google Cloud Translation v3, official client, ``translate_text``
+  (parent ``projects/{project}/locations/{location}``, ``text/plain``), REST transport,
+  the client's ``Retry`` with exponential backoff on 429/5xx/timeouts. Credentials come
+  only from the environment (ADC / ``GOOGLE_APPLICATION_CREDENTIALS``).
+* ``deepl``    -- the ``deepl`` package (key from env ``DEEPL_AUTH_KEY``); the library
+  retries 429/5xx itself.
+* ``apertium`` -- Debian's ``apertium`` + ``apertium-eng-spa``, English->Spanish,
+  offline. Terms are sent one per line, each ending in ``.`` (otherwise Apertium joins
+  lines and reorders words); unknown words come back marked ``*`` (and ``#``/``@`` for
+  generation/transfer problems): the markers are removed from the text and the words
+  recorded in ``Result.unknown``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import shutil
+import subprocess
+import threading
+
+from stages.common import UserError
+
+# List prices per million characters (USD), for the dry run's estimate.
+LIST_PRICE_PER_MILLION = {"google": 20.0, "deepl": 25.0, "apertium": 0.0}
+
+
+@dataclasses.dataclass
+class Result:
+    text: str
+    unknown: list[str] = dataclasses.field(default_factory=list)
+
+
+class BackendUnavailable(Exception):
+    """The backend cannot run here (no binary, no credentials): skip it, say why."""
+
+
+class Backend:
+    name = "?"
+    translator = None          # recorded as the Text's ``translator``
+    paid = False
+    max_segments = 1024
+    max_characters = 30000
+
+    def __init__(self) -> None:
+        self.stats: dict[str, dict[str, int]] = {}   # lang -> requests, retries
+        self._lock = threading.Lock()
+
+    def supports(self, lang: str) -> bool:
+        raise NotImplementedError
+
+    def translate(self, texts: list[str], target: str) -> list[Result]:
+        raise NotImplementedError
+
+    def _count(self, lang: str, requests: int = 0, retries: int = 0) -> None:
+        with self._lock:
+            st = self.stats.setdefault(lang, {"requests": 0, "retries": 0})
+            st["requests"] += requests
+            st["retries"] += retries
+
+
+# --------------------------------------------------------------------------- google
+
+class GoogleBackend(Backend):
+    name = "google"
+    translator = "Google Cloud Translation v3"
+    paid = True
+
+    def __init__(self, project: str | None = None, location: str = "global",
+                 endpoint: str | None = None, credentials=None, timeout: float = 60.0,
+                 retry_deadline: float = 300.0, initial_backoff: float = 1.0) -> None:
+        super().__init__()
+        from google.api_core import exceptions as gexc
+        from google.api_core.retry import Retry, if_exception_type
+        from google.cloud import translate_v3
+
+        project = project or os.environ.get("GOOGLE_CLOUD_PROJECT")
+        if not project:
+            raise BackendUnavailable("no project: set translate.google_project or env GOOGLE_CLOUD_PROJECT")
+        if credentials is None:
+            import google.auth
+            from google.auth.exceptions import DefaultCredentialsError
+            try:
+                credentials, _ = google.auth.default(
+                    scopes=["https://www.googleapis.com/auth/cloud-translation"])
+            except DefaultCredentialsError:
+                raise BackendUnavailable("no credentials: set env GOOGLE_APPLICATION_CREDENTIALS "
+                                         "(service-account file) or run `gcloud auth application-default login`"
+                                         ) from None
+        opts = {"api_endpoint": endpoint} if endpoint else None
+        self.client = translate_v3.TranslationServiceClient(credentials=credentials, transport="rest",
+                                                            client_options=opts)
+        self.parent = f"projects/{project}/locations/{location}"
+        self.timeout = timeout
+        self._predicate = if_exception_type(gexc.TooManyRequests, gexc.InternalServerError,
+                                            gexc.BadGateway, gexc.ServiceUnavailable, gexc.GatewayTimeout,
+                                            gexc.DeadlineExceeded, ConnectionError, TimeoutError)
+        self._Retry = Retry
+        self.initial_backoff = initial_backoff
+        self.retry_deadline = retry_deadline
+        self._gexc = gexc
+
+    def _retry(self, lang: str):
+        """The client's Retry: exponential backoff (x2, capped at 60 s) on 429/5xx/timeouts
+        for at most ``retry_deadline`` seconds; every retry is counted."""
+        return self._Retry(predicate=self._predicate, initial=self.initial_backoff, maximum=60.0,
+                           multiplier=2.0, timeout=self.retry_deadline,
+                           on_error=lambda exc: self._count(lang, retries=1))
+
+    def supports(self, lang: str) -> bool:
+        return True
+
+    def translate(self, texts: list[str], target: str) -> list[Result]:
+        from google.api_core.exceptions import RetryError
+        req = {"parent": self.parent, "contents": texts, "mime_type": "text/plain",
+               "source_language_code": "en", "target_language_code": target}
+        self._count(target, requests=1)
+        try:
+            resp = self.client.translate_text(request=req, retry=self._retry(target), timeout=self.timeout)
+        except RetryError as exc:
+            raise UserError(f"translate.mt: google: gave up after retrying for "
+                            f"{self.retry_deadline:g} s (translate.retry_deadline): {exc.cause}") from None
+        except self._gexc.GoogleAPICallError as exc:
+            raise UserError(f"translate.mt: google: {exc.code} {exc.message}") from None
+        out = [Result(t.translated_text) for t in resp.translations]
+        if len(out) != len(texts):
+            raise UserError(f"translate.mt: google returned {len(out)} translations for {len(texts)} texts")
+        return out
+
+
+# --------------------------------------------------------------------------- deepl
+
+DEEPL_TARGETS = {"en": "EN-GB", "pt": "PT-PT", "zh": "ZH-HANS", "nb": "NB"}
+
+
+class DeepLBackend(Backend):
+    name = "deepl"
+    translator = "DeepL"
+    paid = True
+    max_segments = 50          # DeepL: at most 50 texts per request
+    max_characters = 30000     # well under the 128 KiB request size limit
+
+    def __init__(self, auth_key: str | None = None, server_url: str | None = None,
+                 timeout: float = 60.0) -> None:
+        super().__init__()
+        import deepl
+
+        auth_key = auth_key or os.environ.get("DEEPL_AUTH_KEY")
+        if not auth_key:
+            raise BackendUnavailable("no key: set env DEEPL_AUTH_KEY")
+        deepl.http_client.max_network_retries = 5          # the library's own backoff on 429/5xx
+        deepl.http_client.min_connection_timeout = timeout
+        self.translator_client = deepl.Translator(auth_key, server_url=server_url)
+        self._deepl = deepl
+
+    def supports(self, lang: str) -> bool:
+        return True
+
+    def translate(self, texts: list[str], target: str) -> list[Result]:
+        self._count(target, requests=1)
+        try:
+            res = self.translator_client.translate_text(
+                texts, source_lang="EN", target_lang=DEEPL_TARGETS.get(target, target.upper()))
+        except self._deepl.DeepLException as exc:
+            raise UserError(f"translate.mt: deepl: {exc}") from None
+        if not isinstance(res, list):
+            res = [res]
+        return [Result(r.text) for r in res]
+
+
+# --------------------------------------------------------------------------- apertium
+
+_MARKED = re.compile(r"[*#@](\w[\w'-]*)")
+
+
+class ApertiumBackend(Backend):
+    name = "apertium"
+    translator = "Apertium eng-spa"
+    max_segments = 1024
+    max_characters = 30000
+    PAIRS = {"es": "eng-spa"}
+
+    def __init__(self, binary: str = "apertium") -> None:
+        super().__init__()
+        self.binary = shutil.which(binary)
+        if self.binary is None:
+            raise BackendUnavailable("the apertium binary is not installed "
+                                     "(run `bash scripts/system-packages.sh` as root)")
+        probe = subprocess.run([self.binary, "-l"], capture_output=True, text=True)
+        if "eng-spa" not in probe.stdout.split():
+            raise BackendUnavailable("apertium has no eng-spa mode (apt-get install apertium-eng-spa)")
+
+    def supports(self, lang: str) -> bool:
+        return lang in self.PAIRS
+
+    def translate(self, texts: list[str], target: str) -> list[Result]:
+        lines = []
+        for t in texts:
+            t = " ".join(t.split())           # one line per term
+            lines.append(t if t.endswith((".", "?", "!")) else t + ".")
+        self._count(target, requests=1)
+        proc = subprocess.run([self.binary, self.PAIRS[target]], input="\n".join(lines) + "\n",
+                              capture_output=True, text=True, encoding="utf-8")
+        if proc.returncode != 0:
+            raise UserError(f"translate.mt: apertium failed: {proc.stderr.strip().splitlines()[-1:]}")
+        out_lines = proc.stdout.split("\n")
+        while out_lines and out_lines[-1] == "" and len(out_lines) > len(texts):
+            out_lines.pop()
+        if len(out_lines) != len(texts):
+            raise UserError(f"translate.mt: apertium returned {len(out_lines)} lines for {len(texts)} terms")
+        results = []
+        for src, line in zip(texts, out_lines):
+            unknown = _MARKED.findall(line)
+            text = re.sub(r"[*#@](?=\w)", "", line).strip()
+            if not src.rstrip().endswith(".") and text.endswith("."):
+                text = text[:-1].rstrip()
+            results.append(Result(text, unknown))
+        return results
+
+
+def make_backend(name: str, params) -> Backend:
+    """Build a configured backend from ``translate`` params; BackendUnavailable if it can't run."""
+    if name == "google":
+        return GoogleBackend(project=params.google_project, location=params.google_location,
+                             endpoint=params.google_endpoint, timeout=params.request_timeout,
+                             retry_deadline=params.retry_deadline)
+    if name == "deepl":
+        return DeepLBackend(server_url=params.deepl_server_url, timeout=params.request_timeout)
+    if name == "apertium":
+        return ApertiumBackend()
+    raise UserError(f"translate.mt: unknown backend {name!r}")
