@@ -1,0 +1,111 @@
+"""Loss factory and training-dataset layout for the train stage.
+
+| train.loss          | sentence-transformers loss             | dataset columns                      |
+|---------------------|----------------------------------------|--------------------------------------|
+| mnrl (default)      | MultipleNegativesRankingLoss           | anchor, positive[, negative]         |
+| cached_mnrl         | CachedMultipleNegativesRankingLoss     | anchor, positive[, negative]         |
+| gist                | GISTEmbedLoss (guide = train.guide_model) | anchor, positive[, negative]      |
+| triplet             | TripletLoss (margin)                   | anchor, positive, negative           |
+| cosine              | CosineSimilarityLoss                   | sentence1, sentence2, label (1 / 0)  |
+| contrastive         | ContrastiveLoss (margin)               | sentence1, sentence2, label (1 / 0)  |
+| online_contrastive  | OnlineContrastiveLoss (margin)         | sentence1, sentence2, label (1 / 0)  |
+
+``train.matryoshka_dims`` wraps any of them in MatryoshkaLoss. Negatives (the
+``negative`` column, or the label-0 rows) come from ``stages.sampling.sample_negatives``.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import pandas as pd
+from datasets import Dataset
+from sentence_transformers import SentenceTransformer
+from sentence_transformers.sentence_transformer import losses
+
+from stages.common import UserError
+from stages.models import resolve_model
+from stages.params import TrainParams
+from stages.sampling import row_keys, sample_negatives
+
+IN_BATCH = ("mnrl", "cached_mnrl", "gist")
+TRIPLET = ("triplet",)
+PAIR_LABEL = ("cosine", "contrastive", "online_contrastive")
+
+
+def negatives_for(p: TrainParams) -> str:
+    """The effective negative sampler: ``none``, ``random`` or ``sibling``."""
+    neg = p.negatives
+    if neg == "auto":
+        return "none" if p.loss in IN_BATCH else "random"
+    if neg == "none" and p.loss not in IN_BATCH:
+        raise UserError(f"params.yaml: train.negatives: loss {p.loss!r} needs negatives (random or sibling)")
+    return neg
+
+
+def build_examples(pairs: pd.DataFrame, p: TrainParams,
+                   siblings: dict[str, set[str]] | None = None) -> tuple[Dataset, list[tuple[str, ...]], dict[str, Any]]:
+    """The training ``Dataset`` (only the loss's input columns, in order), the sampler keys
+    per row and a few counts for the metrics."""
+    neg = negatives_for(p)
+    anchors, positives, ids = list(pairs["anchor"]), list(pairs["positive"]), list(pairs["hpo_id"])
+    info: dict[str, Any] = {"negatives": neg}
+    if neg == "none":
+        ds = Dataset.from_dict({"anchor": anchors, "positive": positives})
+        return ds, row_keys([(c,) for c in ids], zip(anchors, positives)), info
+    pool: dict[str, list[str]] = {}
+    for c, t in zip(ids, positives):
+        pool.setdefault(c, []).append(t)
+    neg_texts, neg_ids, n_sib = sample_negatives(ids, pool, neg, p.seed, siblings)
+    info["negatives_from_sibling"] = n_sib
+    if p.loss in PAIR_LABEL:
+        n = len(anchors)
+        ds = Dataset.from_dict({"sentence1": anchors + anchors, "sentence2": positives + neg_texts,
+                                "label": [1.0] * n + [0.0] * n})
+        concepts = [(c,) for c in ids] + [(c, d) for c, d in zip(ids, neg_ids)]
+        texts = list(zip(anchors, positives)) + list(zip(anchors, neg_texts))
+        return ds, row_keys(concepts, texts), info
+    ds = Dataset.from_dict({"anchor": anchors, "positive": positives, "negative": neg_texts})
+    return ds, row_keys([(c, d) for c, d in zip(ids, neg_ids)], zip(anchors, positives, neg_texts)), info
+
+
+def load_model(spec: str, param: str, device: str | None = None) -> SentenceTransformer:
+    path = resolve_model(spec, param)
+    try:
+        return SentenceTransformer(path, device=device)
+    except Exception as exc:  # noqa: BLE001 - any load failure is a configuration error here
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise UserError(f"params.yaml: {param}: {spec} does not load as a SentenceTransformer: {first}") from None
+
+
+def build_loss(model: SentenceTransformer, p: TrainParams, guide: SentenceTransformer | None = None):
+    def margin(name: str) -> dict:
+        return {} if p.margin is None else {name: p.margin}
+
+    if p.loss == "mnrl":
+        loss = losses.MultipleNegativesRankingLoss(model)
+    elif p.loss == "cached_mnrl":
+        loss = losses.CachedMultipleNegativesRankingLoss(model, mini_batch_size=p.mini_batch_size,
+                                                         show_progress_bar=False)
+    elif p.loss == "gist":
+        if guide is None:
+            if not p.guide_model:
+                raise UserError("params.yaml: train.guide_model: required when train.loss is gist")
+            guide = load_model(p.guide_model, "train.guide_model", device=str(model.device))
+        loss = losses.GISTEmbedLoss(model, guide=guide)
+    elif p.loss == "cosine":
+        loss = losses.CosineSimilarityLoss(model)
+    elif p.loss == "contrastive":
+        loss = losses.ContrastiveLoss(model, **margin("margin"))
+    elif p.loss == "online_contrastive":
+        loss = losses.OnlineContrastiveLoss(model, **margin("margin"))
+    elif p.loss == "triplet":
+        loss = losses.TripletLoss(model, **margin("triplet_margin"))
+    else:  # guarded by params choices
+        raise UserError(f"params.yaml: train.loss: unknown loss {p.loss!r}")
+    if p.matryoshka_dims:
+        dim = model.get_embedding_dimension()
+        bad = [d for d in p.matryoshka_dims if d < 1 or d > dim]
+        if bad:
+            raise UserError(f"params.yaml: train.matryoshka_dims: {bad} outside 1..{dim} (the model's dimension)")
+        loss = losses.MatryoshkaLoss(model, loss, matryoshka_dims=sorted(set(p.matryoshka_dims), reverse=True))
+    return loss

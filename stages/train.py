@@ -1,0 +1,386 @@
+"""Stage train: fine-tune the base model on the training pairs (``python -m stages.train``).
+
+sentence-transformers' SentenceTransformerTrainer with the loss of ``train.loss``
+(stages/losses.py), a concept-aware batch sampler (stages/sampling.py), dev evaluation
+with InformationRetrievalEvaluator (baseline before any step, then every
+``train.eval_steps`` and at the last step), the best checkpoint by dev MRR@10 kept,
+checkpoints in models/checkpoints/ (resumed when ``train.resume``), dvclive curves.
+Runs unchanged under ``torchrun --nproc_per_node=N`` / ``accelerate launch`` (DDP);
+only rank 0 writes the outputs.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import shutil
+import time
+from pathlib import Path
+
+import pandas as pd
+
+from stages.common import DATA, METRICS, MODELS, ROOT, UserError, run_stage, write_json
+
+log = logging.getLogger("hpo_embed.train")
+
+PAIR_COLUMNS = ("anchor", "positive", "hpo_id")
+QUERY_COLUMNS = ("text", "hpo_id", "lang", "split")
+CUTS = {"mrr@10": "cosine_mrr@10", "ndcg@10": "cosine_ndcg@10", "accuracy@1": "cosine_accuracy@1"}
+EVAL_NAME = "dev"
+BEST_METRIC = f"eval_{EVAL_NAME}_cosine_mrr@10"
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(prog="python -m stages.train", description=__doc__.splitlines()[0])
+    ap.add_argument("--params", type=Path, default=ROOT / "params.yaml")
+    ap.add_argument("--pairs", type=Path, default=DATA / "pairs", help="folder with train/queries/concepts.parquet")
+    ap.add_argument("--terms", type=Path, default=DATA / "hpo" / "terms.parquet")
+    ap.add_argument("--edges", type=Path, default=DATA / "hpo" / "edges.parquet")
+    ap.add_argument("--hpo-metrics", type=Path, default=METRICS / "hpo.json")
+    ap.add_argument("--out", type=Path, default=MODELS / "finetuned")
+    ap.add_argument("--checkpoints", type=Path, default=MODELS / "checkpoints")
+    ap.add_argument("--metrics", type=Path, default=METRICS / "train.json")
+    ap.add_argument("--live", type=Path, default=ROOT / "dvclive")
+    return ap.parse_args(argv)
+
+
+def read_parquet(path: Path, columns: tuple[str, ...]) -> pd.DataFrame:
+    if not path.is_file():
+        raise UserError(f"{path}: missing; run the pairs stage first (dvc repro pairs)")
+    try:
+        df = pd.read_parquet(path)
+    except Exception as exc:  # noqa: BLE001
+        raise UserError(f"{path}: not a readable parquet file ({type(exc).__name__})") from None
+    missing = [c for c in columns if c not in df.columns]
+    if missing:
+        raise UserError(f"{path}: missing column(s) {', '.join(missing)}")
+    return df
+
+
+def dev_eval_set(queries: pd.DataFrame, corpus: dict[str, str], p, qpath: Path):
+    """(queries, corpus, relevant, info) for InformationRetrievalEvaluator: non-English dev
+    queries, or English synonyms when there are none (offline default without translations)."""
+    dev = queries[queries["split"] == "dev"]
+    dev = dev[dev["hpo_id"].isin(corpus.keys())]
+    chosen = dev[dev["lang"] != "en"]
+    fallback = chosen.empty
+    if fallback:
+        chosen = dev[dev["lang"] == "en"]
+        log.warning("no non-English dev queries in %s: evaluating on English synonyms instead", qpath)
+    if chosen.empty:
+        raise UserError(f"{qpath}: no dev queries whose concept is in the corpus")
+    chosen = chosen.drop_duplicates(["text", "hpo_id"])
+    if p.dev_max_queries and len(chosen) > p.dev_max_queries:
+        chosen = chosen.sample(n=p.dev_max_queries, random_state=p.seed)
+    chosen = chosen.sort_values(["hpo_id", "text"]).reset_index(drop=True)
+    q = {f"q{i}": t for i, t in enumerate(chosen["text"])}
+    rel = {f"q{i}": {c} for i, c in enumerate(chosen["hpo_id"])}
+    if p.dev_corpus_size and len(corpus) > p.dev_corpus_size:
+        import numpy as np
+        needed = set(chosen["hpo_id"])
+        others = sorted(set(corpus) - needed)
+        k = max(0, p.dev_corpus_size - len(needed))
+        keep = needed | set(np.random.default_rng(p.seed).choice(others, size=min(k, len(others)), replace=False))
+        corpus = {c: d for c, d in corpus.items() if c in keep}
+    info = {"queries": len(q), "corpus": len(corpus), "concepts": int(chosen["hpo_id"].nunique()),
+            "query_langs": sorted(chosen["lang"].unique().tolist()), "fallback_english": fallback}
+    return q, corpus, rel, info
+
+
+def pick_precision(requested: str) -> str:
+    import torch
+    cuda = torch.cuda.is_available()
+    if requested == "auto":
+        return ("bf16" if torch.cuda.is_bf16_supported() else "fp16") if cuda else "fp32"
+    if requested == "fp16" and not cuda:
+        raise UserError("params.yaml: train.precision: fp16 needs a CUDA GPU (use auto, fp32 or bf16)")
+    return requested
+
+
+def fingerprint(params, files: list[Path]) -> str:
+    """Identity of a training run: params that change what is trained, and the inputs.
+    Checkpoints of another fingerprint are not resumed."""
+    train = {k: v for k, v in dataclasses.asdict(params.train).items()
+             if k not in ("resume", "logging_steps", "save_total_limit")}
+    h = hashlib.sha256(json.dumps({"lr": params.lr, "train": train}, sort_keys=True).encode())
+    for f in files:
+        h.update(f.name.encode())
+        h.update(hashlib.sha256(f.read_bytes()).digest() if f.is_file() else b"-")
+    return h.hexdigest()[:16]
+
+
+def last_complete_checkpoint(folder: Path, clean: bool) -> Path | None:
+    """The newest ``checkpoint-N`` whose trainer_state.json (written last by the Trainer)
+    parses; newer incomplete ones (a run killed while saving) are removed when ``clean``."""
+    ckpts = sorted(folder.glob("checkpoint-*"), key=lambda d: int(d.name.rsplit("-", 1)[1])
+                   if d.name.rsplit("-", 1)[1].isdigit() else -1, reverse=True)
+    for d in ckpts:
+        try:
+            json.loads((d / "trainer_state.json").read_text())
+            return d
+        except (OSError, ValueError):
+            if clean:
+                log.warning("removing incomplete checkpoint %s", d)
+                shutil.rmtree(d, ignore_errors=True)
+    return None
+
+
+def dev_summary(metrics: dict[str, float], prefix: str) -> dict[str, float]:
+    return {k: round(float(metrics[f"{prefix}{EVAL_NAME}_{v}"]), 6) for k, v in CUTS.items()}
+
+
+def write_model(model, out: Path, card: str) -> None:
+    """Save next to ``out`` and swap it in, so ``out`` is never half-written."""
+    tmp, old = out.with_name(out.name + ".tmp"), out.with_name(out.name + ".old")
+    for d in (tmp, old):
+        shutil.rmtree(d, ignore_errors=True)
+    model.save(str(tmp), create_model_card=False)
+    (tmp / "README.md").write_text(card, encoding="utf-8")
+    if out.exists():
+        out.rename(old)
+    tmp.rename(out)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def model_card(p, lr: float, data_version: str, langs: list[str], info: dict) -> str:
+    from huggingface_hub import ModelCard, ModelCardData
+    hub_base = p.base_model if "/" in p.base_model and not p.base_model.startswith(("pkg:", ".", "/")) else None
+    data = ModelCardData(language=langs or None, library_name="sentence-transformers", base_model=hub_base,
+                         pipeline_tag="sentence-similarity",
+                         tags=["sentence-transformers", "sentence-similarity", "hpo", "human-phenotype-ontology"])
+    rows = "\n".join(f"| {k} | {info['baseline'][k]:.4f} | {info['best'][k]:.4f} |" for k in CUTS)
+    params = "\n".join(f"- `{k}`: {v}" for k, v in {"lr": lr, **dataclasses.asdict(p)}.items())
+    body = f"""# hpo-embed fine-tuned model
+
+Sentence-embedding model for Human Phenotype Ontology (HPO) concepts, fine-tuned by the
+hpo-embed `train` stage.
+
+- Base model: `{p.base_model}`
+- Data version: HPO `{data_version}`
+- Languages (training pairs): {", ".join(langs) or "n/a"}
+- Training: {info['pairs']} pairs, {info['steps']} steps, {info['epochs']:.2f} epochs, loss `{p.loss}`,
+  negatives `{info['negatives']}`, precision {info['precision']} on {info['device']}
+
+## Dev retrieval (InformationRetrievalEvaluator)
+
+{info['dev']['queries']} dev queries ({", ".join(info['dev']['query_langs'])}{"; English synonyms, no translations" if info['dev']['fallback_english'] else ""})
+against {info['dev']['corpus']} English concept documents (format `{p.corpus_format}`).
+
+| metric | base model | fine-tuned (best checkpoint, step {info['best_step']}) |
+|---|---|---|
+{rows}
+
+## Parameters
+
+{params}
+
+## Usage
+
+```python
+from sentence_transformers import SentenceTransformer
+model = SentenceTransformer("models/finetuned")
+```
+"""
+    return str(ModelCard(f"---\n{data.to_yaml()}\n---\n\n{body}"))
+
+
+def main(argv: list[str] | None = None) -> None:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    a = parse_args(argv)
+    from stages.params import load_params
+    run(load_params(a.params), a)
+
+
+def run(params, a: argparse.Namespace) -> dict | None:  # noqa: C901 - one linear recipe
+    t0 = time.time()
+    p = params.train
+    if p.save_steps % p.eval_steps:
+        raise UserError(f"params.yaml: train.save_steps: {p.save_steps} must be a multiple of "
+                        f"train.eval_steps ({p.eval_steps}) to keep the best checkpoint")
+    train_df = read_parquet(a.pairs / "train.parquet", PAIR_COLUMNS)
+    queries = read_parquet(a.pairs / "queries.parquet", QUERY_COLUMNS)
+    if train_df.empty:
+        raise UserError(f"{a.pairs / 'train.parquet'}: no training pairs")
+    if "pair_type" in train_df.columns:
+        train_df = train_df[train_df["pair_type"].isin(p.pair_types)]
+        if train_df.empty:
+            raise UserError(f"params.yaml: train.pair_types: no training pairs of type(s) "
+                            f"{', '.join(p.pair_types)} in {a.pairs / 'train.parquet'}")
+    pairs_available = len(train_df)
+    if p.max_train_pairs and len(train_df) > p.max_train_pairs:
+        train_df = train_df.sample(n=p.max_train_pairs, random_state=p.seed)
+    train_df = train_df.reset_index(drop=True)
+    langs = sorted(set(train_df.get("lang_anchor", pd.Series(dtype=str)).dropna())
+                   | set(train_df.get("lang_positive", pd.Series(dtype=str)).dropna()))
+
+    from stages.corpus import build_corpus, load_terms
+    q, corpus, rel, dev_info = dev_eval_set(queries, build_corpus(load_terms(a.terms), p.corpus_format), p,
+                                            a.pairs / "queries.parquet")
+    precision = pick_precision(p.precision)
+
+    import torch
+    from sentence_transformers import SentenceTransformerTrainer, SentenceTransformerTrainingArguments
+    from sentence_transformers.sentence_transformer.evaluation import InformationRetrievalEvaluator
+    from sentence_transformers.util import cos_sim
+    from transformers import TrainerCallback
+
+    from stages.losses import build_examples, build_loss, load_model, negatives_for
+    from stages.sampling import concept_batch_sampler, load_siblings
+
+    rank = int(os.environ.get("RANK", "0"))
+    ckpt = a.checkpoints
+    fp = fingerprint(params, [a.pairs / "train.parquet", a.pairs / "queries.parquet", a.terms]
+                     + ([a.edges] if negatives_for(p) == "sibling" else []))
+    run_file = ckpt / "run.json"
+    if rank == 0:
+        prev = json.loads(run_file.read_text()) if run_file.is_file() else {}
+        stale = sorted(ckpt.glob("checkpoint-*"))
+        if stale and (not p.resume or prev.get("fingerprint") != fp):
+            why = "train.resume is false" if not p.resume else "params or inputs changed"
+            log.warning("removing %d checkpoint(s) in %s: %s", len(stale), ckpt, why)
+            for d in stale:
+                shutil.rmtree(d)
+        if prev.get("fingerprint") != fp:
+            write_json(run_file, {"fingerprint": fp})
+
+    model = load_model(p.base_model, "train.base_model")
+    model.max_seq_length = p.max_seq_length
+    siblings = load_siblings(a.edges) if negatives_for(p) == "sibling" else None
+    dataset, keys, ex_info = build_examples(train_df, p, siblings)
+    loss = build_loss(model, p)
+
+    class TimedIR(InformationRetrievalEvaluator):
+        seconds = 0.0
+
+        def __call__(self, *args, **kwargs):
+            t = time.time()
+            try:
+                return super().__call__(*args, **kwargs)
+            finally:
+                TimedIR.seconds += time.time() - t
+
+    evaluator = TimedIR(q, corpus, rel, name=EVAL_NAME, mrr_at_k=[10], ndcg_at_k=[10], accuracy_at_k=[1, 10],
+                        precision_recall_at_k=[10], map_at_k=[10], score_functions={"cosine": cos_sim},
+                        batch_size=max(32, p.batch_size), write_csv=False, show_progress_bar=rank == 0)
+    evaluator.primary_metric = "cosine_mrr@10"
+
+    args = SentenceTransformerTrainingArguments(
+        output_dir=str(ckpt), num_train_epochs=p.epochs, per_device_train_batch_size=p.batch_size,
+        per_device_eval_batch_size=p.batch_size, learning_rate=params.lr, warmup_ratio=p.warmup_ratio,
+        weight_decay=p.weight_decay, seed=p.seed, fp16=precision == "fp16", bf16=precision == "bf16",
+        batch_sampler=concept_batch_sampler(keys), eval_strategy="steps", eval_steps=p.eval_steps,
+        save_strategy="steps", save_steps=p.save_steps, save_total_limit=p.save_total_limit,
+        load_best_model_at_end=True, metric_for_best_model=BEST_METRIC, greater_is_better=True,
+        logging_steps=p.logging_steps, logging_first_step=True, report_to="none",
+        dataloader_drop_last=False,
+        # CPU (also under torchrun/accelerate launch: DDP over gloo); GPUs: nccl, chosen by accelerate
+        use_cpu=not torch.cuda.is_available(),
+        ddp_backend="gloo" if not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1 else None,
+    )
+    rank0 = args.process_index == 0
+    world = args.world_size
+
+    def barrier() -> None:
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.barrier()
+
+    if rank0:
+        last_complete_checkpoint(ckpt, clean=True)
+    barrier()  # rank 0 has cleaned up stale and incomplete checkpoints
+    last = last_complete_checkpoint(ckpt, clean=False) if p.resume else None
+    last = str(last) if last else None
+
+    baseline_file = ckpt / "baseline.json"
+    baseline = None
+    if rank0:
+        if baseline_file.is_file() and json.loads(baseline_file.read_text()).get("fingerprint") == fp:
+            baseline = json.loads(baseline_file.read_text())["metrics"]
+        else:
+            log.info("baseline dev evaluation of %s (%d queries, %d documents)", p.base_model,
+                     dev_info["queries"], dev_info["corpus"])
+            baseline = dev_summary(evaluator(model), "")
+            write_json(baseline_file, {"fingerprint": fp, "metrics": baseline})
+        log.info("baseline dev: %s", baseline)
+    barrier()
+
+    live = None
+    if rank0:
+        from dvclive import Live
+        live = Live(dir=str(a.live), resume=last is not None, save_dvc_exp=False, dvcyaml=None)
+        if last is None:
+            live.step = 0
+            for k, v in baseline.items():
+                live.log_metric(f"eval/dev_{k}", v)
+            live.next_step()
+
+    start = {}
+
+    class Flow(TrainerCallback):
+        """dvclive logging at the global step, an evaluation at the last step, resume info."""
+
+        def on_train_begin(self, args, state, control, **kw):
+            start["step"] = state.global_step
+            start["time"] = time.time()
+            start["eval_s"] = TimedIR.seconds  # the baseline evaluation is not training time
+            if state.global_step:
+                log.info("resumed from %s at global step %d", last, state.global_step)
+
+        def on_step_end(self, args, state, control, **kw):
+            if state.global_step >= state.max_steps and state.global_step % args.eval_steps:
+                control.should_evaluate = True
+
+        def on_log(self, args, state, control, logs=None, **kw):
+            if live is None or not logs:
+                return
+            live.step = state.global_step
+            for k, v in logs.items():
+                if k in ("loss", "learning_rate", "grad_norm"):
+                    live.log_metric(f"train/{k}", float(v))
+                elif k.startswith(f"eval_{EVAL_NAME}_cosine_") and k.split("cosine_")[1] in CUTS:
+                    live.log_metric(f"eval/dev_{k.split('cosine_')[1]}", float(v))
+            live.next_step()
+
+    trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=dataset, loss=loss,
+                                         evaluator=evaluator, callbacks=[Flow()])
+    trainer.train(resume_from_checkpoint=last)
+    train_s = time.time() - start["time"]
+    state = trainer.state
+    if live is not None:
+        live.end()
+    barrier()
+    if not rank0:
+        return None
+
+    evals = [e for e in state.log_history if BEST_METRIC in e]
+    best_eval = max(evals, key=lambda e: e[BEST_METRIC])  # first maximum = the kept checkpoint
+    best = dev_summary(best_eval, "eval_")
+    done_steps = state.global_step - start["step"]
+    train_eval_s = TimedIR.seconds - start["eval_s"]
+    pairs_per_s = done_steps * p.batch_size * world / max(1e-9, train_s - train_eval_s)
+    if best["mrr@10"] < baseline["mrr@10"]:
+        log.warning("best dev MRR@10 %.4f is below the base model's %.4f", best["mrr@10"], baseline["mrr@10"])
+    hpo = json.loads(a.hpo_metrics.read_text()) if a.hpo_metrics.is_file() else {}
+    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
+    metrics = {
+        "pairs": len(train_df), "pairs_available": pairs_available, "concepts": int(train_df["hpo_id"].nunique()),
+        "examples": len(dataset), "languages": langs, "loss": p.loss, **ex_info,
+        "steps": state.global_step, "epochs": round(float(state.epoch or 0), 4),
+        "resumed_from_step": start["step"], "world_size": world, "device": device, "precision": precision,
+        "wall_time_s": round(time.time() - t0, 1), "train_time_s": round(train_s, 1),
+        "eval_time_s": round(TimedIR.seconds, 1), "pairs_per_s": round(pairs_per_s, 2),  # steps only
+        "dev": dev_info, "baseline": baseline, "best": best, "best_step": best_eval["step"],
+        "gain_mrr@10": round(best["mrr@10"] - baseline["mrr@10"], 6),
+        "data_version": hpo.get("data_version", "unknown"), "base_model": p.base_model,
+    }
+    write_model(trainer.model, a.out, model_card(p, params.lr, metrics["data_version"], langs, metrics))
+    write_json(a.metrics, metrics)
+    log.info("dev MRR@10 %.4f -> %.4f (best at step %d); %s", baseline["mrr@10"], best["mrr@10"],
+             best_eval["step"], a.out)
+    return metrics
+
+
+if __name__ == "__main__":
+    run_stage(main)

@@ -1,0 +1,456 @@
+"""Tests for the train stage (issue 5): sampler, negatives, losses, the stage end to end
+(tiny in-process model), kill + resume, and DDP under torchrun on CPU (gloo)."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from stages.common import UserError
+from stages.params import TrainParams, parse_params
+
+REPO = Path(__file__).resolve().parent.parent
+
+ORGANS = [("heart", "Herz"), ("kidney", "Niere"), ("liver", "Leber"), ("lung", "Lunge"),
+          ("brain", "Gehirn"), ("skin", "Haut"), ("eye", "Auge"), ("ear", "Ohr"),
+          ("bone", "Knochen"), ("muscle", "Muskel")]
+ADJS = [("abnormal", "abnorm"), ("enlarged", "vergrößert"), ("small", "klein"), ("inflamed", "entzündet")]
+
+
+def concepts() -> list[dict]:
+    out = []
+    for i, (o, od) in enumerate(ORGANS):
+        for j, (a, ad) in enumerate(ADJS):
+            n = i * len(ADJS) + j + 1
+            out.append({"id": f"HP:{n:07d}", "label": f"{a.capitalize()} {o}", "parent": f"HP:{9000000 + i:07d}",
+                        "syns": [f"{o} {a}", f"{a} {o} finding"], "de": [f"{od} {ad}", f"{ad}e {od}"]})
+    return out
+
+
+def all_texts() -> list[str]:
+    t = []
+    for c in concepts():
+        t += [c["label"], *c["syns"], *c["de"]]
+    return t
+
+
+def write_inputs(root: Path, languages: bool = True) -> dict[str, Path]:
+    """terms/edges parquet (parse_hpo schema subset) and data/pairs/* in the pairs contract."""
+    cs = concepts()
+    hpo = root / "hpo"
+    hpo.mkdir(parents=True, exist_ok=True)
+    terms = pd.DataFrame([{"id": c["id"], "label": c["label"], "definition": None,
+                           "synonyms": [{"text": s, "scope": "EXACT", "type": None} for s in c["syns"]],
+                           "selected": True} for c in cs])
+    terms.to_parquet(hpo / "terms.parquet")
+    pd.DataFrame({"child": [c["id"] for c in cs], "parent": [c["parent"] for c in cs]}).to_parquet(hpo / "edges.parquet")
+    split = {c["id"]: ("dev" if k % 5 == 0 else "test" if k % 5 == 1 else "train") for k, c in enumerate(cs)}
+    pairs, queries = [], []
+    for c in cs:
+        s = split[c["id"]]
+        rows = [(t, "term_syn", "en") for t in c["syns"]] + ([(t, "xl_term", "de") for t in c["de"]] if languages else [])
+        if s == "train":
+            for text, kind, lang in rows:
+                pairs.append({"anchor": text, "positive": c["label"], "hpo_id": c["id"], "pair_type": kind,
+                              "lang_anchor": lang, "lang_positive": "en", "source": "official" if lang == "en" else "mt",
+                              "branch": "HP:0000118", "synonym_type": None})
+        else:
+            for text, kind, lang in rows:
+                queries.append({"text": text, "hpo_id": c["id"], "lang": lang,
+                                "kind": "synonym" if lang == "en" else "label", "synonym_type": None,
+                                "source": "official" if lang == "en" else "mt", "split": s})
+    pdir = root / "pairs"
+    pdir.mkdir(exist_ok=True)
+    train = pd.DataFrame(pairs)
+    train.to_parquet(pdir / "train.parquet")
+    train.iloc[:0].to_parquet(pdir / "dev.parquet")
+    train.iloc[:0].to_parquet(pdir / "test.parquet")
+    pd.DataFrame({"hpo_id": list(split), "split": list(split.values()), "branch": "HP:0000118"}).to_parquet(
+        pdir / "concepts.parquet")
+    pd.DataFrame(queries).to_parquet(pdir / "queries.parquet")
+    hm = root / "hpo.json"
+    hm.write_text(json.dumps({"data_version": "hp/releases/test"}))
+    return {"pairs": pdir, "terms": hpo / "terms.parquet", "edges": hpo / "edges.parquet", "hpo_metrics": hm}
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory) -> Path:
+    from conftest import make_tiny_model
+    return make_tiny_model(tmp_path_factory.mktemp("train_model") / "model", all_texts())
+
+
+def write_params(path: Path, model: Path, **train) -> Path:
+    t = {"base_model": str(model), "max_train_pairs": None, "batch_size": 8, "epochs": 1, "eval_steps": 4,
+         "save_steps": 4, "logging_steps": 1, "max_seq_length": 16, **train}
+    path.write_text(yaml.safe_dump({"lr": 5e-4, "train": t}))
+    return path
+
+
+def cli(tmp: Path, inputs: dict[str, Path], params: Path) -> list[str]:
+    return [sys.executable, "-m", "stages.train", "--params", str(params), "--pairs", str(inputs["pairs"]),
+            "--terms", str(inputs["terms"]), "--edges", str(inputs["edges"]),
+            "--hpo-metrics", str(inputs["hpo_metrics"]), "--out", str(tmp / "finetuned"),
+            "--checkpoints", str(tmp / "checkpoints"), "--metrics", str(tmp / "train.json"),
+            "--live", str(tmp / "dvclive")]
+
+
+def env() -> dict[str, str]:
+    return {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
+            "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+
+
+def run_inprocess(tmp: Path, inputs: dict[str, Path], params: Path) -> dict:
+    from stages.params import load_params
+    from stages.train import parse_args, run
+    args = parse_args(cli(tmp, inputs, params)[3:])
+    return run(load_params(params), args)
+
+
+# --------------------------------------------------------------------------- sampler
+
+def skewed_rows(n_concepts: int = 12, seed: int = 0) -> tuple[list[str], list[str]]:
+    """Concepts with very different pair counts (1..n), distinct texts."""
+    import random
+    rnd = random.Random(seed)
+    ids, texts = [], []
+    for c in range(n_concepts):
+        for k in range(c + 1):
+            ids.append(f"HP:{c:07d}")
+            texts.append(f"text {c} {k}")
+    order = list(range(len(ids)))
+    rnd.shuffle(order)
+    return [ids[i] for i in order], [texts[i] for i in order]
+
+
+def test_concept_sampler_batches_are_concept_disjoint_and_cover_every_row():
+    from datasets import Dataset
+    from stages.sampling import ConceptBatchSampler, row_keys
+    ids, texts = skewed_rows()
+    ds = Dataset.from_dict({"anchor": texts, "positive": [t + " p" for t in texts]})
+    s = ConceptBatchSampler(ds, batch_size=6, drop_last=False, keys=row_keys([(c,) for c in ids], zip(texts)))
+    batches = list(s)
+    assert len(batches) == len(s)
+    flat = [i for b in batches for i in b]
+    assert sorted(flat) == list(range(len(ids)))            # every row exactly once
+    assert all(len(b) <= 6 for b in batches)
+    for b in batches:
+        assert len({ids[i] for i in b}) == len(b)             # never two pairs of one concept
+    # 78 rows, the biggest concept has 12: stratification keeps nearly all batches full
+    assert sum(len(b) == 6 for b in batches) >= len(batches) - 3
+    again = ConceptBatchSampler(ds, batch_size=6, drop_last=False, keys=row_keys([(c,) for c in ids], zip(texts)))
+    assert list(again) == batches                            # same seed + epoch: same batches (all DDP ranks)
+    again.set_epoch(1)
+    assert list(again) != batches                            # reshuffled per epoch
+    dropped = ConceptBatchSampler(ds, batch_size=6, drop_last=True, keys=row_keys([(c,) for c in ids], zip(texts)))
+    assert all(len(b) == 6 for b in dropped) and len(list(dropped)) == len(dropped)
+
+
+def test_no_duplicates_sampler_would_mix_concepts_but_ours_does_not():
+    """BatchSamplers.NO_DUPLICATES only compares texts: two pairs of one concept with
+    different texts land in one batch. That is why the concept-aware sampler exists."""
+    from datasets import Dataset
+    from sentence_transformers.base.sampler import NoDuplicatesBatchSampler
+    from stages.sampling import ConceptBatchSampler, row_keys
+    ids, texts = skewed_rows()
+    ds = Dataset.from_dict({"anchor": texts, "positive": [t + " p" for t in texts]})
+    nd = list(NoDuplicatesBatchSampler(ds, batch_size=6, drop_last=False))
+    assert any(len({ids[i] for i in b}) < len(b) for b in nd)
+    ours = list(ConceptBatchSampler(ds, batch_size=6, drop_last=False, keys=row_keys([(c,) for c in ids], zip(texts))))
+    assert all(len({ids[i] for i in b}) == len(b) for b in ours)
+
+
+def test_sampler_keys_cover_negative_concepts_and_shared_texts():
+    from datasets import Dataset
+    from stages.sampling import ConceptBatchSampler, row_keys
+    # row 0: concept A with a negative from B; row 1: concept B -> never together.
+    # rows 2, 3: different concepts sharing a text -> never together.
+    concepts = [("A", "B"), ("B",), ("C",), ("D",), ("E",), ("F",)]
+    texts = [("a", "x"), ("b", "y"), ("same", "c"), ("Same", "d"), ("e", "e2"), ("f", "f2")]
+    ds = Dataset.from_dict({"anchor": [t[0] for t in texts], "positive": [t[1] for t in texts]})
+    keys = row_keys(concepts, texts)
+    for seed in range(20):
+        for b in ConceptBatchSampler(ds, batch_size=4, drop_last=False, seed=seed, keys=keys):
+            assert not {0, 1} <= set(b) and not {2, 3} <= set(b)
+
+
+def test_sampler_through_the_trainer(tiny_model, tmp_path):
+    """The trainer builds its train dataloader from our sampler: every batch it feeds the
+    loss is concept-disjoint, even with many pairs per concept."""
+    from datasets import Dataset
+    from sentence_transformers import SentenceTransformer, SentenceTransformerTrainer, SentenceTransformerTrainingArguments
+    from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
+    from stages.sampling import ConceptBatchSampler, concept_batch_sampler, row_keys
+    ids, texts = skewed_rows()
+    ds = Dataset.from_dict({"anchor": texts, "positive": [f"{i} label" for i in ids]})
+    model = SentenceTransformer(str(tiny_model), device="cpu")
+    args = SentenceTransformerTrainingArguments(output_dir=str(tmp_path), per_device_train_batch_size=6,
+                                                batch_sampler=concept_batch_sampler(
+                                                    row_keys([(c,) for c in ids], zip(texts))),
+                                                report_to="none", seed=3)
+    trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=ds,
+                                         loss=MultipleNegativesRankingLoss(model))
+    dl = trainer.get_train_dataloader()
+    assert isinstance(dl.batch_sampler, ConceptBatchSampler)
+    n = 0
+    for batch_idx in dl.batch_sampler:
+        n += len(batch_idx)
+        assert len({ids[i] for i in batch_idx}) == len(batch_idx)
+    assert n == len(ids)
+    # and the collated batches are the sampler's: same number of steps as batches
+    assert len(dl) == len(dl.batch_sampler)
+
+
+# --------------------------------------------------------------------------- negatives and losses
+
+def test_negatives_random_and_sibling(tmp_path):
+    from stages.sampling import load_siblings, sample_negatives
+    inputs = write_inputs(tmp_path)
+    sib = load_siblings(inputs["edges"])
+    cs = concepts()
+    parent = {c["id"]: c["parent"] for c in cs}
+    pool = {c["id"]: [c["label"]] for c in cs}
+    ids = [c["id"] for c in cs] * 5
+    texts, negs, n_sib = sample_negatives(ids, pool, "random", seed=1)
+    assert all(n != c for n, c in zip(negs, ids)) and n_sib == 0
+    assert all(t == pool[n][0] for t, n in zip(texts, negs))
+    assert len(set(negs)) > 20                                  # spread over the concepts
+    texts, negs, n_sib = sample_negatives(ids, pool, "sibling", seed=1, siblings=sib)
+    assert n_sib == len(ids)                                     # every concept has 3 siblings here
+    assert all(parent[n] == parent[c] and n != c for n, c in zip(negs, ids))
+    # a concept without a sibling in the pool falls back to a random other concept
+    lonely = {"HP:0000001": ["a"], "HP:0000005": ["b"], "HP:0000009": ["c"]}  # different parents
+    _, negs, n_sib = sample_negatives(["HP:0000001"] * 10, lonely, "sibling", seed=2, siblings=sib)
+    assert n_sib == 0 and set(negs) <= {"HP:0000005", "HP:0000009"}
+
+
+@pytest.mark.parametrize("loss, columns, rows_per_pair", [
+    ("mnrl", ["anchor", "positive"], 1), ("triplet", ["anchor", "positive", "negative"], 1),
+    ("cosine", ["sentence1", "sentence2", "label"], 2)])
+def test_build_examples_layout(loss, columns, rows_per_pair, tmp_path):
+    from stages.losses import build_examples
+    inputs = write_inputs(tmp_path)
+    pairs = pd.read_parquet(inputs["pairs"] / "train.parquet")
+    ds, keys, info = build_examples(pairs, TrainParams(loss=loss))
+    assert ds.column_names == columns and len(ds) == rows_per_pair * len(pairs) == len(keys)
+    if loss == "cosine":
+        assert Counter(ds["label"]) == {1.0: len(pairs), 0.0: len(pairs)}
+        assert info["negatives"] == "random"
+    if loss == "mnrl":
+        assert info["negatives"] == "none"
+        assert [k[0] for k in keys] == list(pairs["hpo_id"])
+
+
+def test_build_loss_variants(tiny_model):
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.sentence_transformer import losses as L
+    from stages.losses import build_loss
+    m = SentenceTransformer(str(tiny_model), device="cpu")
+    expect = {"mnrl": L.MultipleNegativesRankingLoss, "cached_mnrl": L.CachedMultipleNegativesRankingLoss,
+              "cosine": L.CosineSimilarityLoss, "contrastive": L.ContrastiveLoss,
+              "online_contrastive": L.OnlineContrastiveLoss, "triplet": L.TripletLoss}
+    for name, cls in expect.items():
+        assert type(build_loss(m, TrainParams(loss=name))) is cls
+    assert build_loss(m, TrainParams(loss="triplet", margin=0.3)).triplet_margin == 0.3
+    assert build_loss(m, TrainParams(loss="contrastive", margin=0.7)).margin == 0.7
+    assert build_loss(m, TrainParams(loss="cached_mnrl", mini_batch_size=4)).mini_batch_size == 4
+    mat = build_loss(m, TrainParams(matryoshka_dims=[8, 32, 16]))
+    assert type(mat) is L.MatryoshkaLoss and list(mat.matryoshka_dims) == [32, 16, 8]
+    gist = build_loss(m, TrainParams(loss="gist", guide_model=str(tiny_model)))
+    assert type(gist) is L.GISTEmbedLoss
+    with pytest.raises(UserError, match="train.matryoshka_dims"):
+        build_loss(m, TrainParams(matryoshka_dims=[64]))        # tiny model has 32 dims
+    with pytest.raises(UserError, match="train.guide_model"):
+        build_loss(m, TrainParams(loss="gist"))
+
+
+# --------------------------------------------------------------------------- params and errors
+
+def test_train_params_cast_and_validate():
+    p = parse_params({"lr": "1e-05", "train": {"batch_size": "16", "epochs": "2", "max_train_pairs": "null"}})
+    assert p.lr == 1e-5 and p.train.batch_size == 16 and p.train.epochs == 2.0 and p.train.max_train_pairs is None
+    for bad, key in [({"lr": -1e-5}, "lr"), ({"train": {"loss": "softmax"}}, "train.loss"),
+                     ({"train": {"warmup_ratio": 1.5}}, "train.warmup_ratio"),
+                     ({"train": {"batch_size": 1}}, "train.batch_size"),
+                     ({"train": {"precision": "fp8"}}, "train.precision"),
+                     ({"train": {"negatives": "hard"}}, "train.negatives")]:
+        with pytest.raises(UserError, match=key.replace(".", r"\.")):
+            parse_params(bad)
+
+
+def test_user_errors(tiny_model, tmp_path):
+    inputs = write_inputs(tmp_path)
+    params = write_params(tmp_path / "p.yaml", tiny_model, save_steps=6, eval_steps=4)
+    with pytest.raises(UserError, match="train.save_steps"):
+        run_inprocess(tmp_path, inputs, params)
+    params = write_params(tmp_path / "p.yaml", tiny_model, loss="triplet", negatives="none")
+    with pytest.raises(UserError, match="train.negatives"):
+        run_inprocess(tmp_path, inputs, params)
+    params = write_params(tmp_path / "p.yaml", tiny_model, pair_types=["term_def"])
+    with pytest.raises(UserError, match=r"train.pair_types: no training pairs of type\(s\) term_def"):
+        run_inprocess(tmp_path, inputs, params)
+    bad_model = tmp_path / "not_a_model"
+    bad_model.mkdir()
+    (bad_model / "config.json").write_text("{broken")
+    params = write_params(tmp_path / "p.yaml", bad_model)
+    with pytest.raises(UserError, match="train.base_model: .* does not load"):
+        run_inprocess(tmp_path, inputs, params)
+    (inputs["pairs"] / "queries.parquet").unlink()
+    params = write_params(tmp_path / "p.yaml", tiny_model)
+    with pytest.raises(UserError, match="queries.parquet: missing"):
+        run_inprocess(tmp_path, inputs, params)
+
+
+def test_cli_missing_pairs_is_one_line_error(tiny_model, tmp_path):
+    inputs = write_inputs(tmp_path)
+    (inputs["pairs"] / "train.parquet").unlink()
+    params = write_params(tmp_path / "p.yaml", tiny_model)
+    r = subprocess.run(cli(tmp_path, inputs, params), env=env(), capture_output=True, text=True, cwd=REPO)
+    assert r.returncode == 2
+    assert r.stderr.strip().splitlines()[-1].startswith("error: ") and "train.parquet: missing" in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+# --------------------------------------------------------------------------- the stage
+
+def test_stage_end_to_end(tiny_model, tmp_path):
+    from sentence_transformers import SentenceTransformer
+    inputs = write_inputs(tmp_path)
+    params = write_params(tmp_path / "p.yaml", tiny_model, max_train_pairs=80, dev_corpus_size=30)
+    m = run_inprocess(tmp_path, inputs, params)
+    saved = json.loads((tmp_path / "train.json").read_text())
+    assert saved == json.loads(json.dumps(m))
+    # 80 of 96 pairs, batch 8, concept-disjoint batches: 10 steps (+ at most a few deferred tails)
+    assert m["pairs"] == 80 and m["pairs_available"] == 96 and m["concepts"] == 24
+    assert 10 <= m["steps"] <= 12 and m["epochs"] == 1.0 and m["resumed_from_step"] == 0
+    assert m["device"] == "cpu" and m["precision"] == "fp32" and m["world_size"] == 1
+    assert m["languages"] == ["de", "en"] and m["data_version"] == "hp/releases/test"
+    assert m["dev"] == {"queries": 16, "corpus": 30, "concepts": 8, "query_langs": ["de"], "fallback_english": False}
+    assert m["pairs_per_s"] > 0 and m["wall_time_s"] >= m["train_time_s"] > 0
+    for k in ("mrr@10", "ndcg@10", "accuracy@1"):
+        assert 0 <= m["baseline"][k] <= 1 and 0 <= m["best"][k] <= 1
+    # dvclive: baseline at step 0, then every 4 steps and the last step; loss per logged step
+    mrr = pd.read_csv(tmp_path / "dvclive/plots/metrics/eval/dev_mrr@10.tsv", sep="\t")
+    assert mrr["step"].tolist() == [0, 4, 8] + ([12] if m["steps"] == 12 else [m["steps"]] if m["steps"] % 4 else [])
+    assert mrr["dev_mrr@10"].iloc[0] == pytest.approx(m["baseline"]["mrr@10"], abs=1e-6)
+    assert mrr["dev_mrr@10"].iloc[1:].max() == pytest.approx(m["best"]["mrr@10"], abs=1e-6)
+    assert m["best_step"] == mrr.loc[mrr["dev_mrr@10"].iloc[1:].idxmax(), "step"]  # first maximum
+    loss = pd.read_csv(tmp_path / "dvclive/plots/metrics/train/loss.tsv", sep="\t")
+    assert loss["step"].tolist() == list(range(1, m["steps"] + 1)) and (loss["loss"] > 0).all()
+    lr = pd.read_csv(tmp_path / "dvclive/plots/metrics/train/learning_rate.tsv", sep="\t")
+    assert lr["learning_rate"].max() <= 5e-4 and lr["learning_rate"].iloc[0] < lr["learning_rate"].max()  # warm-up
+    # the saved model is the best checkpoint, loads as a plain SentenceTransformer
+    out = SentenceTransformer(str(tmp_path / "finetuned"), device="cpu")
+    best = SentenceTransformer(str(tmp_path / "checkpoints" / f"checkpoint-{m['best_step']}"), device="cpu")
+    base = SentenceTransformer(str(tiny_model), device="cpu")
+    e_out, e_best, e_base = (x.encode(["Herz vergrößert"]) for x in (out, best, base))
+    assert abs(e_out - e_best).max() < 1e-6 and abs(e_out - e_base).max() > 1e-4
+    card = (tmp_path / "finetuned" / "README.md").read_text()
+    assert str(tiny_model) in card and "hp/releases/test" in card and "- de" in card
+    assert f"| mrr@10 | {m['baseline']['mrr@10']:.4f} | {m['best']['mrr@10']:.4f} |" in card
+    assert "`lr`: 0.0005" in card and "`batch_size`: 8" in card
+
+
+def test_english_fallback_and_other_losses(tiny_model, tmp_path):
+    """Without translations the dev queries fall back to English synonyms (recorded);
+    a label loss with ontology-sibling negatives and a Matryoshka wrapper trains too."""
+    inputs = write_inputs(tmp_path, languages=False)
+    params = write_params(tmp_path / "p.yaml", tiny_model, loss="online_contrastive", negatives="sibling",
+                          matryoshka_dims=[32, 16], eval_steps=3, save_steps=3)
+    m = run_inprocess(tmp_path, inputs, params)
+    assert m["dev"]["fallback_english"] is True and m["dev"]["query_langs"] == ["en"]
+    assert m["negatives"] == "sibling" and m["negatives_from_sibling"] == 48 and m["examples"] == 96
+    assert m["languages"] == ["en"] and m["steps"] >= 12
+
+
+def complete(ckpt: Path) -> bool:
+    try:
+        return json.loads((ckpt / "trainer_state.json").read_text())["global_step"] > 0
+    except (OSError, ValueError, KeyError):
+        return False
+
+
+def test_kill_and_resume(tiny_model, tmp_path):
+    """Kill a run after its first checkpoint; the rerun resumes from it and finishes."""
+    inputs = write_inputs(tmp_path)
+    params = write_params(tmp_path / "p.yaml", tiny_model, epochs=12, eval_steps=12, save_steps=12,
+                          dev_corpus_size=20)
+    cmd = cli(tmp_path, inputs, params)
+    proc = subprocess.Popen(cmd, env=env(), cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    try:
+        deadline = time.time() + 240
+        while time.time() < deadline and proc.poll() is None:
+            if any(complete(d) for d in (tmp_path / "checkpoints").glob("checkpoint-*")):
+                break
+            time.sleep(0.05)
+        assert proc.poll() is None, "run ended before its first checkpoint could be interrupted"
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert not (tmp_path / "train.json").exists() and not (tmp_path / "finetuned").exists()
+    r = subprocess.run(cmd, env=env(), cwd=REPO, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    m = json.loads((tmp_path / "train.json").read_text())
+    assert m["resumed_from_step"] >= 12 and m["resumed_from_step"] % 12 == 0
+    assert m["steps"] >= 144 and m["epochs"] == 12.0
+    assert "resumed from" in r.stderr
+    evals = pd.read_csv(tmp_path / "dvclive/plots/metrics/eval/dev_mrr@10.tsv", sep="\t")
+    assert evals["step"].iloc[0] == 0 and evals["step"].iloc[-1] == m["steps"]
+
+
+def test_torchrun_ddp_on_cpu(tiny_model, tmp_path):
+    """The same stage under torchrun with 2 processes (gloo on CPU)."""
+    inputs = write_inputs(tmp_path)
+    params = write_params(tmp_path / "p.yaml", tiny_model, batch_size=4, dev_corpus_size=20)
+    torchrun = Path(sys.executable).with_name("torchrun")
+    cmd = [str(torchrun), "--standalone", "--nproc_per_node=2", "-m", *cli(tmp_path, inputs, params)[2:]]
+    r = subprocess.run(cmd, env=env(), cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    m = json.loads((tmp_path / "train.json").read_text())
+    assert m["world_size"] == 2
+    # 96 pairs, 4 per device and step, 2 devices: about 12 optimizer steps for the epoch
+    assert 12 <= m["steps"] <= 14 and m["epochs"] == 1.0
+    assert r.stderr.count("dev MRR@10 ") == 1                   # only rank 0 reports and writes
+    assert (tmp_path / "finetuned" / "model.safetensors").is_file()
+
+
+def test_precision_is_chosen_by_hardware(monkeypatch):
+    import torch
+    from stages.train import pick_precision
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert pick_precision("auto") == "fp32"
+    with pytest.raises(UserError, match="train.precision"):
+        pick_precision("fp16")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    assert pick_precision("auto") == "bf16"
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    assert pick_precision("auto") == "fp16" and pick_precision("fp32") == "fp32"
+
+
+def test_dvc_stage_declaration():
+    stage = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]["train"]
+    assert stage["cmd"] == "python -m stages.train"
+    assert {"lr", "train"} <= set(stage["params"])
+    assert {"stages/train.py", "stages/losses.py", "stages/sampling.py", "data/pairs/train.parquet",
+            "data/pairs/queries.parquet", "data/hpo/terms.parquet"} <= set(stage["deps"])
+    outs = {next(iter(o)) if isinstance(o, dict) else o: o for o in stage["outs"]}
+    assert outs["models/checkpoints"]["models/checkpoints"]["persist"] is True and "models/finetuned" in outs
+    assert stage["metrics"] == [{"metrics/train.json": {"cache": False}}]
+    assert "dvclive/plots/metrics" in stage["plots"][0]
+    for profile in ("embedded", "gpu"):
+        prof = yaml.safe_load((REPO / "profiles" / f"{profile}.yaml").read_text())["train"]
+        parse_params({"train": prof})                            # every profile value validates
+    gpu = yaml.safe_load((REPO / "profiles" / "gpu.yaml").read_text())["train"]
+    emb = yaml.safe_load((REPO / "profiles" / "embedded.yaml").read_text())["train"]
+    assert set(gpu) == set(emb) and gpu["base_model"] == "BAAI/bge-m3"
+    assert emb == {k: v for k, v in yaml.safe_load((REPO / "params.yaml").read_text())["train"].items() if k in emb}
