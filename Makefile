@@ -6,7 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup repro test params profile-gpu profile-embedded clean-venv
+.PHONY: setup repro test params profile-gpu profile-embedded clean-venv fetch-translations fetch-benchmarks
 
 $(STAMP): requirements.txt requirements-dev.txt
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "error: $(PYTHON) not found (Python 3.11 is required; set PYTHON=...)"; exit 1; }
@@ -35,6 +35,16 @@ profile-gpu: $(STAMP)
 
 profile-embedded: $(STAMP)
 	$(PY) -m stages.profile embedded
+
+# Official HPO translations (Babelon TSVs, pinned commit, sha256-checked) into the folder
+# the translate stage reads by default (translate.official).
+fetch-translations: $(STAMP)
+	$(PY) -m stages.translate --fetch-pinned data/external/hpo-translations
+
+# The phentrieve German benchmark files (pinned commit, sha256-checked) into the folder
+# the benchmark stage reads by default (benchmark.external_sets).
+fetch-benchmarks: $(STAMP)
+	$(PY) -m stages.benchmark --fetch-phentrieve
 
 clean-venv:
 	rm -rf $(VENV)

