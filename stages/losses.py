@@ -15,6 +15,7 @@
 """
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import pandas as pd
@@ -84,8 +85,10 @@ def build_loss(model: SentenceTransformer, p: TrainParams, guide: SentenceTransf
     if p.loss == "mnrl":
         loss = losses.MultipleNegativesRankingLoss(model)
     elif p.loss == "cached_mnrl":
+        # under torchrun / accelerate launch: negatives from every device's batch
+        multi = int(os.environ.get("WORLD_SIZE", "1")) > 1
         loss = losses.CachedMultipleNegativesRankingLoss(model, mini_batch_size=p.mini_batch_size,
-                                                         show_progress_bar=False)
+                                                         gather_across_devices=multi, show_progress_bar=False)
     elif p.loss == "gist":
         if guide is None:
             if not p.guide_model:

