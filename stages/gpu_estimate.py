@@ -238,10 +238,12 @@ def model_config(spec: str, revision: str | None = None, param: str = "train.bas
 
 
 def texts_per_example(p) -> int:
-    from stages.losses import negatives_for
     if p.loss in ("cosine", "contrastive", "online_contrastive"):
-        return 2
-    return 3 if negatives_for(p) != "none" else 2
+        return 2  # two rows per pair (label 1 / 0), two texts each
+    neg = p.negatives  # as stages.losses.negatives_for, without importing sentence-transformers
+    if neg == "auto":
+        neg = "none" if p.loss in ("mnrl", "cached_mnrl", "gist") else "random"
+    return 3 if neg != "none" else 2
 
 
 def estimate_for_params(params, pairs: int | None = None, attention: str = "efficient",

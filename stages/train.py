@@ -229,7 +229,7 @@ def run(params, a: argparse.Namespace) -> dict | None:  # noqa: C901 - one linea
     from sentence_transformers.util import cos_sim
     from transformers import TrainerCallback
 
-    from stages.losses import build_examples, build_loss, load_model, negatives_for
+    from stages.losses import build_examples, build_loss, load_model, negatives_for, set_precision
     from stages.sampling import concept_batch_sampler, load_siblings
 
     rank = int(os.environ.get("RANK", "0"))
@@ -253,6 +253,7 @@ def run(params, a: argparse.Namespace) -> dict | None:  # noqa: C901 - one linea
     siblings = load_siblings(a.edges) if negatives_for(p) == "sibling" else None
     dataset, keys, ex_info = build_examples(train_df, p, siblings)
     loss = build_loss(model, p)
+    set_precision(loss, precision)  # cached_mnrl: its gradient pass in the training precision too
 
     class TimedIR(InformationRetrievalEvaluator):
         seconds = 0.0
