@@ -75,36 +75,46 @@ class Shape:
         return emb + self.layers * layer + ((h * h + h) if self.pooler else 0)
 
 
-def layer_bytes_per_token(s: Shape, seq_len: int, precision: str, attention: str) -> float:
-    """Bytes autograd keeps per token for one encoder layer."""
+def layer_bytes_per_token(s: Shape, seq_len: int, precision: str, attention: str,
+                          mask_bytes: int | None = None, padding_mask: bool = True) -> float:
+    """Bytes autograd keeps per token for one encoder layer. ``mask_bytes``: bytes of a
+    dropout mask element (default: 1 for CUDA's fused dropout, the dtype's size on CPU; 0 =
+    no dropout)."""
     h, i, a = s.hidden, s.intermediate, s.heads
     half = precision in HALF
     p = 2 if half else 4                       # activation dtype
-    mask = 1 if attention == "efficient" else p  # dropout mask (CUDA fused: bool; CPU: dtype)
+    mask = mask_bytes if mask_bytes is not None else (1 if attention == "efficient" else p)
     qkv_inputs = 3 if half else 1              # autocast casts the input once per linear
     other = (qkv_inputs * p * h                # q, k, v linear inputs
              + p * h + mask * h                # attention output dense input, dropout
              + 4 * h + 8                       # LayerNorm input (fp32) + mean/rstd
              + p * h + 2 * p * i               # intermediate input, GELU input, output dense input
              + mask * h + 4 * h + 8)           # dropout, LayerNorm
-    if attention == "efficient":
-        core = 4 * p * h + 4 * a               # q, k, v, output + log-sum-exp per head
+    if attention == "efficient":               # q, k, v + log-sum-exp per head (the output is the
+        core = 3 * p * h + 4 * a               # dense input above); the padding mask, cast per layer
+        core += p * seq_len if padding_mask and half else 0
     else:
         core = 12 * h + 12 * a * seq_len       # fp32 q/k/v views, scores, probabilities, dropout
     return other + core
 
 
-def embedding_bytes_per_token(s: Shape, attention: str) -> float:
-    """Embeddings (ids, LayerNorm, dropout) plus the last hidden state kept by pooling."""
-    mask = 1 if attention == "efficient" else 4
-    return 21 + 4 * s.hidden + 8 + mask * s.hidden + 4 * s.hidden
+def embedding_bytes_per_token(s: Shape, attention: str, mask_bytes: int | None = None,
+                              precision: str = "fp32") -> float:
+    """Embeddings (ids, LayerNorm, dropout of the fp32 LayerNorm output); in fp32 also the last
+    hidden state, which the pooler keeps through its first-token view (under autocast the
+    pooler keeps a half-precision copy of that token only)."""
+    mask = mask_bytes if mask_bytes is not None else (1 if attention == "efficient" else 4)
+    pooler = 0 if precision in HALF else 4 * s.hidden
+    return 21 + 4 * s.hidden + 8 + min(mask, 4) * s.hidden + pooler
 
 
 def sequence_bytes(s: Shape, seq_len: int, precision: str, attention: str,
-                   gradient_checkpointing: bool = False) -> float:
+                   gradient_checkpointing: bool = False, mask_bytes: int | None = None,
+                   padding_mask: bool = True) -> float:
     """Bytes kept for the backward pass per sequence of ``seq_len`` tokens."""
-    layer = layer_bytes_per_token(s, seq_len, precision, attention)
-    emb = embedding_bytes_per_token(s, attention)
+    layer = layer_bytes_per_token(s, seq_len, precision, attention, mask_bytes, padding_mask)
+    emb = embedding_bytes_per_token(s, attention, None if mask_bytes is None else (4 if mask_bytes else 0),
+                                    precision)
     if gradient_checkpointing:  # each layer keeps its fp32 input; one layer is recomputed at a time
         return seq_len * (s.layers * 4 * s.hidden + emb + layer)
     return seq_len * (s.layers * layer + emb)
@@ -268,7 +278,8 @@ def estimate_for_params(params, pairs: int | None = None, attention: str = "effi
 
 def saved_bytes(model, input_ids, attention_mask, precision: str = "fp32") -> int:
     """Bytes of the distinct tensor storages autograd saves for backward in one forward pass
-    of a Hugging Face encoder (weights excluded, autocast weight copies included)."""
+    of a Hugging Face encoder followed by mean pooling, as a SentenceTransformer trains it
+    (weights excluded, autocast weight copies included)."""
     import torch
     seen: dict[int, int] = {}
     weights = {q.untyped_storage().data_ptr() for q in model.parameters()}
@@ -283,8 +294,10 @@ def saved_bytes(model, input_ids, attention_mask, precision: str = "fp32") -> in
     device = input_ids.device.type
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         with torch.autocast(device, dtype=dtype or torch.float32, enabled=dtype is not None):
-            out = model(input_ids=input_ids, attention_mask=attention_mask)
-    del out
+            hidden = model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+            mask = (attention_mask if attention_mask is not None else torch.ones_like(input_ids)).unsqueeze(-1)
+            pooled = (hidden * mask.to(hidden.dtype)).sum(1) / mask.sum(1).clamp(min=1)
+    del hidden, pooled
     return sum(seen.values())
 
 

@@ -147,7 +147,7 @@ def run(params, pairs: int | None = None) -> dict:
     for line in report(params, pairs if pairs is not None else count_pairs(params)):
         log.info("%s", line)
     _, mem, _, _ = estimate_for_params(params)
-    info = {"device": device, "models": sorted(checked), "estimated_peak_gib": round(mem.peak_gib, 1)}
+    info = {"device": device, "models": sorted(checked), "estimated_peak_gib": round(mem.peak_gib, 4)}
     if device == "cuda":
         import torch
         total = torch.cuda.get_device_properties(0).total_memory / 2 ** 30
