@@ -13,7 +13,7 @@ $(STAMP): requirements.txt requirements-dev.txt
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "error: $(PYTHON) not found (Python 3.11 is required; set PYTHON=...)"; exit 1; }
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q torch==2.13.0      # first: the exact pin keeps the CPU build
+	$(PY) -m pip install -q torch==2.13.0      # first; CPU build here, CUDA build on GPU boxes (docs/gpu.md)
 	$(PY) -m pip install -q -r requirements-dev.txt
 	$(PY) -m pip check
 	touch $(STAMP)
