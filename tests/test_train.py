@@ -309,6 +309,22 @@ def test_user_errors(tiny_model, tmp_path):
         run_inprocess(tmp_path, inputs, params)
 
 
+def test_no_cpu_fallback_and_oom_is_one_line(tiny_model, tmp_path, monkeypatch):
+    import torch
+    from sentence_transformers import SentenceTransformerTrainer
+    inputs = write_inputs(tmp_path)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(UserError, match="train.device is cuda but"):   # no silent CPU training
+        run_inprocess(tmp_path, inputs, write_params(tmp_path / "p.yaml", tiny_model, device="cuda"))
+
+    def oom(self, *a, **k):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+    monkeypatch.setattr(SentenceTransformerTrainer, "train", oom)
+    with pytest.raises(UserError, match=r"CUDA out of memory at step 0: lower train.mini_batch_size \(now 4\)"):
+        run_inprocess(tmp_path, inputs, write_params(tmp_path / "p.yaml", tiny_model, loss="cached_mnrl",
+                                                     mini_batch_size=4))
+
+
 def test_cli_missing_pairs_is_one_line_error(tiny_model, tmp_path):
     inputs = write_inputs(tmp_path)
     (inputs["pairs"] / "train.parquet").unlink()
