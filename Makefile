@@ -6,13 +6,14 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup repro test params profile-gpu profile-embedded clean-venv fetch-translations fetch-benchmarks
+.PHONY: setup repro test params profile-gpu profile-embedded clean-venv fetch-translations fetch-benchmarks \
+	preflight gpu-estimate gpu-check
 
 $(STAMP): requirements.txt requirements-dev.txt
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "error: $(PYTHON) not found (Python 3.11 is required; set PYTHON=...)"; exit 1; }
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q torch==2.13.0      # first: the exact pin keeps the CPU build
+	$(PY) -m pip install -q torch==2.13.0      # first; CPU build here, CUDA build on GPU boxes (docs/gpu.md)
 	$(PY) -m pip install -q -r requirements-dev.txt
 	$(PY) -m pip check
 	touch $(STAMP)
@@ -35,6 +36,21 @@ profile-gpu: $(STAMP)
 
 profile-embedded: $(STAMP)
 	$(PY) -m stages.profile embedded
+
+# Checks of the active params in seconds (models resolve offline, CUDA for train.device:
+# cuda, memory/time/disk estimate); `dvc repro` runs it first as the preflight stage.
+preflight: $(STAMP)
+	$(PY) -m stages.preflight
+
+# The gpu profile's memory / time / disk estimate (and the BAAI/bge-m3 table: GPU_ESTIMATE_ARGS=--table)
+gpu-estimate: $(STAMP)
+	$(PY) -m stages.gpu_estimate --profile gpu $(GPU_ESTIMATE_ARGS)
+
+# A few training steps of the gpu profile on a random-weight shape twin of its model:
+# peak memory, steps/s, tokens/s. Skips (with the reason) without a usable CUDA device.
+# GPU_CHECK_ARGS=--tiny runs a scaled-down twin on CPU.
+gpu-check: $(STAMP)
+	$(PY) -m stages.gpu_check $(GPU_CHECK_ARGS)
 
 # Official HPO translations (Babelon TSVs, pinned commit, sha256-checked) into the folder
 # the translate stage reads by default (translate.official).

@@ -120,6 +120,9 @@ class TrainParams:
                            "none, 'query: ' (e5), or auto = the better of the two on dev queries (base_model stage)")
     freeze_embeddings: bool = spec(True, doc="keep the word-embedding matrix fixed while fine-tuning "
                                              "(multilingual vocabulary not seen in training stays aligned)")
+    device: str = spec("auto", choices=("auto", "cpu", "cuda"),
+                       doc="auto = CUDA when usable, else CPU; cuda = stop with one line when no GPU is usable")
+    gradient_checkpointing: bool = spec(False, doc="recompute activations in backward (less memory, ~30% slower)")
     loss: str = spec("mnrl", choices=TRAIN_LOSSES, doc="training loss (see stages/losses.py)")
     mini_batch_size: int = spec(32, min=1, doc="cached_mnrl: mini batch for the gradient cache")
     guide_model: str | None = spec(None, doc="gist: the guide model ('pkg:...', folder or hub id)")

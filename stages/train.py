@@ -91,13 +91,13 @@ def dev_eval_set(queries: pd.DataFrame, corpus: dict[str, str], p, qpath: Path):
     return q, corpus, rel, info
 
 
-def pick_precision(requested: str) -> str:
-    import torch
-    cuda = torch.cuda.is_available()
+def pick_precision(requested: str, device: str = "auto") -> str:
+    """bf16 only where the GPU has it natively (no emulation), else fp16 on GPUs, fp32 on CPU."""
+    from stages.preflight import bf16_native, check_precision, resolve_device
+    device = resolve_device(device)
+    check_precision(requested, device)
     if requested == "auto":
-        return ("bf16" if torch.cuda.is_bf16_supported() else "fp16") if cuda else "fp32"
-    if requested == "fp16" and not cuda:
-        raise UserError("params.yaml: train.precision: fp16 needs a CUDA GPU (use auto, fp32 or bf16)")
+        return ("bf16" if bf16_native() else "fp16") if device == "cuda" else "fp32"
     return requested
 
 
@@ -253,7 +253,9 @@ def run(params, a: argparse.Namespace) -> dict | None:  # noqa: C901 - one linea
     from stages.corpus import build_corpus, load_terms
     q, corpus, rel, dev_info = dev_eval_set(queries, build_corpus(load_terms(a.terms), p.corpus_format), p,
                                             a.pairs / "queries.parquet")
-    precision = pick_precision(p.precision)
+    from stages.preflight import resolve_device
+    device = resolve_device(p.device)  # train.device: cuda without a usable GPU stops here, in one line
+    precision = pick_precision(p.precision, device)
 
     import torch
     from sentence_transformers import SentenceTransformerTrainer, SentenceTransformerTrainingArguments
@@ -261,7 +263,7 @@ def run(params, a: argparse.Namespace) -> dict | None:  # noqa: C901 - one linea
     from sentence_transformers.util import cos_sim
     from transformers import TrainerCallback
 
-    from stages.losses import build_examples, build_loss, load_model, negatives_for
+    from stages.losses import build_examples, build_loss, load_model, negatives_for, set_precision
     from stages.sampling import concept_batch_sampler, load_siblings
 
     rank = int(os.environ.get("RANK", "0"))
@@ -294,6 +296,7 @@ def run(params, a: argparse.Namespace) -> dict | None:  # noqa: C901 - one linea
     siblings = load_siblings(a.edges) if negatives_for(p) == "sibling" else None
     dataset, keys, ex_info = build_examples(train_df, p, siblings)
     loss = build_loss(model, p)
+    set_precision(loss, precision)  # cached_mnrl: its gradient pass in the training precision too
 
     class TimedIR(InformationRetrievalEvaluator):
         seconds = 0.0
@@ -320,8 +323,8 @@ def run(params, a: argparse.Namespace) -> dict | None:  # noqa: C901 - one linea
         logging_steps=p.logging_steps, logging_first_step=True, report_to="none", prompts=prompt,
         dataloader_drop_last=False,
         # CPU (also under torchrun/accelerate launch: DDP over gloo); GPUs: nccl, chosen by accelerate
-        use_cpu=not torch.cuda.is_available(),
-        ddp_backend="gloo" if not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1 else None,
+        use_cpu=device == "cpu", gradient_checkpointing=p.gradient_checkpointing,
+        ddp_backend="gloo" if device == "cpu" and int(os.environ.get("WORLD_SIZE", "1")) > 1 else None,
     )
     rank0 = args.process_index == 0
     world = args.world_size
@@ -388,7 +391,12 @@ def run(params, a: argparse.Namespace) -> dict | None:  # noqa: C901 - one linea
 
     trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=dataset, loss=loss,
                                          evaluator=evaluator, callbacks=[Flow()])
-    trainer.train(resume_from_checkpoint=last)
+    try:
+        trainer.train(resume_from_checkpoint=last)
+    except torch.cuda.OutOfMemoryError:
+        from stages.preflight import lower_hint
+        raise UserError(f"CUDA out of memory at step {trainer.state.global_step}: {lower_hint(p)} "
+                        f"(estimate: python -m stages.gpu_estimate)") from None
     train_s = time.time() - start["time"]
     state = trainer.state
     if live is not None:
@@ -406,7 +414,7 @@ def run(params, a: argparse.Namespace) -> dict | None:  # noqa: C901 - one linea
     if best["mrr@10"] < baseline["mrr@10"]:
         log.warning("best dev MRR@10 %.4f is below the base model's %.4f", best["mrr@10"], baseline["mrr@10"])
     hpo = json.loads(a.hpo_metrics.read_text()) if a.hpo_metrics.is_file() else {}
-    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
+    device = torch.cuda.get_device_name(0) if device == "cuda" else "cpu"
     metrics = {
         "pairs": len(train_df), "pairs_available": pairs_available, "concepts": int(train_df["hpo_id"].nunique()),
         "examples": len(dataset), "languages": langs, "loss": p.loss, **ex_info,

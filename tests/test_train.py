@@ -258,7 +258,7 @@ def test_build_loss_variants(tiny_model):
               "cosine": L.CosineSimilarityLoss, "contrastive": L.ContrastiveLoss,
               "online_contrastive": L.OnlineContrastiveLoss, "triplet": L.TripletLoss}
     for name, cls in expect.items():
-        assert type(build_loss(m, TrainParams(loss=name))) is cls
+        assert isinstance(build_loss(m, TrainParams(loss=name)), cls)   # cached_mnrl: a subclass (autocast)
     assert build_loss(m, TrainParams(loss="triplet", margin=0.3)).triplet_margin == 0.3
     assert build_loss(m, TrainParams(loss="contrastive", margin=0.7)).margin == 0.7
     assert build_loss(m, TrainParams(loss="cached_mnrl", mini_batch_size=4)).mini_batch_size == 4
@@ -307,6 +307,22 @@ def test_user_errors(tiny_model, tmp_path):
     params = write_params(tmp_path / "p.yaml", tiny_model)
     with pytest.raises(UserError, match="queries.parquet: missing"):
         run_inprocess(tmp_path, inputs, params)
+
+
+def test_no_cpu_fallback_and_oom_is_one_line(tiny_model, tmp_path, monkeypatch):
+    import torch
+    from sentence_transformers import SentenceTransformerTrainer
+    inputs = write_inputs(tmp_path)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(UserError, match="train.device is cuda but"):   # no silent CPU training
+        run_inprocess(tmp_path, inputs, write_params(tmp_path / "p.yaml", tiny_model, device="cuda"))
+
+    def oom(self, *a, **k):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+    monkeypatch.setattr(SentenceTransformerTrainer, "train", oom)
+    with pytest.raises(UserError, match=r"CUDA out of memory at step 0: lower train.mini_batch_size \(now 4\)"):
+        run_inprocess(tmp_path, inputs, write_params(tmp_path / "p.yaml", tiny_model, loss="cached_mnrl",
+                                                     mini_batch_size=4))
 
 
 def test_cli_missing_pairs_is_one_line_error(tiny_model, tmp_path):
