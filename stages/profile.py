@@ -232,7 +232,7 @@ def main(argv: list[str] | None = None) -> None:
     if len(argv) != 1:
         raise UserError("usage: python -m stages.profile <profile>  (profiles: "
                         + ", ".join(sorted(p.stem for p in PROFILES.glob("*.yaml"))) + ")")
-    text = apply_profile(argv[0])
+    text = apply_profile(argv[0], PARAMS_FILE)    # the module global, looked up now (tests point it elsewhere)
     atomic_write_text(PARAMS_FILE, text)
     print(f"params.yaml now uses the {argv[0]} profile ({PROFILES / (argv[0] + '.yaml')}); "
           "review with `dvc params diff`, run with `dvc repro` or `dvc exp run`")

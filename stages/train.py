@@ -146,6 +146,9 @@ def truncate_live_history(live_dir: Path, step: int) -> int:
         keep = [lines[0]]
         for line in lines[1:]:
             fields = line.split("\t")
+            if len(fields) != len(header):   # a row cut short by the kill
+                removed += 1
+                continue
             try:
                 if int(float(fields[col])) > step:
                     removed += 1
