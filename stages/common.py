@@ -32,13 +32,16 @@ def environment_error(exc: OSError, path: Path | str | None = None) -> UserError
     """A one-line UserError for an OSError caused by the environment (see
     ``ENVIRONMENT_ERRNOS``), naming ``path`` (else the error's own file name) and the
     cause; None for any other OSError (a bug keeps its traceback)."""
-    if exc.errno not in ENVIRONMENT_ERRNOS:
+    code = exc.errno
+    if code is None:   # pyarrow and others raise OSError with the cause in the message only
+        code = next((c for c in (errno.EROFS, errno.ENOSPC, errno.EDQUOT) if os.strerror(c) in str(exc)), None)
+    if code not in ENVIRONMENT_ERRNOS:
         return None
-    where = path if path is not None else (exc.filename or "?")
-    cause = exc.strerror or os.strerror(exc.errno)
+    where = path if path is not None else (exc.filename or str(exc).splitlines()[0][:200])
+    cause = (exc.strerror if exc.errno is not None else None) or os.strerror(code)
     hint = {errno.ENOSPC: "free some space and rerun", errno.EDQUOT: "free some space and rerun",
-            errno.EROFS: "make it writable and rerun"}.get(exc.errno, "fix the permissions and rerun")
-    return UserError(f"{where}: cannot write: {cause} [{errno.errorcode.get(exc.errno, exc.errno)}]; {hint}")
+            errno.EROFS: "make it writable and rerun"}.get(code, "fix the permissions and rerun")
+    return UserError(f"{where}: cannot write: {cause} [{errno.errorcode.get(code, code)}]; {hint}")
 
 
 def run_stage(main: Callable[[], Any]) -> None:

@@ -309,6 +309,11 @@ def test_environment_oserror_anywhere_in_a_stage_is_one_line_but_a_bug_keeps_its
     assert one_line_error(capsys, read_only) == ("error: data/translations/HP_0000001.json: cannot write: "
                                                  "Read-only file system [EROFS]; make it writable and rerun")
 
+    def arrow_full_disk():   # pyarrow: errno only in the message
+        raise OSError("Failed to open local file 'data/hpo/terms.parquet'. Detail: [errno 28] No space left on device")
+    line = one_line_error(capsys, arrow_full_disk)
+    assert "data/hpo/terms.parquet" in line and line.endswith("No space left on device [ENOSPC]; free some space and rerun")
+
     def bug():
         raise OSError(errno.EBADF, "Bad file descriptor")
     with pytest.raises(OSError):
