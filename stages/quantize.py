@@ -263,7 +263,10 @@ def remove_stale_temp(out: Path) -> list[Path]:
         m = re.match(rf"^\.{re.escape(out.name)}\.(?:tmp|old)-(\d+)", p.name)
         if m and int(m.group(1)) != os.getpid() and _pid_alive(int(m.group(1))):
             continue
-        shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+        if p.is_dir():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            p.unlink(missing_ok=True)
         removed.append(p)
     if removed:
         log.info("removed %d temporary folder(s) of an interrupted run: %s", len(removed),
