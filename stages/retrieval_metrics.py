@@ -216,11 +216,11 @@ def paired_diff(a: Sequence[float], b: Sequence[float], n_resamples: int, seed: 
     d = a - b
     if d.size == 0:
         return {"diff": math.nan, "diff_ci_low": math.nan, "diff_ci_high": math.nan, "p_value": math.nan}
+    if d.size < 2:   # permutation_test needs two observations per sample: p not computed (n < 2)
+        return {"diff": float(d[0]), "diff_ci_low": float(d[0]), "diff_ci_high": float(d[0]), "p_value": math.nan}
     if np.all(d == 0):
         return {"diff": 0.0, "diff_ci_low": 0.0, "diff_ci_high": 0.0, "p_value": 1.0}
     low, high = bootstrap_ci(d, n_resamples, seed, confidence)
-    if d.size < 2:   # permutation_test needs two observations per sample: p not computed (n < 2)
-        return {"diff": float(d.mean()), "diff_ci_low": low, "diff_ci_high": high, "p_value": math.nan}
 
     def stat(x, y, axis=-1):
         return np.mean(x - y, axis=axis)

@@ -55,6 +55,7 @@ def test_paired_test_with_one_pair_is_not_computed_not_a_crash():
     res = rm.paired_diff([0.5], [1.0], 1000, 0)
     assert res["diff"] == -0.5 and res["diff_ci_low"] == res["diff_ci_high"] == -0.5
     assert np.isnan(res["p_value"])
+    assert np.isnan(rm.paired_diff([1.0], [1.0], 1000, 0)["p_value"])   # n = 1 with no difference too
     two = rm.paired_diff([0.5, 1.0], [1.0, 0.25], 1000, 0)     # n = 2 is computed
     assert two["diff"] == pytest.approx(0.125) and 0 < two["p_value"] <= 1
 
