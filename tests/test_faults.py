@@ -564,10 +564,17 @@ def test_secrets_from_the_environment_are_never_written(tmp_path, monkeypatch, c
 def test_a_second_concurrent_dvc_repro_is_refused(tmp_path):
     env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
            "GIT_COMMITTER_EMAIL": "t@t", "PATH": f"{DVC.parent}{os.pathsep}{os.environ['PATH']}"}
+    # the stage holds the repository until the test releases it: no race with a slow second start
+    (tmp_path / "slow.py").write_text(textwrap.dedent("""
+        import pathlib, time
+        pathlib.Path("started").touch()
+        deadline = time.time() + 120
+        while not pathlib.Path("release").exists() and time.time() < deadline:
+            time.sleep(0.05)
+        pathlib.Path("out.txt").write_text("done")
+    """))
     (tmp_path / "dvc.yaml").write_text(yaml.safe_dump({"stages": {"slow": {
-        "cmd": "python -c \"import time, pathlib; pathlib.Path('started').touch(); time.sleep(8); "
-               "pathlib.Path('out.txt').write_text('done')\"",
-        "outs": [{"out.txt": {"cache": False}}]}}}))
+        "cmd": "python slow.py", "deps": ["slow.py"], "outs": [{"out.txt": {"cache": False}}]}}}))
     for cmd in (["git", "init", "-q"], [str(DVC), "init", "-q"], [str(DVC), "config", "core.analytics", "false"]):
         subprocess.run(cmd, cwd=tmp_path, env=env, check=True, capture_output=True)
     first = subprocess.Popen([str(DVC), "repro"], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
@@ -581,5 +588,6 @@ def test_a_second_concurrent_dvc_repro_is_refused(tmp_path):
                                 timeout=120)
         assert second.returncode != 0 and "lock" in (second.stderr + second.stdout).lower()
     finally:
+        (tmp_path / "release").touch()
         first.wait(timeout=120)
     assert first.returncode == 0 and (tmp_path / "out.txt").read_text() == "done"
