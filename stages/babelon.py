@@ -22,7 +22,8 @@ Columns are found by header name, never by position. Rules (documented in README
 * Duplicate rows for the same term and field: the better status wins
   (``OFFICIAL`` > ``CANDIDATE`` > anything else); between equal statuses the *last* row
   in file order wins. Conflicts are counted (``conflicts``).
-* A missing required column, an empty ``subject_id`` or a malformed HP id is a
+* A missing required column, a row with fewer or more fields than the header (extra
+  empty trailing fields are fine), an empty ``subject_id`` or a malformed HP id is a
   ``UserError`` naming the file and line.
 """
 from __future__ import annotations
@@ -118,7 +119,8 @@ def _rows(path: Path):
                     continue
                 if len(row) > len(header) and any(c.strip() for c in row[len(header):]):
                     raise UserError(f"{path}:{line}: {len(row)} fields, header has {len(header)}")
-                row = row + [""] * (len(header) - len(row))
+                if len(row) < len(header):   # a lost tab shifts every later value: never pad
+                    raise UserError(f"{path}:{line}: {len(row)} fields, header has {len(header)}")
                 yield line, header, dict(zip(header, row))
         except UnicodeDecodeError:
             raise UserError(f"{path}:{reader.line_num + 1}: not UTF-8") from None

@@ -18,7 +18,9 @@ not ``HP:NNNNNNN``) is a UserError naming the file and the case index. Well-form
 that the corpus lacks are not errors: an obsolete id whose ``replaced_by`` term is in
 the corpus is replaced by it (counted: ``n_replaced_ids``); any other id not in the
 corpus is dropped from the case's expected set (``n_dropped_ids``); a case left with no
-expected id is skipped (``n_skipped_cases``). Each count is logged as a warning.
+expected id is skipped (``n_skipped_cases``). Each count is logged as a warning. An empty
+file (``[]``) or one whose every case is skipped is a UserError. A set with one usable
+case gets its metrics; its paired p-value is null (not computed, n < 2).
 """
 from __future__ import annotations
 
@@ -122,6 +124,8 @@ def load_external_set(path: Path, corpus_ids: set[str], replaced_by: dict[str, s
         raise UserError(f"{path}: not valid JSON ({exc})") from None
     if not isinstance(data, list):
         raise UserError(f"{path}: expected a list of cases, got {type(data).__name__}")
+    if not data:
+        raise UserError(f"{path}: no cases (an empty list); remove it from benchmark.external_sets")
     texts, expected = [], []
     counts = {"n_cases": len(data), "n_skipped_cases": 0, "n_dropped_ids": 0, "n_replaced_ids": 0}
     for i, case in enumerate(data):
@@ -157,6 +161,9 @@ def load_external_set(path: Path, corpus_ids: set[str], replaced_by: dict[str, s
         if counts[what]:
             log.warning("%s: %s = %d (ids not in the corpus; see the benchmark README section)",
                         path, what, counts[what])
+    if not texts:
+        raise UserError(f"{path}: none of its {len(data)} cases has an expected id in the corpus "
+                        "(all skipped); check the ids or hpo.roots")
     return QuerySet(set="phentrieve." + _sanitize(path.stem), lang=None, texts=texts,
                     expected=expected, counts=counts)
 
@@ -261,6 +268,20 @@ def _save_npy(path: Path, arr: np.ndarray) -> None:
     atomic_write_bytes(path, buf.getvalue())
 
 
+def _load_npy(path: Path) -> np.ndarray | None:
+    """A cached embedding array, or None (with a warning) when the file is truncated or
+    corrupt: it is then encoded again."""
+    try:
+        arr = np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as exc:
+        log.warning("%s: unreadable embedding cache (%s); encoding again", path, str(exc).splitlines()[0][:120])
+        return None
+    if arr.ndim != 2 or arr.dtype != np.float32:
+        log.warning("%s: unexpected embedding cache %s %s; encoding again", path, arr.dtype, arr.shape)
+        return None
+    return arr
+
+
 def encode_cached(get_model, texts: list[str], cache_file: Path, batch_size: int, *, document: bool,
                   desc: str) -> np.ndarray:
     """L2-normalised float32 embeddings of ``texts``, cached in ``cache_file``.
@@ -270,8 +291,8 @@ def encode_cached(get_model, texts: list[str], cache_file: Path, batch_size: int
     ``get_model()`` returns the SentenceTransformer; it is called only when encoding is needed.
     """
     if cache_file.is_file():
-        arr = np.load(cache_file, allow_pickle=False)
-        if arr.shape[0] == len(texts):
+        arr = _load_npy(cache_file)
+        if arr is not None and arr.shape[0] == len(texts):
             return arr
     parts = cache_file.with_name(cache_file.name + ".parts")
     parts.mkdir(parents=True, exist_ok=True)
@@ -283,8 +304,8 @@ def encode_cached(get_model, texts: list[str], cache_file: Path, batch_size: int
             part = parts / f"{c:05d}.npy"
             emb = None
             if part.is_file():
-                emb = np.load(part, allow_pickle=False)
-                if emb.shape[0] != len(idx):
+                emb = _load_npy(part)
+                if emb is not None and emb.shape[0] != len(idx):
                     emb = None
             if emb is None:
                 model = get_model()
@@ -457,10 +478,12 @@ def run(bp: BenchmarkParams, base_model: str = TrainParams().base_model, paths: 
             f.unlink(missing_ok=True)
     for qs in sets:
         if "finetuned" in names and "base" in names:
-            log.info("%-32s MRR base %.3f  finetuned %.3f  (p=%.4g)", qs.key,
+            p = metrics.get(f"{qs.key}.finetuned_vs_base.p_value")
+            log.info("%-32s MRR base %.3f  finetuned %.3f  (%s)", qs.key,
                      metrics.get(f"{qs.key}.base.mrr") or math.nan,
                      metrics.get(f"{qs.key}.finetuned.mrr") or math.nan,
-                     metrics.get(f"{qs.key}.finetuned_vs_base.p_value") or math.nan)
+                     f"p={p:.4g}" if p is not None else "p: not computed (n < 2)" if len(qs.texts) < 2
+                     else "p: not computed")
     return {"metrics": metrics, "timings": timings, "per_query": per_query}
 
 

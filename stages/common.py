@@ -2,6 +2,7 @@
 point wrapper, atomic file writes and the repository paths."""
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -22,6 +23,27 @@ class UserError(Exception):
     """Bad input or configuration. Printed as one line, no traceback, exit status 2."""
 
 
+# OSError numbers that describe the machine, not the code: a read-only or full disk, a
+# quota, a missing permission. A stage stops on them with one line naming the path.
+ENVIRONMENT_ERRNOS = {errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM}
+
+
+def environment_error(exc: OSError, path: Path | str | None = None) -> UserError | None:
+    """A one-line UserError for an OSError caused by the environment (see
+    ``ENVIRONMENT_ERRNOS``), naming ``path`` (else the error's own file name) and the
+    cause; None for any other OSError (a bug keeps its traceback)."""
+    code = exc.errno
+    if code is None:   # pyarrow and others raise OSError with the cause in the message only
+        code = next((c for c in (errno.EROFS, errno.ENOSPC, errno.EDQUOT) if os.strerror(c) in str(exc)), None)
+    if code not in ENVIRONMENT_ERRNOS:
+        return None
+    where = path if path is not None else (exc.filename or str(exc).splitlines()[0][:200])
+    cause = (exc.strerror if exc.errno is not None else None) or os.strerror(code)
+    hint = {errno.ENOSPC: "free some space and rerun", errno.EDQUOT: "free some space and rerun",
+            errno.EROFS: "make it writable and rerun"}.get(code, "fix the permissions and rerun")
+    return UserError(f"{where}: cannot write: {cause} [{errno.errorcode.get(code, code)}]; {hint}")
+
+
 def run_stage(main: Callable[[], Any]) -> None:
     """Run a stage's ``main`` and turn ``UserError`` into a one-line message.
 
@@ -40,15 +62,22 @@ def run_stage(main: Callable[[], Any]) -> None:
     except KeyboardInterrupt:
         print("interrupted: finished outputs are kept; rerun to continue", file=sys.stderr)
         sys.exit(130)
+    except OSError as exc:
+        err = environment_error(exc)
+        if err is None:
+            raise
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
 
 
 def atomic_write_bytes(path: Path | str, data: bytes) -> None:
     """Write ``data`` to ``path`` via a temporary file in the same folder and a rename,
     so a reader never sees a half-written file."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()
@@ -57,8 +86,16 @@ def atomic_write_bytes(path: Path | str, data: bytes) -> None:
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file normal permissions
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+    except BaseException as exc:
+        if tmp is not None:
+            try:
+                Path(tmp).unlink(missing_ok=True)
+            except OSError:
+                pass
+        if isinstance(exc, OSError):
+            err = environment_error(exc, path)
+            if err is not None:
+                raise err from None
         raise
 
 

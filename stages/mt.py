@@ -88,7 +88,12 @@ class GoogleBackend(Backend):
             try:
                 credentials, _ = google.auth.default(
                     scopes=["https://www.googleapis.com/auth/cloud-translation"])
-            except DefaultCredentialsError:
+            except DefaultCredentialsError as exc:
+                cred_file = os.environ.get("GOOGLE_APPLICATION_CREDENTIALS")
+                if cred_file:   # set but unusable: a mistake to report, not a backend to skip
+                    cause = (str(exc).splitlines() or ["unusable"])[0][:200]
+                    raise UserError(f"translate.mt: google: env GOOGLE_APPLICATION_CREDENTIALS={cred_file}: "
+                                    f"{cause}") from None
                 raise BackendUnavailable("no credentials: set env GOOGLE_APPLICATION_CREDENTIALS "
                                          "(service-account file) or run `gcloud auth application-default login`"
                                          ) from None
@@ -97,9 +102,19 @@ class GoogleBackend(Backend):
                                                             client_options=opts)
         self.parent = f"projects/{project}/locations/{location}"
         self.timeout = timeout
+        import requests
+        from google.auth import exceptions as auth_exc
+
+        # transient: 429, 5xx, timeouts and connection failures (no network, DNS, reset);
+        # requests' ConnectionError/Timeout are not the builtin ones, and a token refresh
+        # without network raises google.auth's TransportError
         self._predicate = if_exception_type(gexc.TooManyRequests, gexc.InternalServerError,
                                             gexc.BadGateway, gexc.ServiceUnavailable, gexc.GatewayTimeout,
-                                            gexc.DeadlineExceeded, ConnectionError, TimeoutError)
+                                            gexc.DeadlineExceeded, ConnectionError, TimeoutError,
+                                            requests.exceptions.ConnectionError, requests.exceptions.Timeout,
+                                            auth_exc.TransportError)
+        self._requests = requests
+        self._auth_exc = auth_exc
         self._Retry = Retry
         self.initial_backoff = initial_backoff
         self.retry_deadline = retry_deadline
@@ -127,6 +142,11 @@ class GoogleBackend(Backend):
                             f"{self.retry_deadline:g} s (translate.retry_deadline): {exc.cause}") from None
         except self._gexc.GoogleAPICallError as exc:
             raise UserError(f"translate.mt: google: {exc.code} {exc.message}") from None
+        except self._auth_exc.RefreshError as exc:
+            raise UserError(f"translate.mt: google: credentials refused: {str(exc).splitlines()[0][:200]}") from None
+        except (self._requests.exceptions.RequestException, self._auth_exc.TransportError) as exc:
+            raise UserError(f"translate.mt: google: request failed: {type(exc).__name__}: "
+                            f"{str(exc).splitlines()[0][:200] if str(exc) else ''}") from None
         out = [Result(t.translated_text) for t in resp.translations]
         if len(out) != len(texts):
             raise UserError(f"translate.mt: google returned {len(out)} translations for {len(texts)} texts")

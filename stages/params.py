@@ -334,6 +334,10 @@ def _check(value: Any, meta: typing.Mapping[str, Any], key: str) -> None:
         return
     if meta.get("choices") is not None:
         items = value if isinstance(value, list) else [value]
+        if isinstance(value, list):
+            dup = next((v for i, v in enumerate(value) if v in value[:i]), None)
+            if dup is not None:
+                raise UserError(f"params.yaml: {key}: {dup!r} is listed twice")
         for v in items:
             if v not in meta["choices"]:
                 allowed = ", ".join(map(str, meta["choices"]))
@@ -407,6 +411,9 @@ def load_params(path: Path | str | None = None) -> Params:
         mark = getattr(exc, "problem_mark", None)
         where = f":{mark.line + 1}" if mark is not None else ""
         raise UserError(f"{path}{where}: not valid YAML ({getattr(exc, 'problem', exc)})") from None
+    if raw is None:   # DVC refuses an empty params file too (the stages' params are missing)
+        raise UserError(f"{path}: empty params file (every stage reads its section from it; "
+                        "`git checkout params.yaml` restores the defaults)")
     return parse_params(raw, str(path))
 
 

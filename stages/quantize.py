@@ -31,6 +31,7 @@ import fnmatch
 import json
 import os
 import random
+import re
 import resource
 import shutil
 import statistics
@@ -242,6 +243,35 @@ def build(src: Path, dst: Path, p: QuantizeParams) -> dict[str, Any]:
                                       "reduce_range", "operators", "exclude_nodes")}}
     (dst / "onnx" / "quantize_config.json").write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
     return info
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_temp(out: Path) -> list[Path]:
+    """Remove the ``.<out>.tmp-<pid>-*`` / ``.<out>.old-<pid>`` siblings that a killed run
+    left behind (a run that is still alive keeps its own); return what was removed."""
+    removed = []
+    for p in sorted(out.parent.glob(f".{out.name}.tmp-*")) + sorted(out.parent.glob(f".{out.name}.old-*")):
+        m = re.match(rf"^\.{re.escape(out.name)}\.(?:tmp|old)-(\d+)", p.name)
+        if m and int(m.group(1)) != os.getpid() and _pid_alive(int(m.group(1))):
+            continue
+        if p.is_dir():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            p.unlink(missing_ok=True)
+        removed.append(p)
+    if removed:
+        log.info("removed %d temporary folder(s) of an interrupted run: %s", len(removed),
+                 ", ".join(p.name for p in removed))
+    return removed
 
 
 def publish(tmp: Path, out: Path) -> None:
@@ -499,7 +529,8 @@ def run(p: QuantizeParams, src: Path, out: Path = OUT_DIR, metrics_path: Path = 
     _check_model_folder(src, "params.yaml: quantize.model")
     terms = load_terms(terms_path or TERMS) if measure_metrics else None
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
+    remove_stale_temp(out)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-{os.getpid()}-"))
     try:
         shutil.rmtree(tmp)
         log.info("export %s -> ONNX, optimise (%s), quantize (%s)", src, p.optimization, p.preset)

@@ -205,7 +205,8 @@ def paired_diff(a: Sequence[float], b: Sequence[float], n_resamples: int, seed: 
                 confidence: float = 0.95) -> dict[str, float]:
     """Mean of ``a - b`` over paired queries, its percentile bootstrap CI, and a two-sided
     paired permutation p-value (scipy.stats.permutation_test, ``permutation_type=
-    'samples'``: each query's two values are swapped at random under the null)."""
+    'samples'``: each query's two values are swapped at random under the null). With fewer
+    than two pairs the p-value is NaN: not computed (n < 2)."""
     from scipy import stats
 
     a = np.asarray(a, dtype=float)
@@ -215,6 +216,8 @@ def paired_diff(a: Sequence[float], b: Sequence[float], n_resamples: int, seed: 
     d = a - b
     if d.size == 0:
         return {"diff": math.nan, "diff_ci_low": math.nan, "diff_ci_high": math.nan, "p_value": math.nan}
+    if d.size < 2:   # permutation_test needs two observations per sample: p not computed (n < 2)
+        return {"diff": float(d[0]), "diff_ci_low": float(d[0]), "diff_ci_high": float(d[0]), "p_value": math.nan}
     if np.all(d == 0):
         return {"diff": 0.0, "diff_ci_low": 0.0, "diff_ci_high": 0.0, "p_value": 1.0}
     low, high = bootstrap_ci(d, n_resamples, seed, confidence)

@@ -140,6 +140,42 @@ def freeze_word_embeddings(model) -> int:
     return int(emb.weight.numel())
 
 
+def truncate_live_history(live_dir: Path, step: int) -> int:
+    """Drop the dvclive curve rows (``plots/metrics/**/*.tsv``) logged after ``step``, the
+    checkpoint a run resumes from, so the resumed steps are not plotted twice. Returns the
+    number of rows removed."""
+    from stages.common import atomic_write_text
+
+    removed = 0
+    for f in sorted((Path(live_dir) / "plots" / "metrics").rglob("*.tsv")):
+        lines = f.read_text(encoding="utf-8").splitlines()
+        if not lines:
+            continue
+        header = lines[0].split("\t")
+        if "step" not in header:
+            continue
+        col = header.index("step")
+        keep = [lines[0]]
+        for line in lines[1:]:
+            fields = line.split("\t")
+            if len(fields) != len(header):   # a row cut short by the kill
+                removed += 1
+                continue
+            try:
+                if int(float(fields[col])) > step:
+                    removed += 1
+                    continue
+            except (IndexError, ValueError):
+                removed += 1        # a row cut short by the kill
+                continue
+            keep.append(line)
+        if len(keep) != len(lines):
+            atomic_write_text(f, "\n".join(keep) + "\n")
+    if removed:
+        log.info("dvclive: removed %d curve rows logged after step %d (resuming there)", removed, step)
+    return removed
+
+
 def dev_summary(metrics: dict[str, float], prefix: str) -> dict[str, float]:
     return {k: round(float(metrics[f"{prefix}{EVAL_NAME}_{v}"]), 6) for k, v in CUTS.items()}
 
@@ -355,6 +391,8 @@ def run(params, a: argparse.Namespace) -> dict | None:  # noqa: C901 - one linea
     live = None
     if rank0:
         from dvclive import Live
+        if last is not None:   # steps logged after the checkpoint are trained (and logged) again
+            truncate_live_history(a.live, int(Path(last).name.rsplit("-", 1)[1]))
         live = Live(dir=str(a.live), resume=last is not None, save_dvc_exp=False, dvcyaml=None)
         if last is None:
             live.step = 0

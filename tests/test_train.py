@@ -421,6 +421,9 @@ def test_kill_and_resume(tiny_model, tmp_path):
     assert "resumed from" in r.stderr
     evals = pd.read_csv(tmp_path / "dvclive/plots/metrics/eval/dev_mrr@10.tsv", sep="\t")
     assert evals["step"].iloc[0] == 0 and evals["step"].iloc[-1] == m["steps"]
+    for tsv in (tmp_path / "dvclive/plots/metrics").rglob("*.tsv"):   # no step plotted twice (resume)
+        steps = pd.read_csv(tsv, sep="\t")["step"]
+        assert steps.is_monotonic_increasing and not steps.duplicated().any(), tsv
 
 
 def test_torchrun_ddp_on_cpu(tiny_model, tmp_path):
