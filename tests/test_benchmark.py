@@ -96,7 +96,8 @@ def test_ndcg_perfect_and_partial():
 
 # --------------------------------------------------------------------------- MaxOntSim
 
-# R -> A -> B -> D ;  R -> C -> D ;  A -> E      (longest-path depths: A1 B2 C1 D3 E2)
+# R -> A -> B -> D ;  R -> C -> D ;  A -> E
+# longest-path depths: A1 B2 C1 D3 E2; shortest (phentrieve): A1 B2 C1 D2 E2, max 2
 DAG = [("A", "R"), ("B", "A"), ("D", "B"), ("C", "R"), ("D", "C"), ("E", "A")]
 
 
@@ -105,34 +106,50 @@ def dag():
     return rm.OntologySimilarity(DAG, root="R")
 
 
-def test_depths_are_longest_paths(dag):
+def test_depths_longest_and_shortest(dag):
     assert {t: dag.depth(t) for t in "RABCDE"} == {"R": 0, "A": 1, "B": 2, "C": 1, "D": 3, "E": 2}
+    assert {t: dag.shortest_depth(t) for t in "RABCDE"} == {"R": 0, "A": 1, "B": 2, "C": 1, "D": 2, "E": 2}
+    assert dag.max_depth == 2
     assert dag.ancestors("D") == frozenset("DBACR")
 
 
+# phentrieve HYBRID: p = (da - l) + (db - l); sim = 0.7 * l / 2 + 0.3 * (1 - p / (da + db))
 @pytest.mark.parametrize("a, b, expected", [
-    ("B", "E", 2 * 1 / (2 + 2)),    # LCA A
-    ("D", "E", 2 * 1 / (3 + 2)),    # LCA A (C is not an ancestor of E)
-    ("D", "B", 2 * 2 / (3 + 2)),    # B is D's ancestor; shortest-path depths would give 1.0
-    ("D", "C", 2 * 1 / (3 + 1)),
-    ("C", "E", 0.0),                # only the root in common
+    ("B", "E", 0.35 + 0.3 * (1 - 2 / 4)),   # LCA A (l=1), p = 1 + 1
+    ("D", "E", 0.35 + 0.3 * (1 - 2 / 4)),   # LCA A (C is not an ancestor of E)
+    ("D", "C", 0.35 + 0.3 * (1 - 1 / 3)),   # LCA C (l=1), p = 1 + 0
+    ("A", "B", 0.35 + 0.3 * (1 - 1 / 3)),   # A is B's parent
+    ("D", "B", 1.0),                        # B ancestor of D at the same shortest depth: p = 0
+    ("C", "E", 0.0),                        # only the root in common: 0 + 0.3 * (1 - 1)
     ("R", "A", 0.0),
     ("R", "R", 1.0),
     ("D", "D", 1.0),
-    ("D", "HP:9999999", 0.0),       # unknown term
+    ("D", "HP:9999999", 0.0),               # unknown term
+    ("HP:9999999", "HP:9999999", 1.0),      # exact match even outside the graph
 ])
-def test_ontology_similarity(dag, a, b, expected):
+def test_ontology_similarity_hybrid(dag, a, b, expected):
     assert dag.sim(a, b) == pytest.approx(expected)
     assert dag.sim(b, a) == pytest.approx(expected)
 
 
+@pytest.mark.parametrize("a, b, expected", [
+    ("B", "E", 2 * 1 / (2 + 2)), ("D", "E", 2 * 1 / (3 + 2)), ("D", "B", 2 * 2 / (3 + 2)),
+    ("D", "C", 2 * 1 / (3 + 1)), ("C", "E", 0.0), ("D", "D", 1.0),
+])
+def test_ontology_similarity_lin(a, b, expected):
+    lin = rm.OntologySimilarity(DAG, root="R", formula="lin")
+    assert lin.sim(a, b) == pytest.approx(expected)
+
+
 def test_max_ont_sim_at_k(dag):
-    top = ["C", "E", "B"]
-    assert dag.max_sim(["D"], top[:1]) == pytest.approx(0.5)
-    assert dag.max_sim(["D"], top[:5]) == pytest.approx(0.8)
-    assert dag.max_sim(["E", "D"], top) == 1.0          # E retrieved exactly
-    m = rm.per_query_metrics([2], ["D"], top, dag)
-    assert (m["maxontsim@1"], m["maxontsim@5"]) == (pytest.approx(0.5), pytest.approx(0.8))
+    top = ["C", "E", "A"]
+    assert dag.max_sim(["D"], top[:1]) == pytest.approx(0.55)       # sim(D, C)
+    assert dag.max_sim(["D"], top[:2]) == pytest.approx(0.55)       # sim(D, E) = 0.5 is lower
+    assert dag.max_sim(["B"], top) == pytest.approx(0.55)           # sim(B, A)
+    assert dag.max_sim(["E", "D"], top) == 1.0                      # E retrieved exactly
+    assert dag.max_sim(["D"], []) == 0.0
+    m = rm.per_query_metrics([4], ["B"], top, dag)
+    assert (m["maxontsim@1"], m["maxontsim@5"]) == (pytest.approx(0.3 * (1 - 3 / 3)), pytest.approx(0.55))
 
 
 # --------------------------------------------------------------------------- statistics
