@@ -103,6 +103,10 @@ class PairsParams:
     test_fraction: float = spec(0.1, min=0.0, max=0.5, doc="share of concepts in test, per branch")
     seed: int = spec(13, doc="seed of the concept split and of the sampling under caps")
     max_per_concept: int = spec(64, min=1, doc="max pairs per concept (all types and languages)")
+    holdout_sets: list[str] | None = spec(None, doc="phentrieve-format benchmark files whose concepts go to the "
+                                                    "'bench' split (never trained on) and whose case texts are "
+                                                    "dropped from every pair; null = the files of "
+                                                    "benchmark.external_sets; [] = off (release model)")
 
 
 TRAIN_LOSSES = ("mnrl", "cached_mnrl", "gist", "cosine", "contrastive", "online_contrastive", "triplet")

@@ -58,3 +58,61 @@ def test_multi_vector_max_aggregation_hand_example():
     # multi-vector ranks it first thanks to its synonym
     assert rm.gold_ranks(scores[:, [0, 3, 4]], [0, 0]).tolist() == [3, 1]
     assert rm.gold_ranks(got, [0, 0]).tolist() == [1, 1]
+
+
+# --------------------------------------------------------------------------- hold-out in the pairs stage
+
+def _holdout_run(tmp_path, holdout):
+    import json
+
+    from test_pairs import SMALL, write_doc, write_terms
+
+    from stages.pairs import run
+    from stages.params import PairsParams
+
+    tr = tmp_path / "translations"
+    for r in SMALL:
+        write_doc(tr, r["id"], r, {k: r[k] for k in ("de", "fr") if k in r})
+    terms = write_terms(tmp_path / "terms.parquet", SMALL)
+    bench = tmp_path / "bench.json"
+    # case 0 expects Seizure; case 1's text is a German synonym of Arthritis (another concept)
+    bench.write_text(json.dumps([{"text": "Anfall mit Zuckungen", "expected_hpo_ids": ["HP:0000002"]},
+                                 {"text": "GELENKENTZÜNDUNG", "expected_hpo_ids": ["HP:0000003"]}]))
+    out = tmp_path / "out"
+    m = run(PairsParams(dev_fraction=0.0, test_fraction=0.0), ["de", "fr"], translations_dir=tr,
+            terms_path=terms, out_dir=out, metrics_path=out / "pairs.json", progress=False,
+            holdout=[str(bench)] if holdout else [])
+    return out, m
+
+
+def test_holdout_concepts_and_case_texts_never_reach_training(tmp_path):
+    import json
+
+    import pandas as pd
+
+    out, m = _holdout_run(tmp_path, holdout=True)
+    concepts = pd.read_parquet(out / "concepts.parquet").set_index("hpo_id")["split"]
+    assert concepts.to_dict() == {"HP:0000001": "train", "HP:0000002": "bench", "HP:0000003": "bench"}
+    pairs = pd.concat([pd.read_parquet(out / f"{s}.parquet") for s in ("train", "dev", "test")])
+    assert len(pairs) > 0
+    # a case's concept never appears in train/dev pairs (nor in queries)
+    assert not pairs["hpo_id"].isin(["HP:0000002", "HP:0000003"]).any()
+    assert not pd.read_parquet(out / "queries.parquet")["hpo_id"].isin(["HP:0000002", "HP:0000003"]).any()
+    # a case text (NFC, casefold) never appears in any pair
+    texts = set(pairs["anchor"].str.casefold()) | set(pairs["positive"].str.casefold())
+    assert "gelenkentzündung" not in texts and "anfall mit zuckungen" not in texts
+    # without the hold-out, the same data does train on them
+    out2, m2 = _holdout_run(tmp_path / "off", holdout=False)
+    pairs2 = pd.read_parquet(out2 / "train.parquet")
+    assert pairs2["hpo_id"].isin(["HP:0000002", "HP:0000003"]).any()
+    assert (pairs2["positive"].str.casefold() == "gelenkentzündung").sum() == 1
+    # counts: headline in the metrics file, details in the report
+    assert m["holdout"]["concepts"] == 2 and m["holdout"]["case_texts"] == 2
+    assert m["holdout"]["concepts_from"] == {"train": 2, "dev": 0, "test": 0}
+    assert m["holdout"]["dropped_pairs"] == 1 == len(pairs2[pairs2["hpo_id"] == "HP:0000001"]) - len(
+        pairs[pairs["hpo_id"] == "HP:0000001"])
+    headline = json.loads((out / "pairs.json").read_text())
+    assert headline["concepts"] == {"train": 1, "dev": 0, "test": 0, "bench": 2}
+    assert headline["holdout_dropped_pairs"] == 1
+    assert json.loads((out / "pairs.report.json").read_text())["holdout"] == m["holdout"]
+    assert m2["holdout"]["concepts"] == 0 and m2["concepts"]["bench"] == 0
