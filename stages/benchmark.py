@@ -719,7 +719,8 @@ def report_markdown(report: dict, sets: list[QuerySet], specs: list[ModelSpec], 
             for m in names:
                 out.append(f"| {m} | " + " | ".join(_fmt(report, f"{mode}.{qs.key}.{m}.{metric}") for _, qs in hl) + " |")
             out.append("")
-        out += ["**paired MRR difference** (diff (95% CI), permutation p)", "", header, rule]
+        if comparisons(names):
+            out += ["**paired MRR difference** (diff (95% CI), permutation p)", "", header, rule]
         for a, b in comparisons(names):
             cells = []
             for _, qs in hl:
