@@ -116,3 +116,70 @@ def test_holdout_concepts_and_case_texts_never_reach_training(tmp_path):
     assert headline["holdout_dropped_pairs"] == 1
     assert json.loads((out / "pairs.report.json").read_text())["holdout"] == m["holdout"]
     assert m2["holdout"]["concepts"] == 0 and m2["concepts"]["bench"] == 0
+
+
+def test_translate_headline_metrics_are_few(tmp_path):
+    import json
+
+    from test_translate import make_terms, synthetic_terms
+
+    from stages import translate
+    from stages.params import TranslateParams
+
+    tp = make_terms(tmp_path / "terms.parquet", synthetic_terms(4))
+    p = TranslateParams(official=str(tmp_path / "absent"), mt=[])
+    m = translate.run(p, terms_path=tp, out_dir=tmp_path / "out", metrics_path=tmp_path / "m.json")
+    assert json.loads((tmp_path / "m.json").read_text()) == {
+        "label_coverage": {"de": 0.0, "es": 0.0, "fr": 0.0}, "characters_sent": 0}
+    assert json.loads((tmp_path / "m.report.json").read_text()) == json.loads(json.dumps(m))
+
+
+def _leaves(d) -> int:
+    return sum(_leaves(v) for v in d.values()) if isinstance(d, dict) else 1
+
+
+# the other stages' metrics files (not produced here): base_model.json and quantize.json
+OTHER_STAGES_ALLOWANCE = {"base_model": 8, "quantize": 20}
+KEY_BUDGET = 120
+
+
+def test_headline_metrics_fit_the_key_budget_on_default_params():
+    """All metrics/*.json together <= 120 keys on default params: count the keys each
+    stage's headline function produces for the default shape (3 languages, the held-out
+    set + the 3 distinct phentrieve German sets, 4 benchmark models)."""
+    from stages import benchmark as bm
+    from stages import pairs, parse_hpo, train, translate
+    from stages.params import parse_params
+
+    p = parse_params({})
+    langs = p.translate.languages
+    hpo = parse_hpo.headline({"data_version": "v", "terms": {"total": 1, "obsolete": 1, "selected": 1},
+                              "edges": {"is_a": 1}, "selected": {"synonyms": {"total": 1}, "with_definition": 1}})
+    tr = translate.headline({"languages": {lg: {"labels": {"coverage": 1.0}} for lg in langs}, "characters_sent": 0})
+    pa_ = pairs.headline({"concepts": {s: 1 for s in ("train", "dev", "test", "bench")},
+                          "pairs": {"train": {"total": 1}}, "queries": {"dev": {"total": 1}, "test": {"total": 1}},
+                          "holdout": {"dropped_pairs": 1}})
+    tn = train.headline({"baseline": {"mrr": 0.1}, "best": {"mrr": 0.2, "hr@1": 0.1}, "gain_mrr": 0.1,
+                         "best_step": 1, "train_time_s": 1.0, "pairs_per_s": 1.0})
+    sets = [bm.QuerySet("heldout", lg, [], []) for lg in (*langs, "en", "all")]
+    sets += [bm.QuerySet(f"phentrieve.{n}", None, [], []) for n in ("70cases_gemini_v1", "70cases_o3_v1", "small_v1")]
+    models = [*p.benchmark.models, *(e.partition("=")[0] for e in p.benchmark.extra_models)]
+    assert models == ["base", "finetuned", "int8", "minilm"]
+    mode = p.benchmark.headline_retrieval
+    report = {}
+    for qs in sets:
+        report[f"{qs.key}.cases_by_split.train"] = 0
+        for m in models:
+            for metric in (*bm.rm.METRICS, "n_queries"):
+                report[f"{mode}.{qs.key}.{m}.{metric}"] = 1.0
+                report[f"single.{qs.key}.{m}.{metric}"] = 1.0
+        for k in ("mrr_diff", "p_value", "mrr_diff_ci_low"):
+            report[f"{mode}.{qs.key}.finetuned_vs_base.{k}"] = 0.0
+    bench = bm.headline(report, sets, models, mode)
+    # per set: 4 metrics x (base, finetuned, minilm) + int8 mrr + diff + p; external sets + n_cases_in_train
+    assert len(bench) == 4 * (3 * 4 + 1 + 2) + 3
+    assert "heldout.finetuned_vs_base.p_value" in bench and "phentrieve.small_v1.n_cases_in_train" in bench
+    counts = {"hpo": _leaves(hpo), "translate": _leaves(tr), "pairs": _leaves(pa_), "train": _leaves(tn),
+              "benchmark": len(bench)}
+    assert counts == {"hpo": 7, "translate": len(langs) + 1, "pairs": 8, "train": 7, "benchmark": 63}
+    assert sum(counts.values()) + sum(OTHER_STAGES_ALLOWANCE.values()) <= KEY_BUDGET
