@@ -217,7 +217,9 @@ def holdout_cases(entries: list[str], all_terms: pd.DataFrame) -> tuple[set[str]
         qs = load_external_set(path, selected, replaced)
         ids.update(h for e in qs.expected for h in e)
         texts.update(case_key(t) for t in qs.texts)
-        files.append({"file": name, "cases": len(qs.texts), "concepts": len({h for e in qs.expected for h in e})})
+        root = Path(__file__).resolve().parent.parent
+        shown = path.relative_to(root).as_posix() if path.is_relative_to(root) else name
+        files.append({"file": shown, "cases": len(qs.texts), "concepts": len({h for e in qs.expected for h in e})})
     return ids, texts, files
 
 
