@@ -480,6 +480,20 @@ def summarize(per_query: pd.DataFrame, sets: list[QuerySet], models: list[str], 
     return {k: _finite(v) for k, v in out.items()}
 
 
+def branch_summary(per_query: pd.DataFrame, sets: list[QuerySet], models: list[str],
+                   modes: list[str]) -> dict[str, Any]:
+    """MRR per top-level HPO branch of the expected concept on the pooled held-out set
+    (``<retrieval>.heldout.branch.<branch id>.<model>.{mrr,n_queries}``; no CIs)."""
+    out: dict[str, Any] = {}
+    for _, qs in headline_sets([s for s in sets if s.set == "heldout"]):
+        for mode in modes:
+            sub = _subset(per_query, mode, qs).dropna(subset=["branch"])
+            for (branch, m), df in sub.groupby(["branch", "model"]):
+                out[f"{mode}.heldout.branch.{branch}.{m}.mrr"] = float(df["mrr"].mean())
+                out[f"{mode}.heldout.branch.{branch}.{m}.n_queries"] = len(df)
+    return out
+
+
 def headline_sets(sets: list[QuerySet]) -> list[tuple[str, QuerySet]]:
     """(headline name, set): the held-out languages pooled (``heldout``; the one language
     when there is one) and each external set."""
@@ -541,6 +555,7 @@ def run(bp: BenchmarkParams, base_model: str = TrainParams().base_model, paths: 
 
     sets = load_heldout(paths.queries, id_set, bp.languages)
     split_of: dict[str, str] = {}
+    branch_of = dict(zip(terms["id"], terms["branch"])) if "branch" in terms.columns else {}
     if paths.concepts.is_file():
         concepts = pd.read_parquet(paths.concepts)
         split_of = dict(zip(concepts["hpo_id"], concepts["split"]))
@@ -623,12 +638,14 @@ def run(bp: BenchmarkParams, base_model: str = TrainParams().base_model, paths: 
                 seen = seen_of[qs.key]
                 for i, r in zip(keep, score_set(c_t, q_t[idx], qs, id_index, corpus_ids, ontsim, vec, keep)):
                     rows.append({"retrieval": ix.mode, "model": spec.name, "set": qs.set, "lang": qs.lang,
-                                 "seen": seen[i] if seen is not None else None, **r})
+                                 "seen": seen[i] if seen is not None else None,
+                                 "branch": branch_of.get(qs.expected[i][0]) or None, **r})
 
-    per_query = pd.DataFrame(rows, columns=["retrieval", "model", "set", "lang", "seen", "query", "expected",
-                                            "retrieved", "scores", "rank", *rm.METRICS])
+    per_query = pd.DataFrame(rows, columns=["retrieval", "model", "set", "lang", "seen", "branch", "query",
+                                            "expected", "retrieved", "scores", "rank", *rm.METRICS])
     names = [s.name for s in specs]
     report = summarize(per_query, sets, names, len(corpus_ids), bp, modes)
+    report.update(branch_summary(per_query, sets, names, modes))
     for ix in indexes:
         report[f"{ix.mode}.n_vectors"] = len(ix.texts)
     metrics = headline(report, sets, names, bp.headline_retrieval)
@@ -640,8 +657,9 @@ def run(bp: BenchmarkParams, base_model: str = TrainParams().base_model, paths: 
     write_curves(per_query, sets, names, paths.curves, bp.headline_retrieval)
     write_json(paths.metrics, metrics)
     write_json(paths.reports / "benchmark.json", report)
+    labels = dict(zip(all_terms["id"], all_terms["label"]))
     atomic_write_text(paths.reports / "benchmark.md",
-                      report_markdown(report, sets, specs, modes, bp, base_model, duplicates))
+                      report_markdown(report, sets, specs, modes, bp, base_model, duplicates, labels))
     for f in paths.cache.glob("*.npy") if paths.cache.is_dir() else []:
         if f.name not in used_cache:   # embeddings of older models / corpora
             f.unlink(missing_ok=True)
@@ -696,7 +714,8 @@ def model_label(spec: ModelSpec, base_model: str) -> str:
 
 
 def report_markdown(report: dict, sets: list[QuerySet], specs: list[ModelSpec], modes: list[str],
-                    bp: BenchmarkParams, base_model: str, duplicates: dict[str, str]) -> str:
+                    bp: BenchmarkParams, base_model: str, duplicates: dict[str, str],
+                    labels: dict[str, str] | None = None) -> str:
     """reports/benchmark.md: what a reviewer reads in a pull request."""
     names = [s.name for s in specs]
     hl = headline_sets(sets)
@@ -739,6 +758,17 @@ def report_markdown(report: dict, sets: list[QuerySet], specs: list[ModelSpec], 
             for m in names:
                 out.append(f"| {m} | " + " | ".join(_fmt(report, f"{mode}.{qs.key}.{m}.mrr") for qs in langs) + " |")
             out.append("")
+        branches = sorted({k.split(".")[3] for k in report if k.startswith(f"{mode}.heldout.branch.")})
+        if branches:
+            out += ["<details><summary>MRR per top-level HPO branch (held-out, pooled; no CIs)</summary>", "",
+                    "| branch | queries | " + " | ".join(names) + " |", "|---|---|" + "---|" * len(names)]
+            for br in branches:
+                k = f"{mode}.heldout.branch.{br}"
+                label = (labels or {}).get(br, "")
+                out.append(f"| {br} {label} | {report.get(f'{k}.{names[0]}.n_queries', 0)} | "
+                           + " | ".join(f"{report[f'{k}.{m}.mrr']:.3f}" if f"{k}.{m}.mrr" in report else "–"
+                                        for m in names) + " |")
+            out += ["", "</details>", ""]
         split = [qs for qs in ext if report.get(f"{mode}.{qs.key}.seen.{names[0]}.mrr") is not None]
         if split:
             out += ["**MRR on cases whose concept was trained on (seen) vs not (unseen)**", "",

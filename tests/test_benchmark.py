@@ -328,7 +328,8 @@ def make_inputs(root: Path) -> bm.Paths:
     rows = [{"id": t, "label": label, "definition": None,
              "synonyms": [{"text": s, "scope": "EXACT", "type": None} for s in syns],
              "xrefs": [], "parents": parents, "depth": depth[t], "is_obsolete": False, "replaced_by": None,
-             "branch": None, "branches": [], "selected": t not in ("HP:0000001",)}
+             "branch": (t if parents == ["HP:0000118"] else parents[0] if depth[t] > 2 else None), "branches": [],
+             "selected": t not in ("HP:0000001",)}
             for t, label, parents, syns in TERMS]
     rows.append({"id": "HP:0000099", "label": "obsolete fever", "definition": None, "synonyms": [], "xrefs": [],
                  "parents": [], "depth": None, "is_obsolete": True, "replaced_by": "HP:0000021",
@@ -436,6 +437,15 @@ def test_end_to_end(tmp_path, tiny_model_dir, e2e_models, monkeypatch):
         # seen / unseen subsets of the external set partition its cases
         ns = [report[f"{mode}.phentrieve.ext_v1.{w}.base.n_queries"] for w in ("seen", "unseen")]
         assert ns == [1, 1]
+    # MRR per top-level branch of the pooled held-out set (Tremor would count under Seizure)
+    for m in models:
+        sub = per_query[(per_query["retrieval"] == "multi") & (per_query["model"] == m)
+                        & (per_query["set"] == "heldout") & (per_query["lang"] == "all")]
+        arth = sub[sub["expected"].map(lambda e: e[0] == "HP:0000010")]
+        assert report[f"multi.heldout.branch.HP:0000010.{m}.mrr"] == pytest.approx(arth["mrr"].mean())
+        assert report[f"multi.heldout.branch.HP:0000010.{m}.n_queries"] == len(arth) == 2   # 1 English indexed
+        assert sum(v for k, v in report.items() if k.startswith("multi.heldout.branch.")
+                   and k.endswith(f".{m}.n_queries")) == len(sub)
     # the comparison model is the base model under another name: same numbers, one encoding
     for k, v in report.items():
         if ".base." in k and "_vs_" not in k:
@@ -453,6 +463,7 @@ def test_end_to_end(tmp_path, tiny_model_dir, e2e_models, monkeypatch):
     assert f"| finetuned | {report['multi.heldout.all.finetuned.mrr']:.3f} (" in md
     assert "base: untuned `" in md and "`phentrieve.ext_v2` has the same cases as" in md
     assert "**MRR on cases whose concept was trained on (seen) vs not (unseen)**" in md
+    assert "| HP:0000010 Arthritis | 2 | " in md
 
     row = per_query.iloc[0]
     assert len(row["retrieved"]) == 10 and list(row["scores"]) == sorted(row["scores"], reverse=True)
