@@ -45,16 +45,13 @@ expected id is skipped (``n_skipped_cases``). Each count is logged as a warning.
 """
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import io
 import json
 import math
-import re
 import shutil
 import time
 import unicodedata
-from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -69,6 +66,7 @@ from tqdm.auto import tqdm
 from stages import retrieval_metrics as rm
 from stages.common import DATA, METRICS, MODELS, ROOT, UserError, atomic_write_bytes, atomic_write_text, log, run_stage, write_json
 from stages.corpus import build_corpus, load_terms
+from stages.external_sets import QuerySet, _sanitize, external_files, load_external_set  # noqa: F401 (re-exported)
 from stages.models import resolve_model
 from stages.params import BenchmarkParams, TrainParams, load_params
 
@@ -84,8 +82,6 @@ CURVE_KS = tuple(range(1, 11))
 QUERY_BATCH = 256   # queries scored against the whole corpus at once
 ENCODE_CHUNK = 2048  # texts encoded between two cache checkpoints
 COMPARISONS = (("finetuned", "base"), ("int8", "finetuned"))
-_HPO_ID = re.compile(r"^HP:\d{7}$")
-_NAME_OK = re.compile(r"[^a-z0-9_]+")
 
 
 @dataclass
@@ -118,20 +114,6 @@ class Paths:
 
 
 @dataclass
-class QuerySet:
-    """One scored unit: ``set`` (``heldout`` or ``phentrieve.<stem>``) x ``lang``."""
-    set: str
-    lang: str | None
-    texts: list[str]
-    expected: list[list[str]]
-    counts: dict[str, int] = field(default_factory=dict)
-
-    @property
-    def key(self) -> str:
-        return f"{self.set}.{self.lang}" if self.lang else self.set
-
-
-@dataclass
 class ModelSpec:
     name: str
     path: str                  # folder or hub id
@@ -140,59 +122,6 @@ class ModelSpec:
 
 
 # --------------------------------------------------------------------------- inputs
-
-def _sanitize(name: str) -> str:
-    return _NAME_OK.sub("_", name.lower()).strip("_")
-
-
-def load_external_set(path: Path, corpus_ids: set[str], replaced_by: dict[str, str]) -> QuerySet:
-    """Parse and check one phentrieve-format file (rules in the module docstring)."""
-    if not path.is_file():
-        raise UserError(f"{path}: external benchmark file not found (params.yaml: benchmark.external_sets)")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise UserError(f"{path}: not valid JSON ({exc})") from None
-    if not isinstance(data, list):
-        raise UserError(f"{path}: expected a list of cases, got {type(data).__name__}")
-    texts, expected = [], []
-    counts = {"n_cases": len(data), "n_skipped_cases": 0, "n_dropped_ids": 0, "n_replaced_ids": 0}
-    for i, case in enumerate(data):
-        where = f"{path}: case {i}"
-        if not isinstance(case, dict):
-            raise UserError(f"{where}: expected an object, got {type(case).__name__}")
-        for key in ("text", "expected_hpo_ids"):
-            if key not in case:
-                raise UserError(f"{where}: missing key {key!r}")
-        text, ids = case["text"], case["expected_hpo_ids"]
-        if not isinstance(text, str) or not text.strip():
-            raise UserError(f"{where}: 'text' must be a non-empty string, got {text!r}")
-        if not isinstance(ids, list) or not ids:
-            raise UserError(f"{where}: 'expected_hpo_ids' must be a non-empty list, got {ids!r}")
-        kept: list[str] = []
-        for hid in ids:
-            if not isinstance(hid, str) or not _HPO_ID.match(hid):
-                raise UserError(f"{where}: 'expected_hpo_ids' has {hid!r}, not an HPO id (HP:NNNNNNN)")
-            if hid not in corpus_ids and replaced_by.get(hid) in corpus_ids:
-                counts["n_replaced_ids"] += 1
-                hid = replaced_by[hid]
-            if hid not in corpus_ids:
-                counts["n_dropped_ids"] += 1
-                continue
-            if hid not in kept:
-                kept.append(hid)
-        if not kept:
-            counts["n_skipped_cases"] += 1
-            continue
-        texts.append(text)
-        expected.append(kept)
-    for what in ("n_replaced_ids", "n_dropped_ids", "n_skipped_cases"):
-        if counts[what]:
-            log.warning("%s: %s = %d (ids not in the corpus; see the benchmark README section)",
-                        path, what, counts[what])
-    return QuerySet(set="phentrieve." + _sanitize(path.stem), lang=None, texts=texts,
-                    expected=expected, counts=counts)
-
 
 def load_heldout(queries_path: Path, corpus_ids: set[str], languages: list[str]) -> list[QuerySet]:
     """Test-split queries, one QuerySet per language (+ ``all`` pooled when several)."""
@@ -703,6 +632,10 @@ def _fmt(report: dict, key: str) -> str:
     return f"{v:.3f} ({lo:.3f}–{hi:.3f})" if lo is not None and hi is not None else f"{v:.3f}"
 
 
+def _p(v: float | None) -> str:
+    return "–" if v is None else f"{v:.3g}"
+
+
 def model_label(spec: ModelSpec, base_model: str) -> str:
     if spec.name == "base":
         return f"base: untuned `{base_model}`"
@@ -748,7 +681,7 @@ def report_markdown(report: dict, sets: list[QuerySet], specs: list[ModelSpec], 
                     cells.append("–")
                 else:
                     cells.append(f"{report[f'{k}.mrr_diff']:+.3f} ({report[f'{k}.mrr_diff_ci_low']:+.3f}–"
-                                 f"{report[f'{k}.mrr_diff_ci_high']:+.3f}), p={report[f'{k}.p_value']:.3g}")
+                                 f"{report[f'{k}.mrr_diff_ci_high']:+.3f}), p={_p(report.get(f'{k}.p_value'))}")
             out.append(f"| {a} − {b} | " + " | ".join(cells) + " |")
         out.append("")
         langs = [qs for qs in sets if qs.set == "heldout" and qs.lang != "all"]
@@ -812,24 +745,6 @@ PHENTRIEVE_FILES = {
     "small_v1.json": "30d161bd06d2fc01bfb7621c19f653513ba8401f7aa8b27d556e6d3d1c63b656",
     "tiny_v1.json": "30d161bd06d2fc01bfb7621c19f653513ba8401f7aa8b27d556e6d3d1c63b656",
 }
-
-
-def external_files(entries: list[str]) -> list[tuple[str, Path]]:
-    """Expand ``benchmark.external_sets``: a plain path must exist (else an error naming
-    it); a glob pattern (``*``, ``?``, ``[``) may match nothing, which is logged once with
-    the command that fetches the phentrieve files."""
-    out = []
-    for entry in entries:
-        if any(ch in entry for ch in "*?["):
-            base = Path("/") if Path(entry).is_absolute() else ROOT
-            matches = sorted(base.glob(entry.lstrip("/")))
-            if not matches:
-                log.warning("benchmark.external_sets: %s matches no file; `make fetch-benchmarks` "
-                            "downloads the phentrieve German sets there", entry)
-            out += [(str(m), m) for m in matches]
-        else:
-            out.append((entry, Path(entry) if Path(entry).is_absolute() else ROOT / entry))
-    return out
 
 
 def fetch_phentrieve(dest: Path = PHENTRIEVE_DIR, base_url: str = PHENTRIEVE_URL) -> list[Path]:

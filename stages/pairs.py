@@ -205,7 +205,7 @@ def holdout_cases(entries: list[str], all_terms: pd.DataFrame) -> tuple[set[str]
     files ``entries`` (globs allowed), parsed exactly as the benchmark stage parses them."""
     if not entries:
         return set(), set(), []
-    from stages.benchmark import external_files, load_external_set   # one parser for both stages
+    from stages.external_sets import external_files, load_external_set   # one parser for both stages
 
     selected = set(all_terms.loc[all_terms["selected"], "id"])
     replaced = ({i: r for i, r in zip(all_terms["id"], all_terms["replaced_by"]) if r}

@@ -313,6 +313,8 @@ def paired_diff(a: Sequence[float], b: Sequence[float], n_resamples: int, seed: 
         return {"diff": math.nan, "diff_ci_low": math.nan, "diff_ci_high": math.nan, "p_value": math.nan}
     if np.all(d == 0):
         return {"diff": 0.0, "diff_ci_low": 0.0, "diff_ci_high": 0.0, "p_value": 1.0}
+    if d.size == 1:   # one pair: no test possible
+        return {"diff": float(d[0]), "diff_ci_low": float(d[0]), "diff_ci_high": float(d[0]), "p_value": math.nan}
     low, high = bootstrap_ci(d, n_resamples, seed, confidence)
 
     def stat(x, y, axis=-1):

@@ -45,6 +45,13 @@ def test_dev_retrieval_is_the_benchmark_quantity():
     assert any(p[0] > 10 for p in pos)                 # the full rank matters (no MRR@10)
 
 
+def test_paired_diff_of_a_single_pair_has_no_p_value():
+    import math
+    res = rm.paired_diff([0.5], [0.25], 100, seed=0)
+    assert res["diff"] == 0.25 and (res["diff_ci_low"], res["diff_ci_high"]) == (0.25, 0.25)
+    assert math.isnan(res["p_value"])
+
+
 # --------------------------------------------------------------------------- multi-vector
 
 def test_multi_vector_max_aggregation_hand_example():
