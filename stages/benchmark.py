@@ -119,6 +119,7 @@ class ModelSpec:
     path: str                  # folder or hub id
     kwargs: dict[str, Any] = field(default_factory=dict)   # SentenceTransformer(...) kwargs
     max_seq_length: int | None = None                        # override of the model's own
+    source: str | None = None                                # as written in params (labels)
 
 
 # --------------------------------------------------------------------------- inputs
@@ -180,7 +181,8 @@ def model_specs(bp: BenchmarkParams, base_model: str, paths: Paths) -> list[Mode
         if not name or name in {s.name for s in specs} or name in PIPELINE_MODELS:
             raise UserError(f"params.yaml: benchmark.extra_models[{i}]: name {name!r} is empty or already used "
                             "(write it as name=spec)")
-        specs.append(ModelSpec(name, resolve_model(spec.strip(), f"benchmark.extra_models[{i}]")))
+        specs.append(ModelSpec(name, resolve_model(spec.strip(), f"benchmark.extra_models[{i}]"),
+                               source=spec.strip()))
     if not specs:
         raise UserError("params.yaml: benchmark.models and benchmark.extra_models are both empty")
     for s in specs:
@@ -501,10 +503,11 @@ def run(bp: BenchmarkParams, base_model: str = TrainParams().base_model, paths: 
         stems[qs.set] = f
         digest = _sha(qs.texts, qs.expected)
         if digest in contents:
-            log.warning("%s: the same cases as %s; scored once, as %s", f, contents[digest], contents[digest])
+            log.warning("%s: the same cases as %s; scored once, as %s", f, stems[contents[digest]],
+                        contents[digest])
             duplicates[qs.set] = contents[digest]
             continue
-        contents[digest] = f
+        contents[digest] = qs.set
         for split in (*SPLIT_ORDER, "unknown"):
             qs.counts[f"cases_by_split.{split}"] = 0
         for split in case_splits(qs, split_of):
@@ -651,7 +654,7 @@ def model_label(spec: ModelSpec, base_model: str) -> str:
         return "finetuned: `models/finetuned`"
     if spec.name == "int8":
         return "int8: `models/onnx` (INT8 of finetuned)"
-    return f"{spec.name}: `{spec.path}` (comparison)"
+    return f"{spec.name}: `{spec.source or spec.path}` (comparison)"
 
 
 def report_markdown(report: dict, sets: list[QuerySet], specs: list[ModelSpec], modes: list[str],

@@ -118,11 +118,26 @@ def concept_max(scores: torch.Tensor, vec_concept: torch.Tensor, n_concepts: int
 
 def top_k(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Indices and scores of the ``k`` best documents per query (score desc, ties by
-    lower corpus index)."""
-    k = min(k, scores.shape[1])
-    # stable sort on -score keeps the lower index first among equal scores
-    order = torch.sort(-scores, dim=1, stable=True).indices[:, :k]
-    return order, scores.gather(1, order)
+    lower corpus index). A partial selection (``torch.topk`` of 4k candidates, then a
+    stable sort of the candidates in index order); rows whose ties reach past the
+    candidates fall back to a full stable sort."""
+    n = scores.shape[1]
+    k = min(k, n)
+    if k == 0:
+        return scores.new_zeros((scores.shape[0], 0), dtype=torch.long), scores[:, :0]
+    wide = min(n, 4 * k)
+    cand = torch.topk(scores, wide, dim=1).indices.sort(dim=1).values      # candidates in index order
+    cs = scores.gather(1, cand)
+    order = torch.sort(-cs, dim=1, stable=True).indices[:, :k]
+    idx = cand.gather(1, order)
+    if wide < n:
+        # exact unless a document outside the candidates ties with the k-th best
+        kth = scores.gather(1, idx[:, -1:])
+        unsure = (scores >= kth).sum(dim=1) > (cs >= kth).sum(dim=1)
+        if unsure.any():
+            rows = unsure.nonzero().squeeze(1)
+            idx[rows] = torch.sort(-scores[rows], dim=1, stable=True).indices[:, :k]
+    return idx, scores.gather(1, idx)
 
 
 # --------------------------------------------------------------------------- per-query metrics

@@ -190,3 +190,16 @@ def test_headline_metrics_fit_the_key_budget_on_default_params():
               "benchmark": len(bench)}
     assert counts == {"hpo": 7, "translate": len(langs) + 1, "pairs": 8, "train": 7, "benchmark": 63}
     assert sum(counts.values()) + sum(OTHER_STAGES_ALLOWANCE.values()) <= KEY_BUDGET
+
+
+def test_top_k_matches_a_full_stable_sort_with_ties():
+    g = torch.Generator().manual_seed(1)
+    scores = torch.rand((50, 300), generator=g).round(decimals=1)     # heavy ties
+    scores[3] = 0.5                                                    # all tied
+    scores[7, 250:] = 2.0                                              # ties beyond 4k candidates
+    for k in (1, 5, 10):
+        idx, val = rm.top_k(scores, k)
+        ref = torch.sort(-scores, dim=1, stable=True).indices[:, :k]
+        assert torch.equal(idx, ref)
+        assert torch.equal(val, scores.gather(1, ref))
+    assert rm.top_k(scores, 500)[0].shape == (50, 300)
