@@ -152,10 +152,11 @@ def main() -> None:
             # CPU seconds over all threads: on an otherwise idle machine with N cores the wall
             # time is about cpu_s / N; on a shared machine wall time says little
             report["encode_total_cpu_s"] = round(sum(v["cpu_s"] for v in t.values()), 1)
-    m = res["metrics"]
-    report["corpus_documents"] = m["corpus.n_documents"]
-    report["queries"] = {k: v for k, v in m.items() if k.endswith("n_queries")}
-    report["mrr"] = {k: round(v, 4) for k, v in m.items() if k.endswith(".mrr")}
+    full = res["report"]
+    report["corpus_documents"] = full["corpus.n_documents"]
+    report["vectors"] = {k: v for k, v in full.items() if k.endswith("n_vectors")}
+    report["queries"] = {k: v for k, v in full.items() if k.startswith("heldout") and k.endswith("n_queries")}
+    report["mrr"] = {k: round(v, 4) for k, v in res["metrics"].items() if k.endswith(".mrr")}
     print(json.dumps(report, indent=2))
 
 

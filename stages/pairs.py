@@ -30,6 +30,14 @@ A selected concept without a per-ID file gets its English texts from terms.parqu
 A pair's ``source`` is ``mt`` if either text is machine-translated, else ``official`` if
 either is an official translation, else ``original`` (English from the HPO).
 
+Hold-out (``pairs.holdout_sets``; null = the files of ``benchmark.external_sets``, [] =
+off): every concept expected by a case of those phentrieve-format files (obsolete ids
+mapped to their replacement) goes to the ``bench`` split -- no pairs, no queries, never
+train or dev -- and every pair with a text equal to a case text (NFC, casefold) is
+dropped from every split. Counts in ``metrics.holdout``; ``reports/pairs.json`` lists
+the held-out files. The files are not DVC deps (optional, globbed): after replacing them
+in place run ``dvc repro -f pairs``.
+
 Hygiene (counts in ``metrics.dropped``): texts NFC- and whitespace-normalised; translated
 synonyms equal to an English name of the concept dropped (untranslated pass-through);
 empty pairs, identical texts (case-insensitive) and repeated (anchor, positive) pairs
@@ -64,6 +72,8 @@ TRANSLATIONS = DATA / "translations"
 TERMS = DATA / "hpo" / "terms.parquet"
 OUT_DIR = DATA / "pairs"
 SPLITS = ("train", "dev", "test")
+BENCH = "bench"     # concepts of the held-out external benchmark sets
+REPORT = Path(__file__).resolve().parent.parent / "reports" / "pairs.json"
 NO_BRANCH = "none"
 
 PAIRS_SCHEMA = pa.schema([
@@ -188,6 +198,41 @@ def assign_splits(concepts: pd.DataFrame, dev_fraction: float, test_fraction: fl
     df.loc[rank < n_test + n_dev, "split"] = "dev"
     df.loc[rank < n_test, "split"] = "test"
     return df.sort_values("hpo_id")[["hpo_id", "split", "branch"]].reset_index(drop=True)
+
+
+def holdout_cases(entries: list[str], all_terms: pd.DataFrame) -> tuple[set[str], set[str], list[dict]]:
+    """``(concept ids, casefolded case texts, per-file info)`` of the phentrieve-format
+    files ``entries`` (globs allowed), parsed exactly as the benchmark stage parses them."""
+    if not entries:
+        return set(), set(), []
+    from stages.external_sets import external_files, load_external_set   # one parser for both stages
+
+    selected = set(all_terms.loc[all_terms["selected"], "id"])
+    replaced = ({i: r for i, r in zip(all_terms["id"], all_terms["replaced_by"]) if r}
+                if "replaced_by" in all_terms.columns else {})
+    ids: set[str] = set()
+    texts: set[str] = set()
+    files = []
+    for name, path in external_files(entries):
+        qs = load_external_set(path, selected, replaced)
+        ids.update(h for e in qs.expected for h in e)
+        texts.update(case_key(t) for t in qs.texts)
+        root = Path(__file__).resolve().parent.parent
+        shown = path.relative_to(root).as_posix() if path.is_relative_to(root) else name
+        files.append({"file": shown, "cases": len(qs.texts), "concepts": len({h for e in qs.expected for h in e})})
+    return ids, texts, files
+
+
+def case_key(text: str) -> str:
+    """How a training text is compared with a benchmark case text: NFC, whitespace, casefold."""
+    return normalize(text).casefold()
+
+
+def apply_holdout(concepts: pd.DataFrame, held: set[str]) -> pd.DataFrame:
+    """Move the held-out concepts to the ``bench`` split (whatever their hash split was)."""
+    concepts = concepts.copy()
+    concepts.loc[concepts["hpo_id"].isin(held), "split"] = BENCH
+    return concepts
 
 
 # --------------------------------------------------------------------------- pairs
@@ -401,23 +446,44 @@ def _names(t: LangTexts) -> list[str]:
 
 def run(params: PairsParams, languages: list[str] | None, translations_dir: Path = TRANSLATIONS,
         terms_path: Path = TERMS, out_dir: Path = OUT_DIR,
-        metrics_path: Path = METRICS / "pairs.json", progress: bool = True) -> dict:
+        metrics_path: Path = METRICS / "pairs.json", progress: bool = True,
+        holdout: list[str] | None = None, report_path: Path | None = None) -> dict:
     """Build every output; ``languages`` is ``translate.languages`` (None: every language
-    found in the per-ID files, in alphabetical order)."""
+    found in the per-ID files, in alphabetical order); ``holdout``: the benchmark files
+    to hold out (``pairs.holdout_sets`` resolved; None = none). Returns the full report;
+    ``metrics_path`` gets its headline figures (``headline``), ``report_path`` all of it
+    (default: ``report_for(metrics_path)``)."""
     start = time.perf_counter()
     check_params(params)
     gc_was_enabled = gc.isenabled()
     gc.disable()  # millions of small tuples and no cycles: the collector would only rescan them
     try:
         return _run(params, languages, Path(translations_dir), Path(terms_path), Path(out_dir),
-                    Path(metrics_path), progress, start)
+                    Path(metrics_path), progress, start, holdout or [],
+                    Path(report_path) if report_path else report_for(Path(metrics_path)))
     finally:
         if gc_was_enabled:
             gc.enable()
 
 
+def report_for(metrics_path: Path) -> Path:
+    """reports/pairs.json for the stage's own metrics file, else ``<stem>.report.json`` beside it."""
+    if metrics_path.resolve() == (METRICS / "pairs.json").resolve():
+        return REPORT
+    return metrics_path.with_name(metrics_path.stem + ".report.json")
+
+
+def headline(report: dict) -> dict:
+    """The few pairs figures tracked as DVC metrics (the rest stays in reports/pairs.json)."""
+    return {"concepts": {s: report["concepts"].get(s, 0) for s in (*SPLITS, BENCH)},
+            "pairs_train": report["pairs"]["train"]["total"],
+            "queries": {s: report["queries"][s]["total"] for s in ("dev", "test")},
+            "holdout_dropped_pairs": report["holdout"]["dropped_pairs"]}
+
+
 def _run(params: PairsParams, languages: list[str] | None, translations_dir: Path, terms_path: Path,
-         out_dir: Path, metrics_path: Path, progress: bool, start: float) -> dict:
+         out_dir: Path, metrics_path: Path, progress: bool, start: float, holdout: list[str],
+         report_path: Path) -> dict:
     if not translations_dir.is_dir():
         raise UserError(f"{translations_dir}: missing; run the translate stage first (dvc repro translate)")
     langs = target_languages(languages)
@@ -426,6 +492,12 @@ def _run(params: PairsParams, languages: list[str] | None, translations_dir: Pat
         raise UserError(f"{terms_path}: no selected concepts (check hpo.roots)")
     concepts = assign_splits(terms.rename(columns={"id": "hpo_id"}), params.dev_fraction,
                              params.test_fraction, params.seed)
+    held_ids, case_texts, held_files = holdout_cases(holdout, load_terms(terms_path, selected_only=False))
+    moved = concepts.loc[concepts["hpo_id"].isin(held_ids), "split"].value_counts().to_dict()
+    concepts = apply_holdout(concepts, held_ids)
+    if holdout:
+        log.info("pairs: holding out %d concepts of %d benchmark file(s) (from train %d, dev %d, test %d)",
+                 len(held_ids), len(held_files), moved.get("train", 0), moved.get("dev", 0), moved.get("test", 0))
     split_of = dict(zip(concepts["hpo_id"], concepts["split"]))
     branch_of = dict(zip(concepts["hpo_id"], concepts["branch"]))
 
@@ -465,10 +537,16 @@ def _run(params: PairsParams, languages: list[str] | None, translations_dir: Pat
     for hpo_id in sorted(texts_of):
         texts = texts_of[hpo_id]
         split, branch = split_of[hpo_id], branch_of[hpo_id]
-        raw = concept_pairs(texts, lang_order, types, scopes, params.language_pairs)
-        for a, p, t, la, lb, src, stype in select_pairs(raw, seen, params.seed, params.max_per_concept, dropped):
-            out_rows[split].append((a, p, hpo_id, t, la, lb, src, branch, stype))
-        if split != "train":
+        if split != BENCH:
+            raw = concept_pairs(texts, lang_order, types, scopes, params.language_pairs)
+            if case_texts:
+                keep = [r for r in raw if case_key(r[0]) not in case_texts and case_key(r[1]) not in case_texts]
+                dropped["holdout_case_text"] += len(raw) - len(keep)
+                raw = keep
+            for a, p, t, la, lb, src, stype in select_pairs(raw, seen, params.seed, params.max_per_concept,
+                                                            dropped):
+                out_rows[split].append((a, p, hpo_id, t, la, lb, src, branch, stype))
+        if split in ("dev", "test"):
             query_rows.extend((hpo_id, *q) for q in concept_queries(texts, lang_order, scopes, dropped))
         for lang in lang_order:
             t = texts.get(lang)
@@ -497,6 +575,7 @@ def _run(params: PairsParams, languages: list[str] | None, translations_dir: Pat
         }
         metrics["concepts"][split] = int((concepts["split"] == split).sum())
         del rows
+    metrics["concepts"][BENCH] = int((concepts["split"] == BENCH).sum())
     metrics["concepts"]["total"] = len(concepts)
     metrics["concepts"]["without_translation_file"] = len(without_file)
     metrics["concepts"]["with_label_by_language"] = {lang: with_label.get(lang, 0) for lang in lang_order}
@@ -523,8 +602,12 @@ def _run(params: PairsParams, languages: list[str] | None, translations_dir: Pat
     metrics["shared_texts"] = len(shared)
     metrics["dropped"] = {k: int(dropped.get(k, 0)) for k in
                           ("empty", "identical", "duplicate", "untranslated_synonym", "max_per_concept",
-                           "type_cap", "query_shared_text", "query_same_as_english")}
-    write_json(metrics_path, metrics)
+                           "type_cap", "query_shared_text", "query_same_as_english", "holdout_case_text")}
+    metrics["holdout"] = {"files": held_files, "concepts": len(held_ids),
+                          "concepts_from": {s: int(moved.get(s, 0)) for s in SPLITS},
+                          "case_texts": len(case_texts), "dropped_pairs": int(dropped.get("holdout_case_text", 0))}
+    write_json(report_path, metrics)
+    write_json(metrics_path, headline(metrics))
     log.info("pairs: %d concepts (%s), %d/%d/%d train/dev/test pairs, %d queries, %d shared texts in %.1f s",
              len(concepts), ", ".join(lang_order), metrics["pairs"]["train"]["total"],
              metrics["pairs"]["dev"]["total"], metrics["pairs"]["test"]["total"], len(queries), len(shared),
@@ -538,7 +621,13 @@ def main() -> None:
     languages = getattr(params.translate, "languages", None)
     if languages is None:
         log.warning("translate.languages is not declared: using every language in the per-ID files")
-    run(params.pairs, languages)
+    holdout = params.pairs.holdout_sets
+    if holdout is None:
+        holdout = params.benchmark.external_sets
+    if not holdout:
+        log.warning("pairs.holdout_sets is empty: benchmark concepts are trained on (release model); "
+                    "their benchmark scores are not held-out scores")
+    run(params.pairs, languages, holdout=holdout)
 
 
 if __name__ == "__main__":

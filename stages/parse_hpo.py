@@ -167,6 +167,13 @@ def summarize(terms: pa.Table, edges: pa.Table, graph: nx.MultiDiGraph) -> dict:
     }
 
 
+def headline(summary: dict) -> dict:
+    """The HPO figures tracked as DVC metrics (the train stage reads ``data_version``)."""
+    return {"data_version": summary["data_version"], "terms": dict(summary["terms"]),
+            "edges_is_a": summary["edges"]["is_a"], "selected_synonyms": summary["selected"]["synonyms"]["total"],
+            "selected_with_definition": summary["selected"]["with_definition"]}
+
+
 def run(params: HpoParams, out_dir: Path = OUT_DIR, metrics_path: Path = METRICS / "hpo.json") -> dict:
     path = resolve_source(params.source, params.sha256)
     log.info("reading %s", path)
@@ -179,7 +186,10 @@ def run(params: HpoParams, out_dir: Path = OUT_DIR, metrics_path: Path = METRICS
         tmp = out_dir / f".{name}.tmp"
         pq.write_table(table, tmp)
         tmp.replace(out_dir / name)
-    write_json(metrics_path, summary)
+    metrics_path = Path(metrics_path)   # headline figures; every count in reports/hpo.json
+    write_json(METRICS.parent / "reports" / "hpo.json" if metrics_path.resolve() == (METRICS / "hpo.json").resolve()
+               else metrics_path.with_name(metrics_path.stem + ".report.json"), summary)
+    write_json(metrics_path, headline(summary))
     log.info("%s: %d live terms, %d selected, %d is_a edges", summary["data_version"],
              summary["terms"]["total"], summary["terms"]["selected"], summary["edges"]["is_a"])
     return summary

@@ -392,9 +392,9 @@ def top1(queries: np.ndarray, corpus: np.ndarray,
         best[i:i + 512] = sims.argmax(axis=1)
         if gold is not None:
             g = gold[i:i + 512]
-            score = sims[np.arange(len(g)), np.maximum(g, 0)]
-            rank = 1 + (sims > score[:, None]).sum(axis=1)
-            rr[i:i + 512] = np.where(g >= 0, 1.0 / rank, 0.0)
+            from stages.retrieval_metrics import gold_ranks   # the pipeline's one MRR definition
+            rank = gold_ranks(sims, g)   # full rank, ties pessimistic; 0 = gold not in the corpus
+            rr[i:i + 512] = np.where(g >= 0, 1.0 / np.maximum(rank, 1), 0.0)
         if sims.shape[1] > 1:
             two = -np.partition(-sims, 1, axis=1)[:, :2]
             margin[i:i + 512] = two[:, 0] - two[:, 1]

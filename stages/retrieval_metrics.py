@@ -1,6 +1,11 @@
-"""Retrieval metrics for the benchmark stage: ranks under a stated tie rule, MRR, HR@k,
-NDCG@k, MaxOntSim@k on the HPO is_a graph, bootstrap confidence intervals and a paired
-permutation test.
+"""The one retrieval-metrics module of the pipeline: ranks under a stated tie rule, MRR,
+HR@k, NDCG@k, MaxOntSim@k on the HPO is_a graph, multi-vector (max over a concept's
+vectors) scoring, bootstrap confidence intervals and a paired permutation test.
+
+Used by the benchmark stage (every table), the train stage's dev evaluation
+(``dev_retrieval``) and the quantize stage's fp32-vs-int8 MRR (``gold_ranks``): "MRR"
+means the same quantity everywhere -- the mean reciprocal *full* rank (no cut-off at 10)
+with ties broken pessimistically.
 
 Ranking rule (exact search over the whole corpus):
 - a query's *positions* are the 1-based positions of its expected documents when the
@@ -64,13 +69,75 @@ def expected_positions(scores: torch.Tensor, expected: Sequence[Sequence[int]]) 
     return out
 
 
+def gold_ranks(scores: torch.Tensor | np.ndarray, gold: Sequence[int] | np.ndarray) -> np.ndarray:
+    """Full rank of one expected document per query (``gold[i]`` indexes the corpus; -1 =
+    not in the corpus: rank 0, which callers count as a miss). Pessimistic ties: the rank
+    is the number of documents scoring ``>=`` the gold score (the gold one included).
+    Equal to ``expected_positions(scores, [[g] for g in gold])`` for in-corpus golds."""
+    s = torch.as_tensor(scores)
+    g = torch.as_tensor(np.asarray(gold), dtype=torch.long)
+    if s.ndim != 2 or s.shape[0] != g.shape[0]:
+        raise ValueError("scores must be [len(gold), corpus]")
+    gs = s.gather(1, g.clamp(min=0).unsqueeze(1))
+    rank = (s >= gs).sum(dim=1)
+    return torch.where(g >= 0, rank, torch.zeros_like(rank)).numpy()
+
+
+def rank_summary(ranks: Sequence[int] | np.ndarray, ks: Sequence[int] = (1, 10)) -> dict[str, float]:
+    """``{mrr, hr@k...}`` of full ranks (0 = not retrievable: reciprocal rank 0, no hit)."""
+    r = np.asarray(ranks, dtype=float)
+    if r.size == 0:
+        return {"mrr": math.nan, **{f"hr@{k}": math.nan for k in ks}}
+    rr = np.where(r > 0, 1.0 / np.maximum(r, 1), 0.0)
+    return {"mrr": float(rr.mean()), **{f"hr@{k}": float(((r > 0) & (r <= k)).mean()) for k in ks}}
+
+
+def dev_retrieval(query_emb: torch.Tensor | np.ndarray, corpus_emb: torch.Tensor | np.ndarray,
+                  gold: Sequence[int], batch: int = 512) -> dict[str, float]:
+    """MRR (full rank, pessimistic ties), HR@1, HR@10 and NDCG@10 of single-gold queries
+    (embeddings L2-normalised: cosine = dot product). The train stage's dev metric."""
+    q, c = torch.as_tensor(query_emb, dtype=torch.float32), torch.as_tensor(corpus_emb, dtype=torch.float32)
+    g = np.asarray(gold)
+    ranks = np.concatenate([gold_ranks(q[i:i + batch] @ c.T, g[i:i + batch]) for i in range(0, len(g), batch)]) \
+        if len(g) else np.zeros(0)
+    out = rank_summary(ranks, (1, 10))
+    out[f"ndcg@{NDCG_K}"] = float(np.mean([ndcg_at([int(r)], NDCG_K) if r > 0 else 0.0 for r in ranks])) \
+        if len(ranks) else math.nan
+    return out
+
+
+def concept_max(scores: torch.Tensor, vec_concept: torch.Tensor, n_concepts: int) -> torch.Tensor:
+    """Multi-vector retrieval: ``scores`` ``[queries, vectors]`` -> ``[queries, concepts]``,
+    a concept's score being the maximum over its vectors (phentrieve's
+    ``label_synonyms_max``). ``vec_concept[j]`` is vector j's concept index; every
+    concept must own at least one vector."""
+    out = torch.full((scores.shape[0], n_concepts), float("-inf"), dtype=scores.dtype)
+    idx = vec_concept.to(torch.long).unsqueeze(0).expand_as(scores)
+    return out.scatter_reduce(1, idx, scores, reduce="amax", include_self=True)
+
+
 def top_k(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Indices and scores of the ``k`` best documents per query (score desc, ties by
-    lower corpus index)."""
-    k = min(k, scores.shape[1])
-    # stable sort on -score keeps the lower index first among equal scores
-    order = torch.sort(-scores, dim=1, stable=True).indices[:, :k]
-    return order, scores.gather(1, order)
+    lower corpus index). A partial selection (``torch.topk`` of 4k candidates, then a
+    stable sort of the candidates in index order); rows whose ties reach past the
+    candidates fall back to a full stable sort."""
+    n = scores.shape[1]
+    k = min(k, n)
+    if k == 0:
+        return scores.new_zeros((scores.shape[0], 0), dtype=torch.long), scores[:, :0]
+    wide = min(n, 4 * k)
+    cand = torch.topk(scores, wide, dim=1).indices.sort(dim=1).values      # candidates in index order
+    cs = scores.gather(1, cand)
+    order = torch.sort(-cs, dim=1, stable=True).indices[:, :k]
+    idx = cand.gather(1, order)
+    if wide < n:
+        # exact unless a document outside the candidates ties with the k-th best
+        kth = scores.gather(1, idx[:, -1:])
+        unsure = (scores >= kth).sum(dim=1) > (cs >= kth).sum(dim=1)
+        if unsure.any():
+            rows = unsure.nonzero().squeeze(1)
+            idx[rows] = torch.sort(-scores[rows], dim=1, stable=True).indices[:, :k]
+    return idx, scores.gather(1, idx)
 
 
 # --------------------------------------------------------------------------- per-query metrics
@@ -95,27 +162,58 @@ def ndcg_at(positions: Sequence[int], k: int = NDCG_K) -> float:
 
 # --------------------------------------------------------------------------- ontology similarity
 
-class OntologySimilarity:
-    """Depth-based Lin-like similarity on the is_a DAG.
+ONTSIM_FORMULAS = ("hybrid", "lin")
 
-    ``depth(t)`` is the length of the **longest** is_a path from the root to ``t``
-    (so every proper ancestor is strictly shallower than its descendants);
-    ``sim(a, b) = 2 * depth(c) / (depth(a) + depth(b))`` where ``c`` is the deepest
-    common ancestor of ``a`` and ``b`` (each term is its own ancestor). ``sim(a, a) = 1``
-    (the root included), terms whose only common ancestor is the root score 0, and a
-    term missing from the graph scores 0 against anything but itself. Range [0, 1].
+
+class OntologySimilarity:
+    """Ontology similarity of two HPO terms on the is_a DAG (MaxOntSim's building block).
+
+    ``formula="hybrid"`` (default) follows phentrieve's definition
+    (``phentrieve/evaluation/metrics.py``, HYBRID formula):
+
+    - ``sim(a, a) = 1`` (also for terms missing from the graph); a term missing from the
+      graph scores 0 against any other term;
+    - ``depth(t)`` = length of the **shortest** is_a path from the root (breadth-first,
+      as in phentrieve's precomputed depths); ``D`` = the largest depth in the graph;
+    - the LCA is the deepest common ancestor (each term is its own ancestor), depth ``l``;
+    - ``p = (depth(a) - l) + (depth(b) - l)``; ``p <= 0`` gives 1.0 (phentrieve's rule; it
+      also happens for an ancestor whose shortest depth equals its descendant's), else
+      ``sim = 0.7 * l / D + 0.3 * (1 - p / (depth(a) + depth(b)))``, clipped to [0, 1].
+      Two terms whose only common ancestor is the root score ``0.3 * (1 - 1) = 0`` by the
+      distance term and 0 by the depth term.
+
+    ``formula="lin"``: ``2 * l / (depth(a) + depth(b))`` with **longest**-path depths
+    (the pipeline's earlier definition; 0 when only the root is shared).
     """
 
-    def __init__(self, edges: Iterable[tuple[str, str]], root: str = ROOT_ID):
+    def __init__(self, edges: Iterable[tuple[str, str]], root: str = ROOT_ID, formula: str = "hybrid"):
+        if formula not in ONTSIM_FORMULAS:
+            raise ValueError(f"formula must be one of {ONTSIM_FORMULAS}")
         parents: dict[str, set[str]] = {}
+        children: dict[str, set[str]] = {}
         for child, parent in edges:
             parents.setdefault(child, set()).add(parent)
             parents.setdefault(parent, set())
+            children.setdefault(parent, set()).add(child)
         parents.setdefault(root, set())
         self.parents = parents
         self.root = root
+        self.formula = formula
         self._anc: dict[str, frozenset[str]] = {}
         self._depth: dict[str, int] = {}
+        # shortest-path depths: breadth-first from the root (unreached terms: 0)
+        self._bfs: dict[str, int] = {root: 0}
+        frontier = [root]
+        while frontier:
+            nxt = []
+            for t in frontier:
+                for c in sorted(children.get(t, ())):
+                    if c not in self._bfs:
+                        self._bfs[c] = self._bfs[t] + 1
+                        nxt.append(c)
+            frontier = nxt
+        self.max_depth = max(self._bfs.values()) or 1
+        self.sim = functools.lru_cache(maxsize=500_000)(self._sim)
 
     def ancestors(self, term: str) -> frozenset[str]:
         """``term`` and everything above it (iterative, memoised)."""
@@ -138,6 +236,10 @@ class OntologySimilarity:
             self._anc[t] = frozenset(anc)
         return self._anc[term]
 
+    def shortest_depth(self, term: str) -> int:
+        """Shortest is_a path length from the root (0 for terms that do not reach it)."""
+        return self._bfs.get(term, 0)
+
     def depth(self, term: str) -> int:
         """Longest is_a path length from the root (0 for the root and for terms that do
         not reach it)."""
@@ -158,8 +260,7 @@ class OntologySimilarity:
             self._depth[t] = 0 if t == self.root or not ps else 1 + max(self._depth[p] for p in ps)
         return self._depth[term]
 
-    @functools.lru_cache(maxsize=500_000)
-    def sim(self, a: str, b: str) -> float:
+    def _sim(self, a: str, b: str) -> float:
         if a == b:
             return 1.0
         if a not in self.parents or b not in self.parents:
@@ -167,12 +268,22 @@ class OntologySimilarity:
         common = self.ancestors(a) & self.ancestors(b)
         if not common:
             return 0.0
-        lca_depth = max(self.depth(c) for c in common)
-        total = self.depth(a) + self.depth(b)
-        return 2.0 * lca_depth / total if total else 0.0
+        if self.formula == "lin":
+            lca_depth = max(self.depth(c) for c in common)
+            total = self.depth(a) + self.depth(b)
+            return 2.0 * lca_depth / total if total else 0.0
+        d = self.shortest_depth
+        lca = max(d(c) for c in common)
+        da, db = d(a), d(b)
+        path = (da - lca) + (db - lca)
+        if path <= 0:
+            return 1.0
+        sim = 0.7 * lca / self.max_depth + 0.3 * (1.0 - path / (da + db))
+        return max(0.0, min(1.0, sim))
 
     def max_sim(self, expected: Iterable[str], retrieved: Iterable[str]) -> float:
-        """MaxOntSim: the best ``sim(e, r)`` over expected ``e`` and retrieved ``r``."""
+        """MaxOntSim: the best ``sim(e, r)`` over expected ``e`` and retrieved ``r``
+        (phentrieve's ``calculate_test_case_max_ont_sim``; 0 when nothing is retrieved)."""
         retrieved = list(retrieved)
         return max((self.sim(e, r) for e in expected for r in retrieved), default=0.0)
 
@@ -220,6 +331,8 @@ def paired_diff(a: Sequence[float], b: Sequence[float], n_resamples: int, seed: 
         return {"diff": float(d[0]), "diff_ci_low": float(d[0]), "diff_ci_high": float(d[0]), "p_value": math.nan}
     if np.all(d == 0):
         return {"diff": 0.0, "diff_ci_low": 0.0, "diff_ci_high": 0.0, "p_value": 1.0}
+    if d.size == 1:   # one pair: no test possible
+        return {"diff": float(d[0]), "diff_ci_low": float(d[0]), "diff_ci_high": float(d[0]), "p_value": math.nan}
     low, high = bootstrap_ci(d, n_resamples, seed, confidence)
 
     def stat(x, y, axis=-1):

@@ -2,8 +2,10 @@
 
 sentence-transformers' SentenceTransformerTrainer with the loss of ``train.loss``
 (stages/losses.py), a concept-aware batch sampler (stages/sampling.py), dev evaluation
-with InformationRetrievalEvaluator (baseline before any step, then every
-``train.eval_steps`` and at the last step), the best checkpoint by dev MRR@10 kept,
+with stages.retrieval_metrics.dev_retrieval (MRR over the full rank with pessimistic ties,
+HR@1, HR@10, NDCG@10: the benchmark stage's definitions, on a dev corpus capped at
+``train.dev_corpus_size`` documents; baseline before any step, then every
+``train.eval_steps`` and at the last step), the best checkpoint by dev MRR kept,
 checkpoints in models/checkpoints/ (resumed when ``train.resume``), dvclive curves.
 Runs unchanged under ``torchrun --nproc_per_node=N`` / ``accelerate launch`` (DDP);
 only rank 0 writes the outputs.
@@ -28,9 +30,9 @@ log = logging.getLogger("hpo_embed.train")
 
 PAIR_COLUMNS = ("anchor", "positive", "hpo_id")
 QUERY_COLUMNS = ("text", "hpo_id", "lang", "split")
-CUTS = {"mrr@10": "cosine_mrr@10", "ndcg@10": "cosine_ndcg@10", "accuracy@1": "cosine_accuracy@1"}
+CUTS = ("mrr", "hr@1", "hr@10", "ndcg@10")   # stages.retrieval_metrics.dev_retrieval
 EVAL_NAME = "dev"
-BEST_METRIC = f"eval_{EVAL_NAME}_cosine_mrr@10"
+BEST_METRIC = f"eval_{EVAL_NAME}_mrr"
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -44,6 +46,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--out", type=Path, default=MODELS / "finetuned")
     ap.add_argument("--checkpoints", type=Path, default=MODELS / "checkpoints")
     ap.add_argument("--metrics", type=Path, default=METRICS / "train.json")
+    ap.add_argument("--report", type=Path, default=None,
+                    help="every figure (default: reports/train.json for the default --metrics, "
+                         "else <metrics stem>.report.json beside it)")
     ap.add_argument("--live", type=Path, default=ROOT / "dvclive")
     return ap.parse_args(argv)
 
@@ -177,7 +182,51 @@ def truncate_live_history(live_dir: Path, step: int) -> int:
 
 
 def dev_summary(metrics: dict[str, float], prefix: str) -> dict[str, float]:
-    return {k: round(float(metrics[f"{prefix}{EVAL_NAME}_{v}"]), 6) for k, v in CUTS.items()}
+    return {k: round(float(metrics[f"{prefix}{EVAL_NAME}_{k}"]), 6) for k in CUTS}
+
+
+def dev_evaluator(queries: dict[str, str], corpus: dict[str, str], relevant: dict[str, set[str]],
+                  batch_size: int, show_progress_bar: bool):
+    """A sentence-transformers evaluator returning ``dev_{mrr,hr@1,hr@10,ndcg@10}`` from
+    stages.retrieval_metrics.dev_retrieval (one relevant document per query)."""
+    import numpy as np
+    from sentence_transformers.sentence_transformer.evaluation import SentenceEvaluator
+
+    from stages.retrieval_metrics import dev_retrieval
+
+    qids, cids = list(queries), list(corpus)
+    pos = {c: i for i, c in enumerate(cids)}
+    gold = np.asarray([pos[next(iter(relevant[q]))] for q in qids])
+
+    class DevRetrieval(SentenceEvaluator):
+        seconds = 0.0
+
+        def __init__(self):
+            super().__init__()
+            self.name = EVAL_NAME
+            self.primary_metric = "mrr"
+
+        def __call__(self, model, output_path=None, epoch=-1, steps=-1, *args, **kwargs):
+            t = time.time()
+            try:
+                kw = dict(batch_size=batch_size, convert_to_numpy=True, normalize_embeddings=True,
+                          show_progress_bar=show_progress_bar)
+                q = model.encode_query([queries[i] for i in qids], **kw)
+                c = model.encode_document([corpus[i] for i in cids], **kw)
+                return self.prefix_name_to_metrics(dev_retrieval(q, c, gold), self.name)
+            finally:
+                DevRetrieval.seconds += time.time() - t
+
+    return DevRetrieval()
+
+
+def headline(report: dict) -> dict:
+    """The train figures tracked as DVC metrics (everything else: reports/train.json). Dev
+    MRR is the benchmark's quantity (full rank, pessimistic ties) on the dev corpus."""
+    return {"dev_mrr_base": report["baseline"]["mrr"], "dev_mrr_best": report["best"]["mrr"],
+            "dev_hr@1_best": report["best"]["hr@1"], "gain_mrr": report["gain_mrr"],
+            "best_step": report["best_step"], "train_time_s": report["train_time_s"],
+            "pairs_per_s": report["pairs_per_s"]}
 
 
 def write_model(model, out: Path, card: str) -> None:
@@ -219,7 +268,7 @@ hpo-embed `train` stage.
 - Evaluation: the `benchmark` stage scores this model against its base on held-out concepts
   per language and on the phentrieve-format sets (`reports/benchmark.md`, `metrics/benchmark.json`)
 
-## Dev retrieval (InformationRetrievalEvaluator)
+## Dev retrieval (MRR over the full rank, ties pessimistic; HR@k; NDCG@10)
 
 {info['dev']['queries']} dev queries ({", ".join(info['dev']['query_langs'])}{"; English synonyms, no translations" if info['dev']['fallback_english'] else ""})
 against {info['dev']['corpus']} English concept documents (format `{p.corpus_format}`).
@@ -295,8 +344,6 @@ def run(params, a: argparse.Namespace) -> dict | None:  # noqa: C901 - one linea
 
     import torch
     from sentence_transformers import SentenceTransformerTrainer, SentenceTransformerTrainingArguments
-    from sentence_transformers.sentence_transformer.evaluation import InformationRetrievalEvaluator
-    from sentence_transformers.util import cos_sim
     from transformers import TrainerCallback
 
     from stages.losses import build_examples, build_loss, load_model, negatives_for, set_precision
@@ -334,20 +381,8 @@ def run(params, a: argparse.Namespace) -> dict | None:  # noqa: C901 - one linea
     loss = build_loss(model, p)
     set_precision(loss, precision)  # cached_mnrl: its gradient pass in the training precision too
 
-    class TimedIR(InformationRetrievalEvaluator):
-        seconds = 0.0
-
-        def __call__(self, *args, **kwargs):
-            t = time.time()
-            try:
-                return super().__call__(*args, **kwargs)
-            finally:
-                TimedIR.seconds += time.time() - t
-
-    evaluator = TimedIR(q, corpus, rel, name=EVAL_NAME, mrr_at_k=[10], ndcg_at_k=[10], accuracy_at_k=[1, 10],
-                        precision_recall_at_k=[10], map_at_k=[10], score_functions={"cosine": cos_sim},
-                        batch_size=max(32, p.batch_size), write_csv=False, show_progress_bar=rank == 0)
-    evaluator.primary_metric = "cosine_mrr@10"
+    evaluator = dev_evaluator(q, corpus, rel, max(32, p.batch_size), rank == 0)
+    TimedIR = type(evaluator)
 
     args = SentenceTransformerTrainingArguments(
         output_dir=str(ckpt), num_train_epochs=p.epochs, per_device_train_batch_size=p.batch_size,
@@ -423,8 +458,8 @@ def run(params, a: argparse.Namespace) -> dict | None:  # noqa: C901 - one linea
             for k, v in logs.items():
                 if k in ("loss", "learning_rate", "grad_norm"):
                     live.log_metric(f"train/{k}", float(v))
-                elif k.startswith(f"eval_{EVAL_NAME}_cosine_") and k.split("cosine_")[1] in CUTS:
-                    live.log_metric(f"eval/dev_{k.split('cosine_')[1]}", float(v))
+                elif k.startswith(f"eval_{EVAL_NAME}_") and k.removeprefix(f"eval_{EVAL_NAME}_") in CUTS:
+                    live.log_metric(f"eval/dev_{k.removeprefix(f'eval_{EVAL_NAME}_')}", float(v))
             live.next_step()
 
     trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=dataset, loss=loss,
@@ -449,8 +484,8 @@ def run(params, a: argparse.Namespace) -> dict | None:  # noqa: C901 - one linea
     done_steps = state.global_step - start["step"]
     train_eval_s = TimedIR.seconds - start["eval_s"]
     pairs_per_s = done_steps * p.batch_size * world / max(1e-9, train_s - train_eval_s)
-    if best["mrr@10"] < baseline["mrr@10"]:
-        log.warning("best dev MRR@10 %.4f is below the base model's %.4f", best["mrr@10"], baseline["mrr@10"])
+    if best["mrr"] < baseline["mrr"]:
+        log.warning("best dev MRR %.4f is below the base model's %.4f", best["mrr"], baseline["mrr"])
     hpo = json.loads(a.hpo_metrics.read_text()) if a.hpo_metrics.is_file() else {}
     device = torch.cuda.get_device_name(0) if device == "cuda" else "cpu"
     metrics = {
@@ -461,14 +496,17 @@ def run(params, a: argparse.Namespace) -> dict | None:  # noqa: C901 - one linea
         "wall_time_s": round(time.time() - t0, 1), "train_time_s": round(train_s, 1),
         "eval_time_s": round(TimedIR.seconds, 1), "pairs_per_s": round(pairs_per_s, 2),  # steps only
         "dev": dev_info, "baseline": baseline, "best": best, "best_step": best_eval["step"],
-        "gain_mrr@10": round(best["mrr@10"] - baseline["mrr@10"], 6),
+        "gain_mrr": round(best["mrr"] - baseline["mrr"], 6),
         "data_version": hpo.get("data_version", "unknown"), "base_model": p.base_model,
     }
     base_info = json.loads(base_info_file.read_text())
     metrics["base_model_info"] = {k: base_info.get(k) for k in ("source", "revision", "prompt")}
     write_model(trainer.model, a.out, model_card(p, params.lr, metrics["data_version"], langs, metrics, base_info))
-    write_json(a.metrics, metrics)
-    log.info("dev MRR@10 %.4f -> %.4f (best at step %d); %s", baseline["mrr@10"], best["mrr@10"],
+    report = a.report or (ROOT / "reports" / "train.json" if a.metrics.resolve() == (METRICS / "train.json").resolve()
+                          else a.metrics.with_name(a.metrics.stem + ".report.json"))
+    write_json(report, metrics)
+    write_json(a.metrics, headline(metrics))
+    log.info("dev MRR %.4f -> %.4f (best at step %d); %s", baseline["mrr"], best["mrr"],
              best_eval["step"], a.out)
     return metrics
 

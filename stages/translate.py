@@ -436,12 +436,22 @@ def run(params: TranslateParams, terms_path: Path = TERMS, out_dir: Path = OUT_D
 
     metrics = _metrics(params, terms, states, chosen, built, sent, corrupt, moved, stale, budget_hit,
                        official, official_dir)
-    if metrics_path is not None:
-        write_json(metrics_path, metrics)
+    if metrics_path is not None:   # headline figures; every count in reports/translate.json
+        metrics_path = Path(metrics_path)
+        write_json(ROOT / "reports" / "translate.json" if metrics_path.resolve() == METRICS_PATH.resolve()
+                   else metrics_path.with_name(metrics_path.stem + ".report.json"), metrics)
+        write_json(metrics_path, headline(metrics))
     if error is not None:
         done_files = len(list(out_dir.glob("HP_*.json")))
         raise UserError(f"{error} ({done_files} files kept; rerun to continue)")
     return metrics
+
+
+def headline(metrics: dict) -> dict:
+    """The translate figures tracked as DVC metrics: label coverage per language and the MT
+    characters sent (the budget's unit)."""
+    return {"label_coverage": {lang: m["labels"]["coverage"] for lang, m in metrics["languages"].items()},
+            "characters_sent": metrics["characters_sent"]}
 
 
 def _dry_run(params, jobs, chosen) -> dict:

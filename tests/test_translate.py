@@ -483,7 +483,7 @@ def test_no_official_files_no_mt_completes_with_one_warning(tmp_path, caplog):
         assert m["languages"][lang]["labels"] == {"official": 0, "cache": 0, "mt": 0, "missing": 4,
                                                   "covered": 0, "coverage": 0.0}
     assert len(list((tmp_path / "out").glob("HP_*.json"))) == 4
-    assert json.loads((tmp_path / "m.json").read_text())["official_available"] is False
+    assert json.loads((tmp_path / "m.report.json").read_text())["official_available"] is False   # full counts
 
 
 def test_pinned_download_with_checksums_from_local_server(tmp_path, monkeypatch):
