@@ -125,7 +125,7 @@ def dev_sample(pairs: Path, terms: Path, train_params) -> tuple[list[str], np.nd
     """The train stage's dev sample (non-English dev queries against dev concepts plus
     random distractors), capped at PROMPT_QUERIES queries and PROMPT_CORPUS documents."""
     from stages.corpus import build_corpus, load_terms
-    from stages.train import QUERY_COLUMNS, dev_eval_set, read_parquet
+    from stages.dev_set import QUERY_COLUMNS, dev_eval_set, read_parquet
     queries = read_parquet(pairs / "queries.parquet", QUERY_COLUMNS)
     small = dataclasses.replace(train_params, dev_max_queries=min(train_params.dev_max_queries or PROMPT_QUERIES,
                                                                   PROMPT_QUERIES),

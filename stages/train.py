@@ -25,11 +25,11 @@ from pathlib import Path
 import pandas as pd
 
 from stages.common import DATA, METRICS, MODELS, ROOT, UserError, run_stage, write_json
+from stages.dev_set import QUERY_COLUMNS, dev_eval_set, read_parquet
 
 log = logging.getLogger("hpo_embed.train")
 
 PAIR_COLUMNS = ("anchor", "positive", "hpo_id")
-QUERY_COLUMNS = ("text", "hpo_id", "lang", "split")
 CUTS = ("mrr", "hr@1", "hr@10", "ndcg@10")   # stages.retrieval_metrics.dev_retrieval
 EVAL_NAME = "dev"
 BEST_METRIC = f"eval_{EVAL_NAME}_mrr"
@@ -51,49 +51,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                          "else <metrics stem>.report.json beside it)")
     ap.add_argument("--live", type=Path, default=ROOT / "dvclive")
     return ap.parse_args(argv)
-
-
-def read_parquet(path: Path, columns: tuple[str, ...]) -> pd.DataFrame:
-    if not path.is_file():
-        raise UserError(f"{path}: missing; run the pairs stage first (dvc repro pairs)")
-    try:
-        df = pd.read_parquet(path)
-    except Exception as exc:  # noqa: BLE001
-        raise UserError(f"{path}: not a readable parquet file ({type(exc).__name__})") from None
-    missing = [c for c in columns if c not in df.columns]
-    if missing:
-        raise UserError(f"{path}: missing column(s) {', '.join(missing)}")
-    return df
-
-
-def dev_eval_set(queries: pd.DataFrame, corpus: dict[str, str], p, qpath: Path):
-    """(queries, corpus, relevant, info) for InformationRetrievalEvaluator: non-English dev
-    queries, or English synonyms when there are none (offline default without translations)."""
-    dev = queries[queries["split"] == "dev"]
-    dev = dev[dev["hpo_id"].isin(corpus.keys())]
-    chosen = dev[dev["lang"] != "en"]
-    fallback = chosen.empty
-    if fallback:
-        chosen = dev[dev["lang"] == "en"]
-        log.warning("no non-English dev queries in %s: evaluating on English synonyms instead", qpath)
-    if chosen.empty:
-        raise UserError(f"{qpath}: no dev queries whose concept is in the corpus")
-    chosen = chosen.drop_duplicates(["text", "hpo_id"])
-    if p.dev_max_queries and len(chosen) > p.dev_max_queries:
-        chosen = chosen.sample(n=p.dev_max_queries, random_state=p.seed)
-    chosen = chosen.sort_values(["hpo_id", "text"]).reset_index(drop=True)
-    q = {f"q{i}": t for i, t in enumerate(chosen["text"])}
-    rel = {f"q{i}": {c} for i, c in enumerate(chosen["hpo_id"])}
-    if p.dev_corpus_size and len(corpus) > p.dev_corpus_size:
-        import numpy as np
-        needed = set(chosen["hpo_id"])
-        others = sorted(set(corpus) - needed)
-        k = max(0, p.dev_corpus_size - len(needed))
-        keep = needed | set(np.random.default_rng(p.seed).choice(others, size=min(k, len(others)), replace=False))
-        corpus = {c: d for c, d in corpus.items() if c in keep}
-    info = {"queries": len(q), "corpus": len(corpus), "concepts": int(chosen["hpo_id"].nunique()),
-            "query_langs": sorted(chosen["lang"].unique().tolist()), "fallback_english": fallback}
-    return q, corpus, rel, info
 
 
 def pick_precision(requested: str, device: str = "auto") -> str:
@@ -351,10 +308,11 @@ def run(params, a: argparse.Namespace) -> dict | None:  # noqa: C901 - one linea
 
     rank = int(os.environ.get("RANK", "0"))
     ckpt = a.checkpoints
-    base_info_file = a.base / "base_model.json"
-    if not base_info_file.is_file():
+    if not a.base.is_dir():
         raise UserError(f"{a.base}: no base model; run the base_model stage first (dvc repro base_model)")
-    fp = fingerprint(params, [a.pairs / "train.parquet", a.pairs / "queries.parquet", a.terms, base_info_file]
+    base_info_file = a.base / "base_model.json"   # written by the base_model stage (weights checksum, prompt)
+    base_id = base_info_file if base_info_file.is_file() else a.base / "config_sentence_transformers.json"
+    fp = fingerprint(params, [a.pairs / "train.parquet", a.pairs / "queries.parquet", a.terms, base_id]
                      + ([a.edges] if negatives_for(p) == "sibling" else []))
     run_file = ckpt / "run.json"
     if rank == 0:
@@ -499,7 +457,7 @@ def run(params, a: argparse.Namespace) -> dict | None:  # noqa: C901 - one linea
         "gain_mrr": round(best["mrr"] - baseline["mrr"], 6),
         "data_version": hpo.get("data_version", "unknown"), "base_model": p.base_model,
     }
-    base_info = json.loads(base_info_file.read_text())
+    base_info = json.loads(base_info_file.read_text()) if base_info_file.is_file() else {"source": str(a.base)}
     metrics["base_model_info"] = {k: base_info.get(k) for k in ("source", "revision", "prompt")}
     write_model(trainer.model, a.out, model_card(p, params.lr, metrics["data_version"], langs, metrics, base_info))
     report = a.report or (ROOT / "reports" / "train.json" if a.metrics.resolve() == (METRICS / "train.json").resolve()

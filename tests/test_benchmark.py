@@ -519,7 +519,7 @@ def test_interrupted_encoding_resumes(tmp_path, tiny_model_dir, monkeypatch):
     texts = [f"text number {i}" for i in range(25)]
     monkeypatch.setattr(bm, "ENCODE_CHUNK", 10)
     calls = []
-    real = model.encode_document
+    real = model.encode
 
     def flaky(batch, **kw):
         calls.append(len(batch))
@@ -527,7 +527,7 @@ def test_interrupted_encoding_resumes(tmp_path, tiny_model_dir, monkeypatch):
             raise KeyboardInterrupt
         return real(batch, **kw)
 
-    monkeypatch.setattr(model, "encode_document", flaky)
+    monkeypatch.setattr(model, "encode", flaky)
     cache = tmp_path / "cache" / "m.npy"
     with pytest.raises(KeyboardInterrupt):
         bm.encode_cached(lambda: model, texts, cache, 4, document=True, desc="t")

@@ -104,13 +104,14 @@ def test_benchmark_external_set_with_one_usable_case_gets_metrics_and_no_p(tmp_p
     bp = BenchmarkParams(models=["base", "finetuned"], external_sets=[str(ext)], bootstrap_resamples=100,
                          batch_size=8)
     caplog.set_level(logging.INFO)
-    m = bm.run(bp, str(tiny_model_dir), paths)["metrics"]
-    assert m["phentrieve.one_v1.n_cases"] == 2 and m["phentrieve.one_v1.n_skipped_cases"] == 1
+    out = bm.run(bp, str(tiny_model_dir), paths)
+    m, report = out["metrics"], out["report"]
+    assert report["phentrieve.one_v1.n_cases"] == 2 and report["phentrieve.one_v1.n_skipped_cases"] == 1
     for model in ("base", "finetuned"):
         assert 0 < m[f"phentrieve.one_v1.{model}.mrr"] <= 1
     assert m["phentrieve.one_v1.finetuned_vs_base.p_value"] is None          # null in the JSON
     assert json.loads(paths.metrics.read_text())["phentrieve.one_v1.finetuned_vs_base.p_value"] is None
-    assert 0 < m["heldout.de.finetuned_vs_base.p_value"] <= 1                  # n = 3 is computed
+    assert 0 < report["single.heldout.de.finetuned_vs_base.p_value"] <= 1     # n = 3 is computed
     assert any("phentrieve.one_v1" in r.getMessage() and "p: not computed (n < 2)" in r.getMessage()
                for r in caplog.records)
 
@@ -266,7 +267,8 @@ def test_google_without_network_is_retried_then_one_line_and_metrics_kept(tmp_pa
                                                         metrics_path=metrics, backends={"google": b}))
     assert line.startswith("error: translate.mt: google: gave up after retrying for 0.5 s (translate.retry_deadline)")
     assert "3 files kept" in line
-    m = json.loads(metrics.read_text())                         # written, not left deleted
+    assert metrics.is_file()                                    # written, not left deleted
+    m = json.loads(metrics.with_name("translate.report.json").read_text())   # every count
     assert m["languages"]["de"]["retries"] >= 1 and m["languages"]["de"]["labels"]["missing"] == 3
 
 
@@ -487,13 +489,13 @@ KILL_ENCODE = textwrap.dedent("""
     model_dir, cache = sys.argv[1:3]
     bm.ENCODE_CHUNK = 10
     model = SentenceTransformer(model_dir, device="cpu")
-    real, calls = model.encode_document, []
+    real, calls = model.encode, []
     def encode(batch, **kw):
         calls.append(len(batch))
         if len(calls) == 2:
             os.kill(os.getpid(), signal.SIGKILL)
         return real(batch, **kw)
-    model.encode_document = encode
+    model.encode = encode
     bm.encode_cached(lambda: model, [f"text number {i}" for i in range(25)], Path(cache), 4, document=True, desc="t")
 """)
 
@@ -510,8 +512,8 @@ def test_benchmark_killed_with_sigkill_resumes_from_the_last_chunk(tmp_path, tin
     assert not cache.exists() and len(list(cache.with_name("m.npy.parts").glob("*.npy"))) == 1
     model = SentenceTransformer(str(tiny_model_dir), device="cpu")
     calls = []
-    real = model.encode_document
-    monkeypatch.setattr(model, "encode_document", lambda b, **kw: calls.append(len(b)) or real(b, **kw))
+    real = model.encode
+    monkeypatch.setattr(model, "encode", lambda b, **kw: calls.append(len(b)) or real(b, **kw))
     monkeypatch.setattr(bm, "ENCODE_CHUNK", 10)
     texts = [f"text number {i}" for i in range(25)]
     out = bm.encode_cached(lambda: model, texts, cache, 4, document=True, desc="t")

@@ -96,7 +96,9 @@ def write_params(path: Path, model: Path, **train) -> Path:
 
 
 def cli(tmp: Path, inputs: dict[str, Path], params: Path) -> list[str]:
-    return [sys.executable, "-m", "stages.train", "--params", str(params), "--pairs", str(inputs["pairs"]),
+    base = yaml.safe_load(params.read_text())["train"]["base_model"]   # the base_model stage's folder
+    return [sys.executable, "-m", "stages.train", "--params", str(params), "--base", base,
+            "--pairs", str(inputs["pairs"]),
             "--terms", str(inputs["terms"]), "--edges", str(inputs["edges"]),
             "--hpo-metrics", str(inputs["hpo_metrics"]), "--out", str(tmp / "finetuned"),
             "--checkpoints", str(tmp / "checkpoints"), "--metrics", str(tmp / "train.json"),
