@@ -153,8 +153,8 @@ class TrainParams:
                           doc="auto = bf16 on GPUs that support it, fp16 on other GPUs, fp32 on CPU")
     corpus_format: str = spec("label", choices=("label", "label_synonyms", "label_synonyms_definition"),
                               doc="dev corpus document format (stages/corpus.py)")
-    dev_max_queries: int | None = spec(1000, min=1, doc="random cap on dev queries; null = all")
-    dev_corpus_size: int | None = spec(5000, min=1,
+    dev_max_queries: int | None = spec(500, min=1, doc="random cap on dev queries; null = all")
+    dev_corpus_size: int | None = spec(3000, min=1,
                                        doc="dev corpus: the dev concepts' documents plus random distractors up to this many; null = all")
 
 
