@@ -1,22 +1,29 @@
-"""Stage quantize: ``models/finetuned`` -> ``models/onnx/`` (ONNX fp32 + dynamic INT8)
-+ ``metrics/quantize.json``.
+"""Stage quantize: ``models/finetuned`` -> ``models/onnx/`` (ONNX fp32 + the INT8 variant
+that is fastest on this machine while passing a quality gate) + ``metrics/quantize.json``
+(headline) + ``reports/quantize.md``/``.json`` (the candidate table).
 
 Steps (all with the real libraries, no hand-rolled graph surgery):
 1. export the SentenceTransformer to ONNX with the sentence-transformers ONNX backend
    (Optimum underneath) and save the whole SentenceTransformer folder (modules.json,
    pooling, normalisation, tokenizer), so pooling and normalisation stay identical;
-2. optionally optimise the graph with Optimum's ``ORTOptimizer`` (``quantize.optimization``:
-   O1/O2 fuse attention, LayerNorm and GELU; O3 also approximates GELU) -> ``onnx/model.onnx``;
-3. INT8 -> ``onnx/model_int8.onnx``: ``quantize.method`` ``matmul_nbits`` (default) turns the
-   weight MatMuls into onnxruntime ``MatMulNBits`` (8-bit, one scale per ``block_size``
-   weights, int8 compute with per-block activation scales) and quantizes the embedding
-   Gather with Optimum's ``ORTQuantizer``; ``dynamic`` uses the ``ORTQuantizer`` for all
-   operators (an ``AutoQuantizationConfig`` preset with per-channel, reduce_range, the
-   operators to quantize and the nodes kept fp32 from params);
-4. measure, in one run on the same inputs: file sizes, CPU throughput of PyTorch fp32 /
-   ONNX fp32 / ONNX int8 (threads pinned, warm-up excluded), peak RSS of a separate
-   process that loads the int8 model and encodes the set, and fp32-vs-int8 agreement
-   (cosine, top-1 retrieval on held-out queries against the English corpus).
+2. ``quantize.method: auto`` (default) builds every ``quantize.candidates`` entry of
+   ``CANDIDATES`` into ``onnx/candidates/<name>.onnx``: ORT transformer fusions (Optimum
+   ``ORTOptimizer`` O2: attention, GELU, skip-LayerNorm) + dynamic per-channel MatMul INT8;
+   the same with the embedding Gather kept fp32; the same with the MatMuls that a
+   per-layer sensitivity pass (``matmul_sensitivity``) finds most hurt by INT8 kept fp32;
+   static QDQ calibrated on HPO texts of every configured language; MatMulNBits 8-bit
+   (blocks of 32, int8 compute). A fixed ``method`` (dynamic | matmul_nbits | static)
+   builds just that one;
+3. measures, interleaved and against PyTorch fp32 in the same run, the production shapes:
+   sentences/s at ``batch_size`` (32) and ``index_batch_size`` (indexing) and batch-1
+   latency p50/p95; and the quality on held-out queries: full-rank MRR (pessimistic ties)
+   and HR@1 minus ONNX fp32, with paired bootstrap CIs;
+4. publishes the fastest candidate (batch-32 sentences/s) with MRR delta >=
+   ``gate_mrr_delta`` and HR@1 delta >= ``gate_hr1_delta`` as ``onnx/model_int8.onnx``; if
+   none passes, the best-quality one, flagged (``gate_passed: false``, a warning).
+
+``python -m stages.quantize --select`` re-measures the already built candidates on the
+machine it runs on (e.g. the production server) and re-publishes its own choice.
 
 Both files load with
 ``SentenceTransformer("models/onnx", backend="onnx", model_kwargs={"file_name": "onnx/model.onnx"})``
@@ -258,21 +265,6 @@ def quantize_onnx(folder: Path, src_file: str, dst_file: str, p: QuantizeParams,
     return excluded
 
 
-def build(src: Path, dst: Path, p: QuantizeParams) -> dict[str, Any]:
-    """Export + optimise + quantize ``src`` into a new folder ``dst`` (must not exist)."""
-    export_fp32(src, dst)
-    fused: dict[str, int] = {}
-    if p.optimization != "none":
-        fused = optimize_onnx(dst, FP32_FILE, FP32_FILE, p.optimization)
-    excluded = quantize_onnx(dst, FP32_FILE, INT8_FILE, p)
-    info = {"optimization": p.optimization, "fused_operators": fused, "nodes_kept_fp32": excluded,
-            "quantization": {k: v for k, v in dataclasses.asdict(p).items()
-                             if k in ("method", "block_size", "accuracy_level", "preset", "per_channel",
-                                      "reduce_range", "operators", "exclude_nodes")}}
-    (dst / "onnx" / "quantize_config.json").write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
-    return info
-
-
 def publish(tmp: Path, out: Path) -> None:
     """Swap the finished ``tmp`` folder into ``out`` (rename; the old one removed after)."""
     old = None
@@ -349,81 +341,10 @@ def encode(model, texts: list[str], batch_size: int) -> np.ndarray:
                         normalize_embeddings=False, show_progress_bar=False)
 
 
-def throughput(models: dict[str, Any], texts: list[str], batch_size: int, repeats: int) -> dict[str, dict]:
-    """Sentences/s of each model on ``texts``; rounds interleave the models so that load
-    from other processes hits all of them alike; one full warm-up pass each is excluded
-    (PyTorch's first pass over new sequence lengths is several times slower)."""
-    from tqdm import tqdm
-
-    for m in tqdm(list(models.values()), desc="warm-up", unit="model"):
-        encode(m, texts, batch_size)
-    times: dict[str, list[float]] = {k: [] for k in models}
-    with tqdm(total=repeats * len(models), desc="throughput", unit="run") as bar:
-        for _ in range(repeats):
-            for name, m in models.items():
-                t0 = time.perf_counter()
-                encode(m, texts, batch_size)
-                times[name].append(time.perf_counter() - t0)
-                bar.update()
-    return {k: {"sentences_per_s": round(len(texts) / statistics.median(v), 1),
-                "sentences_per_s_best": round(len(texts) / min(v), 1),  # least disturbed pass
-                "seconds_median": round(statistics.median(v), 3),
-                "seconds_all": [round(x, 3) for x in v]} for k, v in times.items()}
-
-
 def cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     a = a / np.linalg.norm(a, axis=1, keepdims=True)
     b = b / np.linalg.norm(b, axis=1, keepdims=True)
     return (a * b).sum(axis=1)
-
-
-def top1(queries: np.ndarray, corpus: np.ndarray,
-         gold: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Index of the best document per query, its cosine margin over the runner-up and the
-    reciprocal rank of the ``gold`` document (index into ``corpus``; -1 = not in it: 0)."""
-    q = queries / np.linalg.norm(queries, axis=1, keepdims=True)
-    c = corpus / np.linalg.norm(corpus, axis=1, keepdims=True)
-    best = np.empty(len(q), dtype=np.int64)
-    margin = np.zeros(len(q))
-    rr = np.zeros(len(q))
-    for i in range(0, len(q), 512):
-        sims = q[i:i + 512] @ c.T
-        best[i:i + 512] = sims.argmax(axis=1)
-        if gold is not None:
-            g = gold[i:i + 512]
-            score = sims[np.arange(len(g)), np.maximum(g, 0)]
-            rank = 1 + (sims > score[:, None]).sum(axis=1)
-            rr[i:i + 512] = np.where(g >= 0, 1.0 / rank, 0.0)
-        if sims.shape[1] > 1:
-            two = -np.partition(-sims, 1, axis=1)[:, :2]
-            margin[i:i + 512] = two[:, 0] - two[:, 1]
-    return best, margin, rr
-
-
-def agreement(ref, test, texts: list[str], queries: list[str], corpus: list[str],
-              batch_size: int, ref_corpus: np.ndarray | None = None,
-              ref_texts: np.ndarray | None = None, ref_queries: np.ndarray | None = None,
-              gold: list[int] | None = None) -> dict[str, Any]:
-    """fp32 (``ref``) vs int8 (``test``): cosine on ``texts``, top-1 retrieval agreement of
-    ``queries`` against ``corpus`` and, given ``gold`` (each query's corpus index), the MRR
-    of both. Reference embeddings can be passed in to reuse them."""
-    e_ref = ref_texts if ref_texts is not None else encode(ref, texts, batch_size)
-    cos = cosine_rows(e_ref, encode(test, texts, batch_size))
-    c_ref = ref_corpus if ref_corpus is not None else encode(ref, corpus, batch_size)
-    q_ref = ref_queries if ref_queries is not None else encode(ref, queries, batch_size)
-    g = np.asarray(gold) if gold is not None else None
-    t_ref, margin, rr_ref = top1(q_ref, c_ref, g)
-    t_test, _, rr_test = top1(encode(test, queries, batch_size), encode(test, corpus, batch_size), g)
-    same = t_ref == t_test
-    clear = margin >= 0.01  # fp32 top-1 beats the runner-up by at least 0.01 cosine
-    return {"cosine_mean": round(float(cos.mean()), 5), "cosine_min": round(float(cos.min()), 5),
-            "cosine_p01": round(float(np.quantile(cos, 0.01)), 5),
-            "top1_agreement": round(float(same.mean()), 4),
-            "fp32_margin_below_0.01_share": round(float((~clear).mean()), 4),
-            "top1_agreement_margin_ge_0.01": round(float(same[clear].mean()), 4) if clear.any() else None,
-            **({"mrr_fp32": round(float(rr_ref.mean()), 4), "mrr_int8": round(float(rr_test.mean()), 4),
-                "mrr_delta": round(float(rr_test.mean() - rr_ref.mean()), 4)} if g is not None else {}),
-            "n_texts": len(texts), "n_queries": len(queries), "n_corpus": len(corpus)}
 
 
 def peak_rss(folder: Path, file_name: str, texts: list[str], threads: int, batch_size: int) -> dict[str, float]:
@@ -830,7 +751,7 @@ def headline(rep: dict[str, Any]) -> dict[str, Any]:
             "candidates_passing": sum(bool(x.get("gate")) for x in rep["rows"].values() if "gate" in x),
             "speed_ratio_b32": r["ratio_b32"], "speed_ratio_index": r["ratio_index"],
             "latency_b1_p50_ratio": r["b1_p50_ratio"], "mrr_delta": r["mrr_delta"], "hr1_delta": r["hr1_delta"],
-            "size_mb": r["size_mb"], "baseline": rep["baseline"]}
+            "size_mb": r["size_mb"], "peak_rss_mb": r.get("peak_rss_mb"), "baseline": rep["baseline"]}
 
 
 # --------------------------------------------------------------------------- stage
@@ -877,15 +798,18 @@ QUALITY_KEYS = ("mrr", "hr1", "mrr_delta", "mrr_delta_ci", "hr1_delta", "hr1_del
 
 
 def decide_and_write(folder: Path, rows: dict[str, dict[str, Any]], p: QuantizeParams, model_name: str,
-                     settings: dict[str, Any], command: str, metrics_path: Path, reports: Path) -> dict[str, Any]:
+                     settings: dict[str, Any], command: str, metrics_path: Path, reports: Path,
+                     texts: list[str]) -> dict[str, Any]:
+    """Gate, select, copy the chosen candidate to ``onnx/model_int8.onnx``, measure the peak
+    memory of a process serving it, write the state file, reports and headline metrics."""
     cand = {n: r for n, r in rows.items() if "mrr_delta" in r}
     baseline = "pytorch_fp32" if "pytorch_fp32" in rows else "onnx_fp32"
     with_ratios(rows, baseline)
     for r in cand.values():
         r["gate"] = passes_gate(r, p.gate_mrr_delta, p.gate_hr1_delta)
     chosen, passed, reason = select(cand, p.gate_mrr_delta, p.gate_hr1_delta)
-    shutil.copyfile(folder / rows[chosen]["file"] if "file" in rows[chosen] else folder / f"{CANDIDATE_DIR}/{chosen}.onnx",
-                    folder / INT8_FILE)
+    shutil.copyfile(folder / f"{CANDIDATE_DIR}/{chosen}.onnx", folder / INT8_FILE)
+    rows[chosen]["peak_rss_mb"] = peak_rss(folder, INT8_FILE, texts, p.threads, p.batch_size)["peak_rss_mb"]
     rep = {"model": model_name, "chosen": chosen, "gate_passed": passed, "reason": reason, "baseline": baseline,
            "machine": machine(), "settings": {**settings, "gate_mrr_delta": p.gate_mrr_delta,
                                               "gate_hr1_delta": p.gate_hr1_delta},
@@ -944,7 +868,7 @@ def run(p: QuantizeParams, src: Path, out: Path = OUT_DIR, metrics_path: Path = 
                     "n_corpus": len(docs), "query_source": query_source}
         model_name = str(src.relative_to(ROOT)) if src.is_relative_to(ROOT) else str(src)
         rep = decide_and_write(tmp, rows, p, model_name, settings, "python -m stages.quantize  # dvc repro quantize",
-                               metrics_path, reports)
+                               metrics_path, reports, texts)
         rep["settings"]["stage_s"] = round(time.perf_counter() - t_start, 1)
         write_json(reports / "quantize.json", rep)
         publish(tmp, out)
@@ -973,17 +897,12 @@ def select_on_this_machine(p: QuantizeParams, src: Path | None, out: Path = OUT_
     t = json.loads((out / TEXTS_FILE).read_text())
     load0 = os.getloadavg()[0]
     rows = measure_all(out, src, cands, p, t["texts"], t["latency_texts"], qual=qual)
-    for n, c in cands.items():
-        rows[n]["file"] = c["file"]
     settings = {"threads": p.threads, "batch_size": p.batch_size, "index_batch_size": p.index_batch_size,
                 "n_texts": len(t["texts"]), "latency_calls": len(t["latency_texts"]) * p.repeats,
                 "repeats": p.repeats, "loadavg": [round(load0, 2), round(os.getloadavg()[0], 2)],
                 **state.get("quality_settings", {"n_queries": "?", "n_corpus": "?", "query_source": "build run"})}
-    rep = decide_and_write(out, rows, p, str(src) if src else str(out), settings, "python -m stages.quantize --select",
-                           metrics_path, reports)
-    for r in rep["rows"].values():
-        r.pop("file", None)
-    return rep
+    return decide_and_write(out, rows, p, str(src) if src else str(out), settings,
+                            "python -m stages.quantize --select", metrics_path, reports, t["texts"])
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -96,6 +96,7 @@ def test_metrics_are_headline_only_and_the_report_has_the_table(built):
     assert m["latency_b1_p50_ratio"] == pytest.approx(
         r["b1_p50_ms"] / rep["rows"]["pytorch_fp32"]["b1_p50_ms"], rel=1e-2)
     assert m["baseline"] == "pytorch_fp32" and m["size_mb"] == r["size_mb"] > 0
+    assert m["peak_rss_mb"] > 100  # a fresh process serving the chosen model (python + onnxruntime)
     for name in CANDS:
         row = rep["rows"][name]
         assert row["mrr_delta_ci"][0] <= row["mrr_delta"] <= row["mrr_delta_ci"][1]
