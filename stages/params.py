@@ -156,8 +156,8 @@ class QuantizeParams:
                            "that passes the quality gate; dynamic = ORTQuantizer dynamic INT8 (activations per "
                            "tensor); matmul_nbits = MatMuls as onnxruntime MatMulNBits 8-bit (blockwise scales), "
                            "rest dynamic; static = QDQ calibrated on HPO texts")
-    candidates: list[str] = spec(default_factory=lambda: ["nbits_b32", "fused_dynamic", "fused_dynamic_fp32_embeddings",
-                                                          "fused_dynamic_keep_sensitive", "fused_static_qdq"],
+    candidates: list[str] = spec(default_factory=lambda: ["nbits_b32", "fused_dynamic", "fused_dynamic_keep_sensitive",
+                                                          "fused_static_qdq"],
                                  choices=("nbits_b32", "fused_nbits_b32", "plain_dynamic", "fused_dynamic",
                                           "fused_dynamic_fp32_embeddings", "fused_dynamic_keep_sensitive",
                                           "fused_static_qdq", "plain_static_qdq"),
@@ -168,8 +168,8 @@ class QuantizeParams:
                                              "INT8 error kept fp32")
     calibration_size: int = spec(128, min=8, doc="HPO texts (all languages) for static calibration / sensitivity")
     index_batch_size: int = spec(128, min=1, doc="batch size of the indexing-throughput measurement")
-    latency_queries: int = spec(48, min=1, doc="texts encoded one at a time per pass for the batch-1 latency")
-    gate_corpus: int = spec(3000, min=0, doc="documents in the quality-gate corpus: every gold document + random "
+    latency_queries: int = spec(32, min=1, doc="texts encoded one at a time per pass for the batch-1 latency")
+    gate_corpus: int = spec(2000, min=0, doc="documents in the quality-gate corpus: every gold document + random "
                                              "distractors; 0 = the whole corpus")
     bootstrap_resamples: int = spec(1000, min=100, doc="resamples for the bootstrap CI of the quality deltas")
     block_size: int = spec(32, choices=(16, 32, 64, 128, 256), doc="matmul_nbits: weights per scale block")
@@ -186,9 +186,9 @@ class QuantizeParams:
                                     doc="fnmatch patterns of ONNX node names kept fp32 (must each match a node)")
     threads: int = spec(2, min=1, doc="CPU threads for the throughput/memory measurement (pinned, recorded)")
     batch_size: int = spec(32, min=1, doc="encode batch size for the measurement")
-    measure_size: int = spec(512, min=10, doc="number of HPO labels/translations in the measurement set")
+    measure_size: int = spec(384, min=10, doc="number of HPO labels/translations in the measurement set")
     repeats: int = spec(3, min=1, doc="timed passes per model (interleaved; median reported)")
-    agreement_queries: int = spec(600, min=10, doc="held-out queries for the quality gate (MRR/HR@1 deltas, top-1 agreement)")
+    agreement_queries: int = spec(500, min=10, doc="held-out queries for the quality gate (MRR/HR@1 deltas, top-1 agreement)")
     corpus_format: str = spec("label", choices=("label", "label_synonyms", "label_synonyms_definition"),
                               doc="English corpus document format for the agreement retrieval")
     seed: int = spec(0, doc="seed of the measurement/query samples")

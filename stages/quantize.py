@@ -490,18 +490,18 @@ def matmul_sensitivity(onnx_path: Path, feeds: list[dict[str, np.ndarray]]) -> d
     qw = {}
     for name, w in weights.items():
         scale = np.maximum(np.abs(w).max(axis=0, keepdims=True), 1e-12) / 127.0
-        qw[name] = np.clip(np.round(w / scale), -127, 127) * scale
+        qw[name] = (np.clip(np.round(w / scale), -127, 127) * scale).astype(np.float32)
     err = {n.name: 0.0 for n in nodes}
     ref = {n.name: 0.0 for n in nodes}
     names = [o.name for o in sess.get_outputs()]
     for feed in feeds:
         acts = dict(zip(names, sess.run(None, feed)))
         for n in nodes:
-            x = acts[n.input[0]].astype(np.float32)
+            x = acts[n.input[0]].astype(np.float32).reshape(-1, weights[n.name].shape[0])  # 2-D: BLAS
             lo, hi = min(float(x.min()), 0.0), max(float(x.max()), 0.0)
-            scale = (hi - lo) / 255.0 or 1.0
-            zp = np.clip(np.round(-lo / scale), 0, 255)
-            xq = (np.clip(np.round(x / scale) + zp, 0, 255) - zp) * scale
+            scale = np.float32((hi - lo) / 255.0 or 1.0)
+            zp = np.float32(np.clip(np.round(-lo / scale), 0, 255))
+            xq = (np.clip(np.round(x / scale) + zp, 0, 255) - zp) * scale  # float32 throughout
             y = x @ weights[n.name]
             err[n.name] += float(np.square(xq @ qw[n.name] - y).sum())
             ref[n.name] += float(np.square(y).sum())
