@@ -159,7 +159,7 @@ class QuantizeParams:
     candidates: list[str] = spec(default_factory=lambda: ["nbits_b32", "fused_dynamic", "fused_dynamic_keep_sensitive",
                                                           "fused_static_qdq"],
                                  choices=("nbits_b32", "fused_nbits_b32", "plain_dynamic", "fused_dynamic",
-                                          "fused_dynamic_fp32_embeddings", "fused_dynamic_keep_sensitive",
+                                          "fused_dynamic_qattention", "fused_dynamic_fp32_embeddings", "fused_dynamic_keep_sensitive",
                                           "fused_static_qdq", "plain_static_qdq"),
                                  doc="method auto: INT8 candidates built and measured (stages.quantize.CANDIDATES)")
     gate_mrr_delta: float = spec(-0.005, max=0.0, doc="auto: quality gate, minimum MRR(int8) - MRR(fp32)")

@@ -410,6 +410,8 @@ CANDIDATES: dict[str, tuple[str, dict[str, Any], bool, str]] = {
                       "dynamic INT8 MatMul (per-channel weights) + int8 embedding Gather, no fusions"),
     "fused_dynamic": ("O2", dict(method="dynamic", operators=["MatMul", "Gather"]), False,
                       "ORT fusions (attention, GELU, skip-LayerNorm) + dynamic per-channel MatMul + int8 Gather"),
+    "fused_dynamic_qattention": ("O2", dict(method="dynamic", operators=["MatMul", "Attention", "Gather"]), False,
+                                 "as fused_dynamic, the fused Attention's Q/K/V projection int8 too (QAttention)"),
     "fused_dynamic_fp32_embeddings": ("O2", dict(method="dynamic", operators=["MatMul"]), False,
                                       "as fused_dynamic, embedding Gather kept fp32"),
     "fused_dynamic_keep_sensitive": ("O2", dict(method="dynamic", operators=["MatMul", "Gather"]), True,
