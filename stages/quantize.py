@@ -839,8 +839,8 @@ def run(p: QuantizeParams, src: Path, out: Path = OUT_DIR, metrics_path: Path = 
     from stages.corpus import TERMS, build_corpus, load_terms
 
     _check_model_folder(src, "params.yaml: quantize.model")
-    terms = load_terms(terms_path or TERMS) if measure_metrics else None
     cands = candidates_for(p)
+    needs_texts = measure_metrics or any(c.params.method == "static" or c.keep_sensitive for c in cands)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
     t_start = time.perf_counter()
@@ -848,10 +848,10 @@ def run(p: QuantizeParams, src: Path, out: Path = OUT_DIR, metrics_path: Path = 
         shutil.rmtree(tmp)
         log.info("export %s -> ONNX; candidates: %s", src, ", ".join(c.name for c in cands))
         export_fp32(src, tmp)
-        calib = (measurement_texts(terms, p.calibration_size, p.seed + 1, translations)
-                 if terms is not None else [])
-        if not calib and any(c.params.method == "static" or c.keep_sensitive for c in cands):
-            calib = list(load_torch(src, p.threads).tokenizer.get_vocab())[:p.calibration_size]
+        terms = load_terms(terms_path or TERMS) if needs_texts else None
+        # calibration / sensitivity texts: HPO labels + translated labels (every configured
+        # language present in data/translations), a different sample from the timed set
+        calib = measurement_texts(terms, p.calibration_size, p.seed + 1, translations) if terms is not None else []
         built = build_candidates(tmp, cands, calib, p.batch_size)
         if not measure_metrics:  # build only (tests of the build path): first candidate as int8
             shutil.copyfile(tmp / built[cands[0].name]["file"], tmp / INT8_FILE)

@@ -24,6 +24,7 @@ PARAMS = dataclasses.replace(QuantizeParams(), method="auto", candidates=CANDS, 
                              latency_queries=2, calibration_size=16, gate_corpus=0, bootstrap_resamples=100,
                              threads=1, block_size=16, exclude_nodes=[])
 FIXED = dataclasses.replace(PARAMS, method="matmul_nbits", optimization="O2")
+BUILD_ONLY = dataclasses.replace(PARAMS, candidates=["nbits_b32", "fused_dynamic"])  # no calibration texts needed
 
 
 def _terms(path: Path) -> Path:
@@ -195,7 +196,7 @@ def test_select_on_this_machine_remeasures_speed_and_reuses_quality(built, tmp_p
 
 def test_missing_model_folder_is_a_user_error(tmp_path):
     with pytest.raises(UserError, match="no-such-model"):
-        Q.run(PARAMS, tmp_path / "no-such-model", tmp_path / "onnx", tmp_path / "m.json",
+        Q.run(BUILD_ONLY, tmp_path / "no-such-model", tmp_path / "onnx", tmp_path / "m.json",
               measure_metrics=False)
 
 
@@ -205,7 +206,7 @@ def test_corrupt_model_folder_is_a_user_error(tiny_model_dir, tmp_path, broken):
     shutil.copytree(tiny_model_dir, src)
     (src / broken).write_bytes(b"\x00 not a model \x00")
     with pytest.raises(UserError, match=str(src)):
-        Q.run(PARAMS, src, tmp_path / "onnx", tmp_path / "m.json", measure_metrics=False)
+        Q.run(BUILD_ONLY, src, tmp_path / "onnx", tmp_path / "m.json", measure_metrics=False)
     assert not (tmp_path / "onnx").exists() and not list(tmp_path.glob(".onnx.*"))
 
 
@@ -255,7 +256,7 @@ def test_interrupted_run_keeps_the_previous_output(built, tmp_path, monkeypatch)
 
     monkeypatch.setattr(Q, "quantize_onnx", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        Q.run(PARAMS, src, dst, tmp_path / "m.json", measure_metrics=False)
+        Q.run(BUILD_ONLY, src, dst, tmp_path / "m.json", measure_metrics=False)
     assert sorted(p.name for p in dst.rglob("*")) == before
     assert not list(tmp_path.glob(".onnx.*")) and not (tmp_path / "m.json").exists()
 
@@ -279,3 +280,12 @@ def test_auto_params_are_validated():
         parse_params({"quantize": {"candidates": ["fastest_possible"]}})
     with pytest.raises(UserError, match="quantize.gate_mrr_delta"):
         parse_params({"quantize": {"gate_mrr_delta": 0.01}})
+
+
+def test_fixed_method_builds_that_one_variant(tiny_model_dir, tmp_path):
+    out = tmp_path / "onnx"
+    Q.run(FIXED, tiny_model_dir, out, tmp_path / "m.json", measure_metrics=False)
+    assert sorted(p.name for p in (out / "onnx/candidates").glob("*.onnx")) == ["matmul_nbits.onnx"]
+    assert (out / "onnx/model_int8.onnx").read_bytes() == (out / "onnx/candidates/matmul_nbits.onnx").read_bytes()
+    ops = _ops(out / "onnx/model_int8.onnx")
+    assert "MatMulNBits" in ops and "QAttention" in ops  # O2-fused graph: MatMuls blockwise 8-bit, Attention int8
