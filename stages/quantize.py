@@ -912,7 +912,9 @@ def main(argv: list[str] | None = None) -> None:
     if argv and argv[0] == "--probe-rss":
         _probe_rss(*argv[1:6])
         return
-    ap = argparse.ArgumentParser(prog="python -m stages.quantize", description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m stages.quantize", description=(
+        "Stage quantize: export models/finetuned to ONNX, build INT8 candidates, measure them on this machine "
+        "and publish the fastest that passes the quality gate as models/onnx/onnx/model_int8.onnx."))
     ap.add_argument("--select", action="store_true",
                     help="re-measure the candidates already built in models/onnx on THIS machine and re-publish "
                          "the fastest that passes the quality gate (e.g. on the production server)")
