@@ -156,8 +156,8 @@ class QuantizeParams:
                            "that passes the quality gate; dynamic = ORTQuantizer dynamic INT8 (activations per "
                            "tensor); matmul_nbits = MatMuls as onnxruntime MatMulNBits 8-bit (blockwise scales), "
                            "rest dynamic; static = QDQ calibrated on HPO texts")
-    candidates: list[str] = spec(default_factory=lambda: ["nbits_b32", "fused_dynamic", "fused_dynamic_keep_sensitive",
-                                                          "fused_static_qdq"],
+    candidates: list[str] = spec(default_factory=lambda: ["nbits_b32", "fused_dynamic", "fused_dynamic_qattention",
+                                                          "fused_dynamic_keep_sensitive", "fused_static_qdq"],
                                  choices=("nbits_b32", "fused_nbits_b32", "plain_dynamic", "fused_dynamic",
                                           "fused_dynamic_qattention", "fused_dynamic_fp32_embeddings", "fused_dynamic_keep_sensitive",
                                           "fused_static_qdq", "plain_static_qdq"),

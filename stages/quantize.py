@@ -196,7 +196,7 @@ def infer_shapes(src: Path, dst: Path) -> None:
 
 def quantize_onnx(folder: Path, src_file: str, dst_file: str, p: QuantizeParams,
                   calibration: list[dict[str, np.ndarray]] | None = None,
-                  keep_fp32: list[str] = ()) -> list[str]:
+                  keep_fp32: list[str] = (), typed: Path | None = None) -> list[str]:
     """INT8 ``folder/src_file`` -> ``folder/dst_file``; returns the node names kept fp32.
 
     ``quantize.method``:
@@ -211,7 +211,8 @@ def quantize_onnx(folder: Path, src_file: str, dst_file: str, p: QuantizeParams,
     - ``static``: onnxruntime ``quantize_static`` in QDQ format, activation ranges (uint8,
       per tensor, MinMax) calibrated on ``calibration`` (model feeds of HPO texts), weights
       int8 per channel; ORT fuses the QDQ pairs into integer kernels at load time.
-    ``keep_fp32``: node names kept fp32 in addition to ``quantize.exclude_nodes``.
+    ``keep_fp32``: node names kept fp32 in addition to ``quantize.exclude_nodes``;
+    ``typed``: ``src_file`` after ``infer_shapes`` when already computed (read only).
     """
     from optimum.onnxruntime import ORTQuantizer
 
@@ -225,8 +226,10 @@ def quantize_onnx(folder: Path, src_file: str, dst_file: str, p: QuantizeParams,
         # fused contrib ops (Attention, SkipLayerNormalization ...) have no ONNX shape
         # function; ONNX Runtime's symbolic shape inference types their outputs so that the
         # quantizer can see that e.g. the MatMul after Attention is float
-        current = Path(scratch) / "typed.onnx"
-        infer_shapes(folder / src_file, current)
+        current = typed
+        if current is None:
+            current = Path(scratch) / "typed.onnx"
+            infer_shapes(folder / src_file, current)
         if static:
             if not calibration:
                 raise ValueError("method static needs calibration feeds")
@@ -250,7 +253,7 @@ def quantize_onnx(folder: Path, src_file: str, dst_file: str, p: QuantizeParams,
         if dynamic_ops:
             qconfig = quantization_config(dataclasses.replace(p, operators=dynamic_ops), excluded)
             ORTQuantizer(current, config=_hf_config(folder)).quantize(qconfig, scratch, file_suffix="int8")
-            current = Path(scratch) / "typed_int8.onnx"
+            current = Path(scratch) / f"{current.stem}_int8.onnx"  # ORTQuantizer's output name
         if nbits:
             import onnx
             from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
@@ -261,7 +264,10 @@ def quantize_onnx(folder: Path, src_file: str, dst_file: str, p: QuantizeParams,
             quantizer.process()
             current = Path(scratch) / "typed_nbits.onnx"
             onnx.save(quantizer.model.model, str(current))
-        os.replace(current, folder / dst_file)
+        if current == typed:  # nothing quantized: never move the caller's file
+            shutil.copyfile(current, folder / dst_file)
+        else:
+            os.replace(current, folder / dst_file)
     return excluded
 
 
@@ -524,6 +530,7 @@ def build_candidates(folder: Path, cands: list[Candidate], calibration_texts: li
         fused_ops = optimize_onnx(folder, FP32_FILE, FUSED_FP32_FILE, levels.pop())
     feeds: dict[str, list] = {}
     sensitivity: dict[str, dict[str, float]] = {}
+    typed: dict[str, Path] = {}
     for c in cands:
         t0 = time.perf_counter()
         base = FP32_FILE if c.params.optimization == "none" else FUSED_FP32_FILE
@@ -539,7 +546,10 @@ def build_candidates(folder: Path, cands: list[Candidate], calibration_texts: li
             keep = list(sensitivity[base])[:c.keep_sensitive]
         dst = f"{CANDIDATE_DIR}/{c.name}.onnx"
         log.info("candidate %s: %s", c.name, c.doc)
-        kept = quantize_onnx(folder, base, dst, c.params, calibration=calib, keep_fp32=keep)
+        if base not in typed:  # symbolic shape inference once per base graph (slow on 100M+ params)
+            typed[base] = folder / f"onnx/.typed_{Path(base).stem}.onnx"
+            infer_shapes(folder / base, typed[base])
+        kept = quantize_onnx(folder, base, dst, c.params, calibration=calib, keep_fp32=keep, typed=typed[base])
         info[c.name] = {"file": dst, "doc": c.doc, "optimization": c.params.optimization,
                         "method": c.params.method, "operators": list(c.params.operators),
                         "nodes_kept_fp32": kept, "build_s": round(time.perf_counter() - t0, 1),
@@ -547,7 +557,8 @@ def build_candidates(folder: Path, cands: list[Candidate], calibration_texts: li
                         **({"fused_operators": fused_ops} if c.params.optimization != "none" else {}),
                         **({"sensitivity_top": {k: round(v, 5) for k, v in list(sensitivity[base].items())[:8]}}
                            if c.keep_sensitive else {})}
-    (folder / FUSED_FP32_FILE).unlink(missing_ok=True)
+    for path in [*typed.values(), folder / FUSED_FP32_FILE]:
+        path.unlink(missing_ok=True)
     return info
 
 
