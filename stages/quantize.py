@@ -760,7 +760,7 @@ def report_markdown(rep: dict[str, Any]) -> str:
 def headline(rep: dict[str, Any]) -> dict[str, Any]:
     """The few keys of metrics/quantize.json (the table is in reports/quantize.*)."""
     r = rep["rows"][rep["chosen"]]
-    return {"chosen": rep["chosen"], "gate_passed": rep["gate_passed"],
+    return {"chosen": rep["chosen"], "gate_passed": rep["gate_passed"], "reason": rep["reason"],
             "candidates_passing": sum(bool(x.get("gate")) for x in rep["rows"].values() if "gate" in x),
             "speed_ratio_b32": r["ratio_b32"], "speed_ratio_index": r["ratio_index"],
             "latency_b1_p50_ratio": r["b1_p50_ratio"], "mrr_delta": r["mrr_delta"], "hr1_delta": r["hr1_delta"],

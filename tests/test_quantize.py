@@ -92,6 +92,7 @@ def test_metrics_are_headline_only_and_the_report_has_the_table(built):
     _, out, metrics_path, rep = built
     m = json.loads(metrics_path.read_text())
     assert m == Q.headline(rep) and len(m) <= 12
+    assert m["reason"] == rep["reason"] and (m["reason"].startswith("fastest of") == m["gate_passed"])
     r = rep["rows"][m["chosen"]]
     assert m["speed_ratio_b32"] == pytest.approx(r["sps_b32"] / rep["rows"]["pytorch_fp32"]["sps_b32"], rel=1e-2)
     assert m["latency_b1_p50_ratio"] == pytest.approx(
