@@ -167,9 +167,27 @@ class QuantizeParams:
     optimization: str = spec("none", choices=("none", "O1", "O2", "O3"),
                              doc="Optimum ORTOptimizer level before quantization: O1/O2 fuse attention, "
                                  "LayerNorm, GELU; O3 also approximates GELU; none = plain export")
-    method: str = spec("matmul_nbits", choices=("dynamic", "matmul_nbits"),
-                       doc="dynamic = ORTQuantizer dynamic INT8 (activations per tensor); matmul_nbits = "
-                           "MatMuls as onnxruntime MatMulNBits 8-bit (blockwise scales), rest dynamic")
+    method: str = spec("auto", choices=("auto", "dynamic", "matmul_nbits", "static"),
+                       doc="auto = build quantize.candidates, measure them on this machine and publish the fastest "
+                           "that passes the quality gate; dynamic = ORTQuantizer dynamic INT8 (activations per "
+                           "tensor); matmul_nbits = MatMuls as onnxruntime MatMulNBits 8-bit (blockwise scales), "
+                           "rest dynamic; static = QDQ calibrated on HPO texts")
+    candidates: list[str] = spec(default_factory=lambda: ["nbits_b32", "fused_dynamic", "fused_dynamic_qattention",
+                                                          "fused_dynamic_keep_sensitive", "fused_static_qdq"],
+                                 choices=("nbits_b32", "fused_nbits_b32", "plain_dynamic", "fused_dynamic",
+                                          "fused_dynamic_qattention", "fused_dynamic_fp32_embeddings", "fused_dynamic_keep_sensitive",
+                                          "fused_static_qdq", "plain_static_qdq"),
+                                 doc="method auto: INT8 candidates built and measured (stages.quantize.CANDIDATES)")
+    gate_mrr_delta: float = spec(-0.005, max=0.0, doc="auto: quality gate, minimum MRR(int8) - MRR(fp32)")
+    gate_hr1_delta: float = spec(-0.01, max=0.0, doc="auto: quality gate, minimum HR@1(int8) - HR@1(fp32)")
+    sensitive_keep: int = spec(4, min=0, doc="fused_dynamic_keep_sensitive: MatMuls with the largest simulated "
+                                             "INT8 error kept fp32")
+    calibration_size: int = spec(128, min=8, doc="HPO texts (all languages) for static calibration / sensitivity")
+    index_batch_size: int = spec(128, min=1, doc="batch size of the indexing-throughput measurement")
+    latency_queries: int = spec(32, min=1, doc="texts encoded one at a time per pass for the batch-1 latency")
+    gate_corpus: int = spec(2000, min=0, doc="documents in the quality-gate corpus: every gold document + random "
+                                             "distractors; 0 = the whole corpus")
+    bootstrap_resamples: int = spec(1000, min=100, doc="resamples for the bootstrap CI of the quality deltas")
     block_size: int = spec(32, choices=(16, 32, 64, 128, 256), doc="matmul_nbits: weights per scale block")
     accuracy_level: int = spec(4, choices=(0, 1, 2, 3, 4),
                                doc="matmul_nbits: MatMulNBits compute type (4 = int8 with per-block "
@@ -184,9 +202,9 @@ class QuantizeParams:
                                     doc="fnmatch patterns of ONNX node names kept fp32 (must each match a node)")
     threads: int = spec(2, min=1, doc="CPU threads for the throughput/memory measurement (pinned, recorded)")
     batch_size: int = spec(32, min=1, doc="encode batch size for the measurement")
-    measure_size: int = spec(2000, min=10, doc="number of HPO labels/translations in the measurement set")
+    measure_size: int = spec(384, min=10, doc="number of HPO labels/translations in the measurement set")
     repeats: int = spec(3, min=1, doc="timed passes per model (interleaved; median reported)")
-    agreement_queries: int = spec(1000, min=10, doc="held-out queries for top-1 fp32-vs-int8 agreement")
+    agreement_queries: int = spec(500, min=10, doc="held-out queries for the quality gate (MRR/HR@1 deltas, top-1 agreement)")
     corpus_format: str = spec("label", choices=("label", "label_synonyms", "label_synonyms_definition"),
                               doc="English corpus document format for the agreement retrieval")
     seed: int = spec(0, doc="seed of the measurement/query samples")

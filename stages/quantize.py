@@ -1,22 +1,29 @@
-"""Stage quantize: ``models/finetuned`` -> ``models/onnx/`` (ONNX fp32 + dynamic INT8)
-+ ``metrics/quantize.json``.
+"""Stage quantize: ``models/finetuned`` -> ``models/onnx/`` (ONNX fp32 + the INT8 variant
+that is fastest on this machine while passing a quality gate) + ``metrics/quantize.json``
+(headline) + ``reports/quantize.md``/``.json`` (the candidate table).
 
 Steps (all with the real libraries, no hand-rolled graph surgery):
 1. export the SentenceTransformer to ONNX with the sentence-transformers ONNX backend
    (Optimum underneath) and save the whole SentenceTransformer folder (modules.json,
    pooling, normalisation, tokenizer), so pooling and normalisation stay identical;
-2. optionally optimise the graph with Optimum's ``ORTOptimizer`` (``quantize.optimization``:
-   O1/O2 fuse attention, LayerNorm and GELU; O3 also approximates GELU) -> ``onnx/model.onnx``;
-3. INT8 -> ``onnx/model_int8.onnx``: ``quantize.method`` ``matmul_nbits`` (default) turns the
-   weight MatMuls into onnxruntime ``MatMulNBits`` (8-bit, one scale per ``block_size``
-   weights, int8 compute with per-block activation scales) and quantizes the embedding
-   Gather with Optimum's ``ORTQuantizer``; ``dynamic`` uses the ``ORTQuantizer`` for all
-   operators (an ``AutoQuantizationConfig`` preset with per-channel, reduce_range, the
-   operators to quantize and the nodes kept fp32 from params);
-4. measure, in one run on the same inputs: file sizes, CPU throughput of PyTorch fp32 /
-   ONNX fp32 / ONNX int8 (threads pinned, warm-up excluded), peak RSS of a separate
-   process that loads the int8 model and encodes the set, and fp32-vs-int8 agreement
-   (cosine, top-1 retrieval on held-out queries against the English corpus).
+2. ``quantize.method: auto`` (default) builds every ``quantize.candidates`` entry of
+   ``CANDIDATES`` into ``onnx/candidates/<name>.onnx``: ORT transformer fusions (Optimum
+   ``ORTOptimizer`` O2: attention, GELU, skip-LayerNorm) + dynamic per-channel MatMul INT8;
+   the same with the embedding Gather kept fp32; the same with the MatMuls that a
+   per-layer sensitivity pass (``matmul_sensitivity``) finds most hurt by INT8 kept fp32;
+   static QDQ calibrated on HPO texts of every configured language; MatMulNBits 8-bit
+   (blocks of 32, int8 compute). A fixed ``method`` (dynamic | matmul_nbits | static)
+   builds just that one;
+3. measures, interleaved and against PyTorch fp32 in the same run, the production shapes:
+   sentences/s at ``batch_size`` (32) and ``index_batch_size`` (indexing) and batch-1
+   latency p50/p95; and the quality on held-out queries: full-rank MRR (pessimistic ties)
+   and HR@1 minus ONNX fp32, with paired bootstrap CIs;
+4. publishes the fastest candidate (batch-32 sentences/s) with MRR delta >=
+   ``gate_mrr_delta`` and HR@1 delta >= ``gate_hr1_delta`` as ``onnx/model_int8.onnx``; if
+   none passes, the best-quality one, flagged (``gate_passed: false``, a warning).
+
+``python -m stages.quantize --select`` re-measures the already built candidates on the
+machine it runs on (e.g. the production server) and re-publishes its own choice.
 
 Both files load with
 ``SentenceTransformer("models/onnx", backend="onnx", model_kwargs={"file_name": "onnx/model.onnx"})``
@@ -188,7 +195,9 @@ def infer_shapes(src: Path, dst: Path) -> None:
     onnx.save(model, str(dst))
 
 
-def quantize_onnx(folder: Path, src_file: str, dst_file: str, p: QuantizeParams) -> list[str]:
+def quantize_onnx(folder: Path, src_file: str, dst_file: str, p: QuantizeParams,
+                  calibration: list[dict[str, np.ndarray]] | None = None,
+                  keep_fp32: list[str] = (), typed: Path | None = None) -> list[str]:
     """INT8 ``folder/src_file`` -> ``folder/dst_file``; returns the node names kept fp32.
 
     ``quantize.method``:
@@ -199,23 +208,53 @@ def quantize_onnx(folder: Path, src_file: str, dst_file: str, p: QuantizeParams)
       ``MatMulNBits`` (8-bit weights in blocks of ``quantize.block_size`` with their own
       scale; ``accuracy_level`` 4 = int8 compute with activations quantized per block, not
       per tensor), the other operators (embedding Gather, fused Attention) go through the
-      dynamic ORTQuantizer as above.
+      dynamic ORTQuantizer as above;
+    - ``static``: onnxruntime ``quantize_static`` in QDQ format, activation ranges (uint8,
+      per tensor, MinMax) calibrated on ``calibration`` (model feeds of HPO texts), weights
+      int8 per channel; ORT fuses the QDQ pairs into integer kernels at load time.
+    ``keep_fp32``: node names kept fp32 in addition to ``quantize.exclude_nodes``;
+    ``typed``: ``src_file`` after ``infer_shapes`` when already computed (read only).
     """
     from optimum.onnxruntime import ORTQuantizer
 
     excluded = resolve_exclusions(folder / src_file, list(p.exclude_nodes))
+    excluded += [n for n in keep_fp32 if n not in excluded]
     nbits = p.method == "matmul_nbits" and "MatMul" in p.operators
-    dynamic_ops = [o for o in p.operators if not (nbits and o == "MatMul")]
+    static = p.method == "static"
+    dynamic_ops = [] if static else [o for o in p.operators if not (nbits and o == "MatMul")]
+    (folder / dst_file).parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=folder) as scratch:
         # fused contrib ops (Attention, SkipLayerNormalization ...) have no ONNX shape
         # function; ONNX Runtime's symbolic shape inference types their outputs so that the
         # quantizer can see that e.g. the MatMul after Attention is float
-        current = Path(scratch) / "typed.onnx"
-        infer_shapes(folder / src_file, current)
+        current = typed
+        if current is None:
+            current = Path(scratch) / "typed.onnx"
+            infer_shapes(folder / src_file, current)
+        if static:
+            if not calibration:
+                raise ValueError("method static needs calibration feeds")
+            from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+            class Reader:  # onnxruntime.quantization.CalibrationDataReader protocol
+                def __init__(self) -> None:
+                    self.it = iter(calibration)
+
+                def get_next(self):
+                    return next(self.it, None)
+
+            out = Path(scratch) / "typed_static.onnx"
+            quantize_static(current, out, Reader(), quant_format=QuantFormat.QDQ,
+                            op_types_to_quantize=[o for o in p.operators if o != "Attention"],
+                            per_channel=p.per_channel, reduce_range=p.reduce_range,
+                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                            nodes_to_exclude=excluded, calibrate_method=CalibrationMethod.MinMax,
+                            extra_options={"WeightSymmetric": True, "ActivationSymmetric": False})
+            current = out
         if dynamic_ops:
             qconfig = quantization_config(dataclasses.replace(p, operators=dynamic_ops), excluded)
             ORTQuantizer(current, config=_hf_config(folder)).quantize(qconfig, scratch, file_suffix="int8")
-            current = Path(scratch) / "typed_int8.onnx"
+            current = Path(scratch) / f"{current.stem}_int8.onnx"  # ORTQuantizer's output name
         if nbits:
             import onnx
             from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
@@ -226,23 +265,11 @@ def quantize_onnx(folder: Path, src_file: str, dst_file: str, p: QuantizeParams)
             quantizer.process()
             current = Path(scratch) / "typed_nbits.onnx"
             onnx.save(quantizer.model.model, str(current))
-        os.replace(current, folder / dst_file)
+        if current == typed:  # nothing quantized: never move the caller's file
+            shutil.copyfile(current, folder / dst_file)
+        else:
+            os.replace(current, folder / dst_file)
     return excluded
-
-
-def build(src: Path, dst: Path, p: QuantizeParams) -> dict[str, Any]:
-    """Export + optimise + quantize ``src`` into a new folder ``dst`` (must not exist)."""
-    export_fp32(src, dst)
-    fused: dict[str, int] = {}
-    if p.optimization != "none":
-        fused = optimize_onnx(dst, FP32_FILE, FP32_FILE, p.optimization)
-    excluded = quantize_onnx(dst, FP32_FILE, INT8_FILE, p)
-    info = {"optimization": p.optimization, "fused_operators": fused, "nodes_kept_fp32": excluded,
-            "quantization": {k: v for k, v in dataclasses.asdict(p).items()
-                             if k in ("method", "block_size", "accuracy_level", "preset", "per_channel",
-                                      "reduce_range", "operators", "exclude_nodes")}}
-    (dst / "onnx" / "quantize_config.json").write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
-    return info
 
 
 def _pid_alive(pid: int) -> bool:
@@ -350,81 +377,10 @@ def encode(model, texts: list[str], batch_size: int) -> np.ndarray:
                         normalize_embeddings=False, show_progress_bar=False)
 
 
-def throughput(models: dict[str, Any], texts: list[str], batch_size: int, repeats: int) -> dict[str, dict]:
-    """Sentences/s of each model on ``texts``; rounds interleave the models so that load
-    from other processes hits all of them alike; one full warm-up pass each is excluded
-    (PyTorch's first pass over new sequence lengths is several times slower)."""
-    from tqdm import tqdm
-
-    for m in tqdm(list(models.values()), desc="warm-up", unit="model"):
-        encode(m, texts, batch_size)
-    times: dict[str, list[float]] = {k: [] for k in models}
-    with tqdm(total=repeats * len(models), desc="throughput", unit="run") as bar:
-        for _ in range(repeats):
-            for name, m in models.items():
-                t0 = time.perf_counter()
-                encode(m, texts, batch_size)
-                times[name].append(time.perf_counter() - t0)
-                bar.update()
-    return {k: {"sentences_per_s": round(len(texts) / statistics.median(v), 1),
-                "sentences_per_s_best": round(len(texts) / min(v), 1),  # least disturbed pass
-                "seconds_median": round(statistics.median(v), 3),
-                "seconds_all": [round(x, 3) for x in v]} for k, v in times.items()}
-
-
 def cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     a = a / np.linalg.norm(a, axis=1, keepdims=True)
     b = b / np.linalg.norm(b, axis=1, keepdims=True)
     return (a * b).sum(axis=1)
-
-
-def top1(queries: np.ndarray, corpus: np.ndarray,
-         gold: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Index of the best document per query, its cosine margin over the runner-up and the
-    reciprocal rank of the ``gold`` document (index into ``corpus``; -1 = not in it: 0)."""
-    q = queries / np.linalg.norm(queries, axis=1, keepdims=True)
-    c = corpus / np.linalg.norm(corpus, axis=1, keepdims=True)
-    best = np.empty(len(q), dtype=np.int64)
-    margin = np.zeros(len(q))
-    rr = np.zeros(len(q))
-    for i in range(0, len(q), 512):
-        sims = q[i:i + 512] @ c.T
-        best[i:i + 512] = sims.argmax(axis=1)
-        if gold is not None:
-            g = gold[i:i + 512]
-            from stages.retrieval_metrics import gold_ranks   # the pipeline's one MRR definition
-            rank = gold_ranks(sims, g)   # full rank, ties pessimistic; 0 = gold not in the corpus
-            rr[i:i + 512] = np.where(g >= 0, 1.0 / np.maximum(rank, 1), 0.0)
-        if sims.shape[1] > 1:
-            two = -np.partition(-sims, 1, axis=1)[:, :2]
-            margin[i:i + 512] = two[:, 0] - two[:, 1]
-    return best, margin, rr
-
-
-def agreement(ref, test, texts: list[str], queries: list[str], corpus: list[str],
-              batch_size: int, ref_corpus: np.ndarray | None = None,
-              ref_texts: np.ndarray | None = None, ref_queries: np.ndarray | None = None,
-              gold: list[int] | None = None) -> dict[str, Any]:
-    """fp32 (``ref``) vs int8 (``test``): cosine on ``texts``, top-1 retrieval agreement of
-    ``queries`` against ``corpus`` and, given ``gold`` (each query's corpus index), the MRR
-    of both. Reference embeddings can be passed in to reuse them."""
-    e_ref = ref_texts if ref_texts is not None else encode(ref, texts, batch_size)
-    cos = cosine_rows(e_ref, encode(test, texts, batch_size))
-    c_ref = ref_corpus if ref_corpus is not None else encode(ref, corpus, batch_size)
-    q_ref = ref_queries if ref_queries is not None else encode(ref, queries, batch_size)
-    g = np.asarray(gold) if gold is not None else None
-    t_ref, margin, rr_ref = top1(q_ref, c_ref, g)
-    t_test, _, rr_test = top1(encode(test, queries, batch_size), encode(test, corpus, batch_size), g)
-    same = t_ref == t_test
-    clear = margin >= 0.01  # fp32 top-1 beats the runner-up by at least 0.01 cosine
-    return {"cosine_mean": round(float(cos.mean()), 5), "cosine_min": round(float(cos.min()), 5),
-            "cosine_p01": round(float(np.quantile(cos, 0.01)), 5),
-            "top1_agreement": round(float(same.mean()), 4),
-            "fp32_margin_below_0.01_share": round(float((~clear).mean()), 4),
-            "top1_agreement_margin_ge_0.01": round(float(same[clear].mean()), 4) if clear.any() else None,
-            **({"mrr_fp32": round(float(rr_ref.mean()), 4), "mrr_int8": round(float(rr_test.mean()), 4),
-                "mrr_delta": round(float(rr_test.mean() - rr_ref.mean()), 4)} if g is not None else {}),
-            "n_texts": len(texts), "n_queries": len(queries), "n_corpus": len(corpus)}
 
 
 def peak_rss(folder: Path, file_name: str, texts: list[str], threads: int, batch_size: int) -> dict[str, float]:
@@ -477,75 +433,520 @@ def torch_weights_mb(src: Path) -> float:
     return round(sum(f.stat().st_size for f in files) / 2**20, 2)
 
 
-def measure(src: Path, out: Path, p: QuantizeParams, terms, corpus: dict[str, str],
-            queries_path: Path = QUERIES, translations: Path = TRANSLATIONS) -> dict[str, Any]:
-    texts = measurement_texts(terms, p.measure_size, p.seed, translations)
-    queries, gold_ids, query_source = agreement_queries(terms, p.agreement_queries, p.seed, queries_path)
-    docs = list(corpus.values())
-    index = {hpo_id: i for i, hpo_id in enumerate(corpus)}
-    gold = [index.get(i, -1) for i in gold_ids]
-    torch_model = load_torch(src, p.threads)
-    fp32 = load_onnx(out, FP32_FILE, p.threads)
-    int8 = load_onnx(out, INT8_FILE, p.threads)
-    log.info("throughput on %d texts, %d threads, batch %d", len(texts), p.threads, p.batch_size)
-    load_before = os.getloadavg()[0]
-    tp = throughput({"pytorch_fp32": torch_model, "onnx_fp32": fp32, "onnx_int8": int8},
-                    texts, p.batch_size, p.repeats)
-    load_after = os.getloadavg()[0]
-    e_torch = encode(torch_model, texts, p.batch_size)
-    e_fp32 = encode(fp32, texts, p.batch_size)
-    log.info("agreement: %d queries against %d documents", len(queries), len(docs))
-    agree = agreement(fp32, int8, texts, queries, docs, p.batch_size, ref_texts=e_fp32, gold=gold)
-    log.info("peak memory of a process encoding with the int8 model")
-    rss = peak_rss(out, INT8_FILE, texts, p.threads, p.batch_size)
-    sizes = {"pytorch_mb": torch_weights_mb(src), "onnx_fp32_mb": file_mb(out / FP32_FILE),
-             "onnx_int8_mb": file_mb(out / INT8_FILE)}
-    sizes["int8_vs_fp32"] = round(sizes["onnx_int8_mb"] / sizes["onnx_fp32_mb"], 4)
-    sps = {k: v["sentences_per_s"] for k, v in tp.items()}
-    return {
-        "size": sizes,
-        "throughput": {**tp, "int8_vs_pytorch": round(sps["onnx_int8"] / sps["pytorch_fp32"], 3),
-                       "int8_vs_pytorch_best": round(tp["onnx_int8"]["sentences_per_s_best"]
-                                                     / tp["pytorch_fp32"]["sentences_per_s_best"], 3),
-                       "fp32_vs_pytorch": round(sps["onnx_fp32"] / sps["pytorch_fp32"], 3),
-                       "threads": p.threads, "batch_size": p.batch_size, "repeats": p.repeats,
-                       "n_texts": len(texts), "loadavg_1min": [round(load_before, 2), round(load_after, 2)],
-                       "cpu_count": os.cpu_count()},
-        "memory": {"int8_process_" + k: v for k, v in rss.items()},
-        "agreement": {**agree, "query_source": query_source,
-                      "onnx_fp32_vs_pytorch_cosine_min": round(float(cosine_rows(e_torch, e_fp32).min()), 6),
-                      "onnx_fp32_vs_pytorch_max_abs": float(np.abs(e_torch - e_fp32).max())},
-        "embedding_dim": int(e_fp32.shape[1]),
-    }
+# --------------------------------------------------------------------------- candidates (method: auto)
+
+ALL_OPS = ["MatMul", "Attention", "Gather", "EmbedLayerNormalization"]
+# name -> (graph optimisation, QuantizeParams overrides, keep the most sensitive MatMuls fp32, what it is)
+CANDIDATES: dict[str, tuple[str, dict[str, Any], bool, str]] = {
+    "nbits_b32": ("none", dict(method="matmul_nbits", block_size=32, operators=ALL_OPS), False,
+                  "MatMulNBits 8-bit, blocks of 32 (int8 compute) + int8 embedding Gather"),
+    "fused_nbits_b32": ("O2", dict(method="matmul_nbits", block_size=32, operators=["MatMul", "Gather"]), False,
+                        "ORT fusions + MatMulNBits 8-bit blocks of 32 + int8 embedding Gather"),
+    "plain_dynamic": ("none", dict(method="dynamic", operators=["MatMul", "Gather"]), False,
+                      "dynamic INT8 MatMul (per-channel weights) + int8 embedding Gather, no fusions"),
+    "fused_dynamic": ("O2", dict(method="dynamic", operators=["MatMul", "Gather"]), False,
+                      "ORT fusions (attention, GELU, skip-LayerNorm) + dynamic per-channel MatMul + int8 Gather"),
+    "fused_dynamic_qattention": ("O2", dict(method="dynamic", operators=["MatMul", "Attention", "Gather"]), False,
+                                 "as fused_dynamic, the fused Attention's Q/K/V projection int8 too (QAttention)"),
+    "fused_dynamic_fp32_embeddings": ("O2", dict(method="dynamic", operators=["MatMul"]), False,
+                                      "as fused_dynamic, embedding Gather kept fp32"),
+    "fused_dynamic_keep_sensitive": ("O2", dict(method="dynamic", operators=["MatMul", "Gather"]), True,
+                                     "as fused_dynamic, the most sensitive MatMuls (sensitivity pass) kept fp32"),
+    "fused_static_qdq": ("O2", dict(method="static", operators=["MatMul", "Gather"]), False,
+                         "ORT fusions + static QDQ MatMul/Gather calibrated on HPO texts (all languages)"),
+    "plain_static_qdq": ("none", dict(method="static", operators=["MatMul", "Gather"]), False,
+                         "static QDQ MatMul/Gather calibrated on HPO texts, no fusions"),
+}
+CANDIDATE_DIR = "onnx/candidates"
+FUSED_FP32_FILE = "onnx/model_fused.onnx"  # intermediate, not published
+STATE_FILE = "onnx/quantize_config.json"
+TEXTS_FILE = "onnx/candidates/measure_texts.json"
+REPORTS = ROOT / "reports"
+
+
+@dataclasses.dataclass(frozen=True)
+class Candidate:
+    name: str
+    params: QuantizeParams  # optimization + method + operators + exclusions
+    keep_sensitive: int
+    doc: str
+
+
+def candidates_for(p: QuantizeParams) -> list[Candidate]:
+    """``method: auto``: the configured candidates; any other method: that one config."""
+    if p.method != "auto":
+        return [Candidate(p.method, p, 0, f"fixed: method {p.method}, optimization {p.optimization}")]
+    out = []
+    for name in p.candidates:
+        level, over, sensitive, doc = CANDIDATES[name]
+        out.append(Candidate(name, dataclasses.replace(p, optimization=level, **over),
+                             p.sensitive_keep if sensitive else 0, doc))
+    return out
+
+
+def model_inputs(onnx_path: Path) -> list[str]:
+    import onnx
+
+    return [i.name for i in onnx.load(str(onnx_path), load_external_data=False).graph.input]
+
+
+def model_feeds(folder: Path, onnx_file: str, texts: list[str], batch_size: int = 32) -> list[dict[str, np.ndarray]]:
+    """Tokenised batches of ``texts`` as ONNX feeds (the folder's tokenizer and max length)."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(folder))
+    cfg = folder / "sentence_bert_config.json"
+    max_len = json.loads(cfg.read_text()).get("max_seq_length", 128) if cfg.is_file() else 128
+    names = model_inputs(folder / onnx_file)
+    feeds = []
+    for i in range(0, len(texts), batch_size):
+        enc = tok(texts[i:i + batch_size], padding=True, truncation=True, max_length=max_len, return_tensors="np")
+        feeds.append({k: np.asarray(enc[k], dtype=np.int64) for k in names if k in enc})
+    return feeds
+
+
+def matmul_sensitivity(onnx_path: Path, feeds: list[dict[str, np.ndarray]]) -> dict[str, float]:
+    """Per-layer sensitivity pass: for every MatMul with a constant weight, the relative
+    error ``|Q(X) Q(W) - X W| / |X W|`` of simulated dynamic INT8 on its real fp32 input
+    activations ``X`` (captured on ``feeds``): X uint8 asymmetric per tensor (as
+    DynamicQuantizeLinear), W int8 symmetric per output channel. Each node is measured in
+    isolation, so errors do not accumulate along the graph. Sorted, largest first."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import numpy_helper
+
+    model = onnx.load(str(onnx_path))
+    inits = {i.name: i for i in model.graph.initializer}
+    nodes = [n for n in model.graph.node if n.op_type == "MatMul" and n.input[1] in inits]
+    outputs = {o.name for o in model.graph.output}
+    for name in dict.fromkeys(n.input[0] for n in nodes):
+        if name not in outputs:
+            model.graph.output.append(onnx.ValueInfoProto(name=name))  # ORT infers the type
+    sess = ort.InferenceSession(model.SerializeToString(), ort_session_options(2),
+                                providers=["CPUExecutionProvider"])
+    weights = {n.name: numpy_helper.to_array(inits[n.input[1]]).astype(np.float32) for n in nodes}
+    qw = {}
+    for name, w in weights.items():
+        scale = np.maximum(np.abs(w).max(axis=0, keepdims=True), 1e-12) / 127.0
+        qw[name] = (np.clip(np.round(w / scale), -127, 127) * scale).astype(np.float32)
+    err = {n.name: 0.0 for n in nodes}
+    ref = {n.name: 0.0 for n in nodes}
+    names = [o.name for o in sess.get_outputs()]
+    for feed in feeds:
+        acts = dict(zip(names, sess.run(None, feed)))
+        for n in nodes:
+            x = acts[n.input[0]].astype(np.float32).reshape(-1, weights[n.name].shape[0])  # 2-D: BLAS
+            lo, hi = min(float(x.min()), 0.0), max(float(x.max()), 0.0)
+            scale = np.float32((hi - lo) / 255.0 or 1.0)
+            zp = np.float32(np.clip(np.round(-lo / scale), 0, 255))
+            xq = (np.clip(np.round(x / scale) + zp, 0, 255) - zp) * scale  # float32 throughout
+            y = x @ weights[n.name]
+            err[n.name] += float(np.square(xq @ qw[n.name] - y).sum())
+            ref[n.name] += float(np.square(y).sum())
+    rel = {k: (err[k] / ref[k]) ** 0.5 if ref[k] > 0 else 0.0 for k in err}
+    return dict(sorted(rel.items(), key=lambda kv: -kv[1]))
+
+
+def build_candidates(folder: Path, cands: list[Candidate], calibration_texts: list[str],
+                     batch_size: int) -> dict[str, dict[str, Any]]:
+    """Build every candidate into ``folder/onnx/candidates/<name>.onnx`` from the plain
+    export ``folder/onnx/model.onnx`` (and its ORT-fused copy for the fused ones)."""
+    info: dict[str, dict[str, Any]] = {}
+    fused_ops: dict[str, int] = {}
+    if any(c.params.optimization != "none" for c in cands):
+        levels = {c.params.optimization for c in cands} - {"none"}
+        if len(levels) > 1:
+            raise UserError(f"quantize candidates mix optimisation levels {sorted(levels)}")
+        fused_ops = optimize_onnx(folder, FP32_FILE, FUSED_FP32_FILE, levels.pop())
+    feeds: dict[str, list] = {}
+    sensitivity: dict[str, dict[str, float]] = {}
+    typed: dict[str, Path] = {}
+    for c in cands:
+        t0 = time.perf_counter()
+        base = FP32_FILE if c.params.optimization == "none" else FUSED_FP32_FILE
+        calib = None
+        if c.params.method == "static" or c.keep_sensitive:
+            if base not in feeds:
+                feeds[base] = model_feeds(folder, base, calibration_texts, batch_size)
+            calib = feeds[base]
+        keep: list[str] = []
+        if c.keep_sensitive:
+            if base not in sensitivity:
+                sensitivity[base] = matmul_sensitivity(folder / base, calib)
+            keep = list(sensitivity[base])[:c.keep_sensitive]
+        dst = f"{CANDIDATE_DIR}/{c.name}.onnx"
+        log.info("candidate %s: %s", c.name, c.doc)
+        if base not in typed:  # symbolic shape inference once per base graph (slow on 100M+ params)
+            typed[base] = folder / f"onnx/.typed_{Path(base).stem}.onnx"
+            infer_shapes(folder / base, typed[base])
+        kept = quantize_onnx(folder, base, dst, c.params, calibration=calib, keep_fp32=keep, typed=typed[base])
+        info[c.name] = {"file": dst, "doc": c.doc, "optimization": c.params.optimization,
+                        "method": c.params.method, "operators": list(c.params.operators),
+                        "nodes_kept_fp32": kept, "build_s": round(time.perf_counter() - t0, 1),
+                        "size_mb": file_mb(folder / dst),
+                        **({"fused_operators": fused_ops} if c.params.optimization != "none" else {}),
+                        **({"sensitivity_top": {k: round(v, 5) for k, v in list(sensitivity[base].items())[:8]}}
+                           if c.keep_sensitive else {})}
+    for path in [*typed.values(), folder / FUSED_FP32_FILE]:
+        path.unlink(missing_ok=True)
+    return info
+
+
+# --------------------------------------------------------------------------- measuring (auto)
+
+def retrieval_ranks(q: np.ndarray, c: np.ndarray, gold: list[int]) -> np.ndarray:
+    """Full-rank position of each query's gold document (cosine, pessimistic ties: a
+    document scoring equal to the gold one ranks before it).
+    LOCAL helper over stages.retrieval_metrics.expected_positions (the shared metrics module)."""
+    import torch
+
+    from stages.retrieval_metrics import expected_positions
+
+    qn = torch.from_numpy(q / np.linalg.norm(q, axis=1, keepdims=True))
+    cn = torch.from_numpy(c / np.linalg.norm(c, axis=1, keepdims=True))
+    ranks = []
+    for i in range(0, len(qn), 256):
+        pos = expected_positions(qn[i:i + 256] @ cn.T, [[g] for g in gold[i:i + 256]])
+        ranks += [p[0] for p in pos]
+    return np.asarray(ranks)
+
+
+def gate_corpus(corpus: dict[str, str], gold_ids: list[str], size: int, seed: int) -> tuple[list[str], list[int]]:
+    """The quality-gate corpus: every gold document plus random distractors up to ``size``
+    documents (0 = the whole corpus), and each query's gold index into it."""
+    ids = list(corpus)
+    if size and size < len(ids):
+        need = [i for i in dict.fromkeys(gold_ids) if i in corpus]
+        rest = sorted(set(ids) - set(need))
+        ids = sorted(need + random.Random(seed).sample(rest, max(0, min(len(rest), size - len(need)))))
+    index = {i: k for k, i in enumerate(ids)}
+    return [corpus[i] for i in ids], [index[g] for g in gold_ids]
+
+
+def quality(ref: dict[str, np.ndarray], test: dict[str, np.ndarray], gold: list[int],
+            resamples: int, seed: int) -> dict[str, Any]:
+    """Quality deltas of ``test`` against ``ref`` (each ``{"queries", "corpus"}`` embeddings):
+    MRR and HR@1 with paired bootstrap CIs, top-1 agreement, cosine of query embeddings."""
+    from stages.retrieval_metrics import paired_diff
+
+    r_ref = retrieval_ranks(ref["queries"], ref["corpus"], gold)
+    r_test = retrieval_ranks(test["queries"], test["corpus"], gold)
+    out: dict[str, Any] = {"mrr": round(float((1 / r_test).mean()), 4),
+                           "hr1": round(float((r_test == 1).mean()), 4)}
+    for name, a, b in (("mrr", 1 / r_test, 1 / r_ref), ("hr1", (r_test == 1) * 1.0, (r_ref == 1) * 1.0)):
+        d = paired_diff(a, b, resamples, seed)
+        out[f"{name}_delta"] = round(d["diff"], 4)
+        out[f"{name}_delta_ci"] = [round(d["diff_ci_low"], 4), round(d["diff_ci_high"], 4)]
+    qa, qb = ref["queries"], test["queries"]
+    ca, cb = ref["corpus"], test["corpus"]
+    top_a = (qa / np.linalg.norm(qa, axis=1, keepdims=True)) @ (ca / np.linalg.norm(ca, axis=1, keepdims=True)).T
+    top_b = (qb / np.linalg.norm(qb, axis=1, keepdims=True)) @ (cb / np.linalg.norm(cb, axis=1, keepdims=True)).T
+    out["top1_agreement"] = round(float((top_a.argmax(1) == top_b.argmax(1)).mean()), 4)
+    out["cosine_mean"] = round(float(cosine_rows(qa, qb).mean()), 5)
+    return out
+
+
+def speed(models: dict[str, Any], texts: list[str], latency_texts: list[str], batch_size: int,
+          index_batch_size: int, repeats: int) -> dict[str, dict[str, float]]:
+    """Interleaved timing in the production shapes: sentences/s at ``batch_size`` (32) and at
+    ``index_batch_size`` (indexing), and batch-1 latency (one text per call, tokenisation
+    included). One warm-up pass per model is excluded; each round times every model once,
+    in an order rotated by one each round; throughput is the median over rounds, latency
+    p50/p95 over every call."""
+    from tqdm import tqdm
+
+    names = list(models)
+    for n in tqdm(names, desc="warm-up", unit="model"):
+        encode(models[n], texts, batch_size)
+        for t in latency_texts[:8]:
+            encode(models[n], [t], 1)
+    t32: dict[str, list[float]] = {n: [] for n in names}
+    tix: dict[str, list[float]] = {n: [] for n in names}
+    lat: dict[str, list[float]] = {n: [] for n in names}
+    with tqdm(total=repeats * len(names), desc="speed", unit="model") as bar:
+        for r in range(repeats):
+            for n in names[r % len(names):] + names[:r % len(names)]:
+                m = models[n]
+                t0 = time.perf_counter()
+                encode(m, texts, batch_size)
+                t32[n].append(time.perf_counter() - t0)
+                if index_batch_size != batch_size:
+                    t0 = time.perf_counter()
+                    encode(m, texts, index_batch_size)
+                    tix[n].append(time.perf_counter() - t0)
+                for t in latency_texts:
+                    t0 = time.perf_counter()
+                    encode(m, [t], 1)
+                    lat[n].append(time.perf_counter() - t0)
+                bar.update()
+    out = {}
+    for n in names:
+        out[n] = {"sps_b32": round(len(texts) / statistics.median(t32[n]), 1),
+                  "sps_index": round(len(texts) / statistics.median(tix[n] or t32[n]), 1),
+                  "b1_p50_ms": round(1000 * float(np.percentile(lat[n], 50)), 2),
+                  "b1_p95_ms": round(1000 * float(np.percentile(lat[n], 95)), 2)}
+    return out
+
+
+def with_ratios(rows: dict[str, dict[str, Any]], baseline: str) -> None:
+    """Add speed ratios against ``baseline`` (PyTorch fp32) to every row, in place."""
+    b = rows[baseline]
+    for r in rows.values():
+        r["ratio_b32"] = round(r["sps_b32"] / b["sps_b32"], 3)
+        r["ratio_index"] = round(r["sps_index"] / b["sps_index"], 3)
+        r["b1_p50_ratio"] = round(r["b1_p50_ms"] / b["b1_p50_ms"], 3)  # < 1: faster than the baseline
+
+
+# --------------------------------------------------------------------------- selection
+
+def passes_gate(row: dict[str, Any], mrr_min: float, hr1_min: float) -> bool:
+    return row["mrr_delta"] >= mrr_min and row["hr1_delta"] >= hr1_min
+
+
+def select(rows: dict[str, dict[str, Any]], mrr_min: float, hr1_min: float) -> tuple[str, bool, str]:
+    """The candidate to publish: the fastest (batch-32 sentences/s) of those that pass the
+    quality gate (MRR delta >= ``mrr_min`` and HR@1 delta >= ``hr1_min``, point estimates);
+    if none passes, the best-quality one (highest MRR delta, then HR@1 delta, then speed),
+    flagged. Returns ``(name, gate_passed, reason)``."""
+    if not rows:
+        raise ValueError("no candidates to select from")
+    passing = {n: r for n, r in rows.items() if passes_gate(r, mrr_min, hr1_min)}
+    if passing:
+        name = max(passing, key=lambda n: (passing[n]["sps_b32"], passing[n]["mrr_delta"]))
+        r = rows[name]
+        return name, True, (f"fastest of {len(passing)}/{len(rows)} candidates passing the gate "
+                            f"(MRR delta {r['mrr_delta']:+.4f} >= {mrr_min}, HR@1 delta {r['hr1_delta']:+.4f} >= "
+                            f"{hr1_min}): {r['sps_b32']} sentences/s at batch 32")
+    name = max(rows, key=lambda n: (rows[n]["mrr_delta"], rows[n]["hr1_delta"], rows[n]["sps_b32"]))
+    r = rows[name]
+    return name, False, (f"NO candidate passes the gate (MRR delta >= {mrr_min}, HR@1 delta >= {hr1_min}); "
+                         f"published the best quality one: MRR delta {r['mrr_delta']:+.4f}, "
+                         f"HR@1 delta {r['hr1_delta']:+.4f}")
+
+
+# --------------------------------------------------------------------------- report
+
+def machine() -> dict[str, Any]:
+    cpu = "unknown"
+    flags: set[str] = set()
+    info = Path("/proc/cpuinfo")
+    if info.is_file():
+        for line in info.read_text().splitlines():
+            if line.startswith("model name") and cpu == "unknown":
+                cpu = line.split(":", 1)[1].strip()
+            elif line.startswith("flags") and not flags:
+                flags = set(line.split(":", 1)[1].split())
+    import onnxruntime
+
+    return {"cpu": cpu, "cpu_count": os.cpu_count(), "onnxruntime": onnxruntime.__version__,
+            "isa": sorted(flags & {"avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8", "asimd"})}
+
+
+COLUMNS = [("variant", None), ("size MB", "size_mb"), ("sent/s b32", "sps_b32"), ("× PyTorch b32", "ratio_b32"),
+           ("sent/s index", "sps_index"), ("× PyTorch index", "ratio_index"), ("b1 p50 ms", "b1_p50_ms"),
+           ("b1 p95 ms", "b1_p95_ms"), ("MRR Δ [95% CI]", "mrr_delta"), ("HR@1 Δ [95% CI]", "hr1_delta"),
+           ("top-1 agree", "top1_agreement"), ("gate", "gate")]
+
+
+def report_markdown(rep: dict[str, Any]) -> str:
+    def cell(r: dict, key: str | None, name: str) -> str:
+        if key is None:
+            return f"**{name}**" if name == rep["chosen"] else name
+        v = r.get(key)
+        if v is None:
+            return ""
+        if key in ("mrr_delta", "hr1_delta"):
+            lo, hi = r[f"{key}_ci"]
+            return f"{v:+.4f} [{lo:+.4f}, {hi:+.4f}]"
+        if key == "top1_agreement":
+            return f"{v:.1%}"
+        if key == "gate":
+            return "pass" if v else "fail"
+        return f"{v:.2f}" if isinstance(v, float) and key.startswith(("ratio", "b1")) else f"{v}"
+
+    s = rep["settings"]
+    lines = [f"# quantize: INT8 candidates measured on this machine", "",
+             f"Chosen: **{rep['chosen']}** (gate {'passed' if rep['gate_passed'] else 'NOT passed'}). {rep['reason']}.", "",
+             f"Model `{rep['model']}`; machine {rep['machine']['cpu']} ({rep['machine']['cpu_count']} CPUs, "
+             f"{', '.join(rep['machine']['isa'])}; onnxruntime {rep['machine']['onnxruntime']}); {s['threads']} threads; "
+             f"{s['n_texts']} HPO texts at batch {s['batch_size']} and {s['index_batch_size']} (indexing), "
+             f"{s['latency_calls']} batch-1 calls; {s['repeats']} interleaved rounds, median; load average "
+             f"{s['loadavg'][0]} -> {s['loadavg'][1]} (other processes share the CPUs: ratios are measured "
+             f"under that load). Quality: {s['n_queries']} held-out queries ({s['query_source']}) against "
+             f"{s['n_corpus']} documents, full-rank MRR (pessimistic ties) and HR@1 minus ONNX fp32, paired "
+             f"bootstrap 95% CI; gate MRR Δ ≥ {s['gate_mrr_delta']}, HR@1 Δ ≥ {s['gate_hr1_delta']}.", "",
+             "| " + " | ".join(c for c, _ in COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    for name, r in rep["rows"].items():
+        lines.append("| " + " | ".join(cell(r, k, name) for _, k in COLUMNS) + " |")
+    lines += ["", "Candidates:", ""]
+    for name, r in rep["rows"].items():
+        if r.get("doc"):
+            extra = f"; kept fp32: {', '.join(r['nodes_kept_fp32'])}" if r.get("nodes_kept_fp32") else ""
+            lines.append(f"- `{name}`: {r['doc']}{extra}")
+    lines += ["", f"Regenerate: `{rep['command']}`", ""]
+    return "\n".join(lines)
+
+
+def headline(rep: dict[str, Any]) -> dict[str, Any]:
+    """The few keys of metrics/quantize.json (the table is in reports/quantize.*)."""
+    r = rep["rows"][rep["chosen"]]
+    return {"chosen": rep["chosen"], "gate_passed": rep["gate_passed"], "reason": rep["reason"],
+            "candidates_passing": sum(bool(x.get("gate")) for x in rep["rows"].values() if "gate" in x),
+            "speed_ratio_b32": r["ratio_b32"], "speed_ratio_index": r["ratio_index"],
+            "latency_b1_p50_ratio": r["b1_p50_ratio"], "mrr_delta": r["mrr_delta"], "hr1_delta": r["hr1_delta"],
+            "size_mb": r["size_mb"], "peak_rss_mb": r.get("peak_rss_mb"), "baseline": rep["baseline"]}
 
 
 # --------------------------------------------------------------------------- stage
 
+def measure_all(folder: Path, src: Path | None, cands: dict[str, dict[str, Any]], p: QuantizeParams,
+                texts: list[str], latency_texts: list[str], qual: dict[str, dict] | None = None,
+                q_inputs: tuple[list[str], list[str], list[int]] | None = None) -> dict[str, dict[str, Any]]:
+    """Rows for PyTorch fp32 (when ``src``), ONNX fp32 and every candidate: speed, size and
+    (given ``q_inputs`` = queries, corpus documents, gold indices) quality deltas against
+    ONNX fp32; ``qual`` reuses quality measured earlier (``--select``)."""
+    models: dict[str, Any] = {}
+    rows: dict[str, dict[str, Any]] = {}
+    if src is not None:
+        models["pytorch_fp32"] = load_torch(src, p.threads)
+        rows["pytorch_fp32"] = {"size_mb": torch_weights_mb(src)}
+    models["onnx_fp32"] = load_onnx(folder, FP32_FILE, p.threads)
+    rows["onnx_fp32"] = {"size_mb": file_mb(folder / FP32_FILE)}
+    ref = None
+    if q_inputs is not None:
+        queries, docs, gold = q_inputs
+        log.info("quality: %d queries against %d documents", len(queries), len(docs))
+        ref = {"queries": encode(models["onnx_fp32"], queries, p.index_batch_size),
+               "corpus": encode(models["onnx_fp32"], docs, p.index_batch_size)}
+    for name, info in cands.items():
+        m = load_onnx(folder, info["file"], p.threads)
+        models[name] = m
+        rows[name] = {**{k: v for k, v in info.items() if k != "file"}, "size_mb": file_mb(folder / info["file"])}
+        if ref is not None:
+            queries, docs, gold = q_inputs
+            test = {"queries": encode(m, queries, p.index_batch_size), "corpus": encode(m, docs, p.index_batch_size)}
+            rows[name].update(quality(ref, test, gold, p.bootstrap_resamples, p.seed))
+            log.info("%s: %s", name, {k: rows[name][k] for k in ("mrr_delta", "hr1_delta", "top1_agreement")})
+        elif qual and name in qual:
+            rows[name].update(qual[name])
+    log.info("speed: %d models, %d texts, batch %d/%d, %d batch-1 calls, %d rounds", len(models), len(texts),
+             p.batch_size, p.index_batch_size, len(latency_texts), p.repeats)
+    sp = speed(models, texts, latency_texts, p.batch_size, p.index_batch_size, p.repeats)
+    for n in rows:
+        rows[n].update(sp[n])
+    return rows
+
+
+QUALITY_KEYS = ("mrr", "hr1", "mrr_delta", "mrr_delta_ci", "hr1_delta", "hr1_delta_ci", "top1_agreement", "cosine_mean")
+
+
+def decide_and_write(folder: Path, rows: dict[str, dict[str, Any]], p: QuantizeParams, model_name: str,
+                     settings: dict[str, Any], command: str, metrics_path: Path, reports: Path,
+                     texts: list[str]) -> dict[str, Any]:
+    """Gate, select, copy the chosen candidate to ``onnx/model_int8.onnx``, measure the peak
+    memory of a process serving it, write the state file, reports and headline metrics."""
+    cand = {n: r for n, r in rows.items() if "mrr_delta" in r}
+    baseline = "pytorch_fp32" if "pytorch_fp32" in rows else "onnx_fp32"
+    with_ratios(rows, baseline)
+    for r in cand.values():
+        r["gate"] = passes_gate(r, p.gate_mrr_delta, p.gate_hr1_delta)
+    chosen, passed, reason = select(cand, p.gate_mrr_delta, p.gate_hr1_delta)
+    shutil.copyfile(folder / f"{CANDIDATE_DIR}/{chosen}.onnx", folder / INT8_FILE)
+    rows[chosen]["peak_rss_mb"] = peak_rss(folder, INT8_FILE, texts, p.threads, p.batch_size)["peak_rss_mb"]
+    rep = {"model": model_name, "chosen": chosen, "gate_passed": passed, "reason": reason, "baseline": baseline,
+           "machine": machine(), "settings": {**settings, "gate_mrr_delta": p.gate_mrr_delta,
+                                              "gate_hr1_delta": p.gate_hr1_delta},
+           "rows": rows, "command": command}
+    if not passed:
+        log.warning("quantize: %s", reason)
+    state = {"chosen": chosen, "gate_passed": passed, "candidates": {
+        n: {"file": f"{CANDIDATE_DIR}/{n}.onnx", **{k: r[k] for k in QUALITY_KEYS if k in r},
+            **{k: r[k] for k in ("doc", "optimization", "method", "operators", "nodes_kept_fp32") if k in r}}
+        for n, r in cand.items()}, "quality_settings": {k: settings[k] for k in ("n_queries", "n_corpus", "query_source")
+                                                         if k in settings}}
+    (folder / STATE_FILE).write_text(json.dumps(state, indent=2, sort_keys=True) + "\n")
+    reports.mkdir(parents=True, exist_ok=True)
+    write_json(reports / "quantize.json", rep)
+    (reports / "quantize.md").write_text(report_markdown(rep))
+    write_json(metrics_path, headline(rep))
+    return rep
+
+
 def run(p: QuantizeParams, src: Path, out: Path = OUT_DIR, metrics_path: Path = METRICS / "quantize.json",
         terms_path: Path | None = None, measure_metrics: bool = True,
-        queries_path: Path = QUERIES, translations: Path = TRANSLATIONS) -> dict[str, Any]:
+        queries_path: Path = QUERIES, translations: Path = TRANSLATIONS, reports: Path = REPORTS) -> dict[str, Any]:
+    """Export, build the candidates (``method: auto``) or the one configured method, measure,
+    select, publish ``out`` and write metrics + reports. Returns the report."""
     from stages.corpus import TERMS, build_corpus, load_terms
 
     _check_model_folder(src, "params.yaml: quantize.model")
-    terms = load_terms(terms_path or TERMS) if measure_metrics else None
+    cands = candidates_for(p)
+    needs_texts = measure_metrics or any(c.params.method == "static" or c.keep_sensitive for c in cands)
     out.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temp(out)
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-{os.getpid()}-"))
+    t_start = time.perf_counter()
     try:
         shutil.rmtree(tmp)
-        log.info("export %s -> ONNX, optimise (%s), quantize (%s)", src, p.optimization, p.preset)
-        info = build(src, tmp, p)
+        log.info("export %s -> ONNX; candidates: %s", src, ", ".join(c.name for c in cands))
+        export_fp32(src, tmp)
+        terms = load_terms(terms_path or TERMS) if needs_texts else None
+        # calibration / sensitivity texts: HPO labels + translated labels (every configured
+        # language present in data/translations), a different sample from the timed set
+        calib = measurement_texts(terms, p.calibration_size, p.seed + 1, translations) if terms is not None else []
+        built = build_candidates(tmp, cands, calib, p.batch_size)
+        if not measure_metrics:  # build only (tests of the build path): first candidate as int8
+            shutil.copyfile(tmp / built[cands[0].name]["file"], tmp / INT8_FILE)
+            publish(tmp, out)
+            return {"rows": built}
+        texts = measurement_texts(terms, p.measure_size, p.seed, translations)
+        queries, gold_ids, query_source = agreement_queries(terms, p.agreement_queries, p.seed, queries_path)
+        docs, gold = gate_corpus(build_corpus(terms, p.corpus_format), gold_ids, p.gate_corpus, p.seed)
+        latency_texts = queries[:p.latency_queries]
+        (tmp / TEXTS_FILE).write_text(json.dumps({"texts": texts, "latency_texts": latency_texts}) + "\n")
+        load0 = os.getloadavg()[0]
+        rows = measure_all(tmp, src, built, p, texts, latency_texts, q_inputs=(queries, docs, gold))
+        settings = {"threads": p.threads, "batch_size": p.batch_size, "index_batch_size": p.index_batch_size,
+                    "n_texts": len(texts), "latency_calls": len(latency_texts) * p.repeats, "repeats": p.repeats,
+                    "loadavg": [round(load0, 2), round(os.getloadavg()[0], 2)], "n_queries": len(queries),
+                    "n_corpus": len(docs), "query_source": query_source}
+        model_name = str(src.relative_to(ROOT)) if src.is_relative_to(ROOT) else str(src)
+        rep = decide_and_write(tmp, rows, p, model_name, settings, "python -m stages.quantize  # dvc repro quantize",
+                               metrics_path, reports, texts)
+        rep["settings"]["stage_s"] = round(time.perf_counter() - t_start, 1)
+        write_json(reports / "quantize.json", rep)
         publish(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    metrics: dict[str, Any] = {"model": str(src.relative_to(ROOT)) if src.is_relative_to(ROOT) else str(src),
-                               "files": {"fp32": FP32_FILE, "int8": INT8_FILE}, **info}
-    if measure_metrics:
-        metrics.update(measure(src, out, p, terms, build_corpus(terms, p.corpus_format),
-                               queries_path, translations))
-    write_json(metrics_path, metrics)
-    return metrics
+    return rep
+
+
+def select_on_this_machine(p: QuantizeParams, src: Path | None, out: Path = OUT_DIR,
+                           metrics_path: Path = METRICS / "quantize.json", reports: Path = REPORTS) -> dict[str, Any]:
+    """``--select``: re-measure the speed of the candidates already built in ``out`` on this
+    machine (quality deltas are properties of the files and reused from the build run),
+    re-select and re-publish ``onnx/model_int8.onnx``. PyTorch fp32 is the baseline when
+    ``src`` exists, ONNX fp32 otherwise (e.g. a production server without the PyTorch model)."""
+    state_path = out / STATE_FILE
+    if not state_path.is_file() or "candidates" not in json.loads(state_path.read_text()):
+        raise UserError(f"{state_path}: no built candidates; run `python -m stages.quantize` (method auto) first")
+    state = json.loads(state_path.read_text())
+    cands = {n: {"file": c["file"], **{k: c[k] for k in ("doc", "optimization", "method", "operators",
+                                                         "nodes_kept_fp32") if k in c}}
+             for n, c in state["candidates"].items() if (out / c["file"]).is_file()}
+    if not cands:
+        raise UserError(f"{out / CANDIDATE_DIR}: candidate files missing; rebuild with `python -m stages.quantize`")
+    qual = {n: {k: c[k] for k in QUALITY_KEYS if k in c} for n, c in state["candidates"].items()}
+    t = json.loads((out / TEXTS_FILE).read_text())
+    load0 = os.getloadavg()[0]
+    rows = measure_all(out, src, cands, p, t["texts"], t["latency_texts"], qual=qual)
+    settings = {"threads": p.threads, "batch_size": p.batch_size, "index_batch_size": p.index_batch_size,
+                "n_texts": len(t["texts"]), "latency_calls": len(t["latency_texts"]) * p.repeats,
+                "repeats": p.repeats, "loadavg": [round(load0, 2), round(os.getloadavg()[0], 2)],
+                **state.get("quality_settings", {"n_queries": "?", "n_corpus": "?", "query_source": "build run"})}
+    return decide_and_write(out, rows, p, str(src) if src else str(out), settings,
+                            "python -m stages.quantize --select", metrics_path, reports, t["texts"])
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -553,20 +954,35 @@ def main(argv: list[str] | None = None) -> None:
     if argv and argv[0] == "--probe-rss":
         _probe_rss(*argv[1:6])
         return
-    ap = argparse.ArgumentParser(prog="python -m stages.quantize", description=__doc__.split("\n")[0])
-    ap.parse_args(argv)
+    ap = argparse.ArgumentParser(prog="python -m stages.quantize", description=(
+        "Stage quantize: export models/finetuned to ONNX, build INT8 candidates, measure them on this machine "
+        "and publish the fastest that passes the quality gate as models/onnx/onnx/model_int8.onnx."))
+    ap.add_argument("--select", action="store_true",
+                    help="re-measure the candidates already built in models/onnx on THIS machine and re-publish "
+                         "the fastest that passes the quality gate (e.g. on the production server)")
+    ap.add_argument("--rebuild", action="store_true", help="with --select: rebuild and re-measure everything "
+                    "(needs quantize.model and data/hpo), as the stage does")
+    args = ap.parse_args(argv)
     import logging
     logging.getLogger("onnxruntime").setLevel(logging.WARNING)  # one INFO line per graph node otherwise
     p = load_params().quantize
     from stages.models import resolve_model
 
-    src = Path(resolve_model(p.model, "quantize.model"))
-    m = run(p, src)
-    s, t, a = m["size"], m["throughput"], m["agreement"]
-    print(f"size {s['onnx_fp32_mb']} -> {s['onnx_int8_mb']} MB ({s['int8_vs_fp32']:.0%}); "
-          f"int8 {t['onnx_int8']['sentences_per_s']}/s = {t['int8_vs_pytorch']}x PyTorch; "
-          f"cosine mean {a['cosine_mean']} min {a['cosine_min']}; top-1 agreement {a['top1_agreement']:.1%}; "
-          f"peak RSS {m['memory']['int8_process_peak_rss_mb']} MB")
+    if args.select and not args.rebuild:
+        try:
+            src: Path | None = Path(resolve_model(p.model, "quantize.model"))
+        except UserError:
+            src = None
+        if src is not None and not (src / "modules.json").is_file():
+            src = None
+        rep = select_on_this_machine(p, src)
+    else:
+        rep = run(p, Path(resolve_model(p.model, "quantize.model")))
+    h = headline(rep)
+    print(f"chosen {h['chosen']} (gate {'passed' if h['gate_passed'] else 'NOT passed'}): "
+          f"{h['speed_ratio_b32']}x {h['baseline']} at batch 32, {h['speed_ratio_index']}x indexing, "
+          f"batch-1 p50 {h['latency_b1_p50_ratio']}x; MRR delta {h['mrr_delta']:+.4f}, HR@1 delta "
+          f"{h['hr1_delta']:+.4f}; {h['size_mb']} MB. Table: reports/quantize.md")
 
 
 if __name__ == "__main__":
