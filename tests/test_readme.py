@@ -49,3 +49,19 @@ def test_readme_is_a_front_page_whose_links_resolve():
     for target in re.findall(r"\]\(([^)#]+)\)", README):
         if not target.startswith("http"):
             assert (REPO / target).exists(), target
+
+
+def test_readme_results_are_the_pipelines_own_numbers():
+    """The results section is exactly what scripts/readme_results.py writes from the
+    committed reports/benchmark.json and metrics/*.json (no hand-typed metric)."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("readme_results", REPO / "scripts" / "readme_results.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    report = mod.load(REPO / "reports" / "benchmark.json")
+    assert report, "reports/benchmark.json is committed by the benchmark stage"
+    want = mod.section(report, mod.load(REPO / "metrics" / "train.json"), mod.load(REPO / "metrics" / "quantize.json"),
+                       mod.load(REPO / "metrics" / "base_model.json"))
+    got = README.split("<!-- results:start -->\n")[1].split("<!-- results:end -->")[0]
+    assert got == want
+    assert "| held-out German |" in got and "phentrieve 70cases_o3_v1" in got

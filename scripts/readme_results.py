@@ -1,0 +1,106 @@
+"""Write the README's results section from the pipeline's own outputs.
+
+Reads reports/benchmark.json (benchmark stage), metrics/train.json, metrics/quantize.json
+and metrics/base_model.json, and replaces the text between ``<!-- results:start -->`` and
+``<!-- results:end -->`` in README.md. tests/test_readme.py checks that the README's table
+is what the reports say. Run after ``dvc repro``:
+
+    python scripts/readme_results.py
+"""
+from __future__ import annotations
+
+import json
+import re
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+MODELS = (("base", "e5-small (untuned)"), ("finetuned", "fine-tuned"), ("int8", "fine-tuned INT8"),
+          ("minilm", "MiniLM (English)"))
+MODES = (("multi", "multi-vector (label + synonyms, max; phentrieve's `label_synonyms_max`)"),
+         ("single", "single-vector (one label per concept)"))
+LANG_NAMES = {"de": "German", "es": "Spanish", "fr": "French", "en": "English synonyms", "all": "all languages"}
+
+
+def set_rows(report: dict, mode: str) -> list[tuple[str, str]]:
+    """(report key of the set, row title) in a fixed order: held-out languages, then external sets."""
+    keys = sorted({k.split(".")[1] + "." + k.split(".")[2] for k in report
+                   if k.startswith(f"{mode}.") and k.endswith(".base.mrr") and k.count(".") == 4})
+    held = [k for k in keys if k.startswith("heldout.")]
+    order = {lang: i for i, lang in enumerate(("de", "fr", "es", "en", "all"))}
+    held.sort(key=lambda k: order.get(k.split(".")[1], 99))
+    ext = sorted(k for k in keys if not k.startswith("heldout."))
+    rows = [(k, f"held-out {LANG_NAMES.get(k.split('.')[1], k.split('.')[1])}") for k in held]
+    rows += [(k, k.replace("phentrieve.", "phentrieve ")) for k in ext]
+    return rows
+
+
+def cell(report: dict, key: str) -> str:
+    mrr, hr1 = report.get(f"{key}.mrr"), report.get(f"{key}.hr@1")
+    if mrr is None:
+        return "–"
+    return f"{mrr:.3f} / {hr1:.3f}" if hr1 is not None else f"{mrr:.3f}"
+
+
+def p_cell(p) -> str:
+    if p is None:
+        return "n/a"
+    return "< 0.001" if p < 0.001 else f"{p:.3f}"
+
+
+def table(report: dict, mode: str) -> list[str]:
+    models = [(m, title) for m, title in MODELS if any(k.startswith(f"{mode}.") and f".{m}.mrr" in k for k in report)]
+    out = ["| query set | n | " + " | ".join(t for _, t in models) + " | Δ MRR fine-tuned − base (95% CI) | p |",
+           "|---|---|" + "---|" * len(models) + "---|---|"]
+    for key, title in set_rows(report, mode):
+        n = report.get(f"{mode}.{key}.base.n_queries", "")
+        cmp_ = f"{mode}.{key}.finetuned_vs_base"
+        diff = report.get(f"{cmp_}.mrr_diff")
+        d = (f"{diff:+.3f} ({report[f'{cmp_}.mrr_diff_ci_low']:+.3f} to {report[f'{cmp_}.mrr_diff_ci_high']:+.3f})"
+             if diff is not None else "–")
+        out.append(f"| {title} | {n:,} | " + " | ".join(cell(report, f"{mode}.{key}.{m}") for m, _ in models)
+                   + f" | {d} | {p_cell(report.get(f'{cmp_}.p_value'))} |")
+    return out
+
+
+def section(report: dict, train: dict, quant: dict, base: dict) -> str:
+    lines = ["Measured by `dvc repro` on default params (2-core CPU, official translations and the",
+             "phentrieve files present; benchmark concepts held out of training). MRR / HR@1 over the",
+             "full rank of 18,387 English concepts; p = paired permutation test. Full tables with CIs,",
+             "per branch and per language: `reports/benchmark.md`.", ""]
+    for mode, title in MODES:
+        if any(k.startswith(f"{mode}.") for k in report):
+            lines += [f"**{title}**", ""] + table(report, mode) + [""]
+    if train:
+        lines.append(f"Training (`metrics/train.json`): dev MRR {train.get('dev_mrr_base', float('nan')):.3f} → "
+                     f"{train.get('dev_mrr_best', float('nan')):.3f} (best step {train.get('best_step')}). "
+                     f"Base model: `{base.get('source')}`, prompt `{base.get('prompt')}` "
+                     f"(dev MRR by prompt: {base.get('prompt_dev_mrr')}).")
+    if quant:
+        lines.append(f"INT8 (`metrics/quantize.json`): `{quant.get('chosen')}`, "
+                     f"{quant.get('speed_ratio_b32')}× PyTorch fp32 sentences/s at batch 32 (2 threads), "
+                     f"MRR Δ {quant.get('mrr_delta')}, HR@1 Δ {quant.get('hr1_delta')}, "
+                     f"gate passed: {quant.get('gate_passed')}, {quant.get('size_mb')} MB.")
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def load(path: Path) -> dict:
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+
+
+def main() -> None:
+    report = load(ROOT / "reports" / "benchmark.json")
+    if not report:
+        sys.exit("reports/benchmark.json: missing; run dvc repro first")
+    text = section(report, load(ROOT / "metrics" / "train.json"), load(ROOT / "metrics" / "quantize.json"),
+                   load(ROOT / "metrics" / "base_model.json"))
+    readme = ROOT / "README.md"
+    s = readme.read_text(encoding="utf-8")
+    s = re.sub(r"(<!-- results:start -->\n).*?(<!-- results:end -->)", lambda m: m.group(1) + text + m.group(2),
+               s, flags=re.S)
+    readme.write_text(s, encoding="utf-8")
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
