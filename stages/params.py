@@ -143,7 +143,7 @@ class TrainParams:
     weight_decay: float = spec(0.01, min=0, doc="AdamW weight decay")
     max_seq_length: int = spec(64, min=8, doc="tokens per text")
     seed: int = spec(42, min=0, doc="seed for sampling, shuffling and initialisation")
-    max_train_pairs: int | None = spec(9600, min=1, doc="random cap on training pairs; null = all")
+    max_train_pairs: int | None = spec(6400, min=1, doc="random cap on training pairs; null = all")
     eval_steps: int = spec(100, min=1, doc="dev evaluation every N steps (and at the last step)")
     save_steps: int = spec(100, min=1, doc="checkpoint every N steps; a multiple of eval_steps")
     save_total_limit: int = spec(2, min=1, doc="checkpoints kept (the best is always kept)")

@@ -248,3 +248,16 @@ def test_header_config_without_reading_the_weights(tmp_path):
             cfg["vocab_size"], cfg["max_position_embeddings"]) == (32, 2, 2, 64, len(PIECES), 16)
     real = e5_packed.hf_config(e5_packed.packed_file("original"))
     assert (real["hidden_size"], real["num_hidden_layers"], real["vocab_size"]) == (384, 12, 250037)
+
+
+def test_conversion_is_deterministic(tmp_path):
+    """Same packed file -> byte-identical weights (no randomly initialised pooler)."""
+    from safetensors.numpy import load_file
+    m = tiny_packed(seed=11)
+    files = []
+    for i in range(2):
+        model = e5_packed.to_sentence_transformer(m, tmp_path / f"w{i}", max_seq_length=16)
+        model.save(str(tmp_path / f"st{i}"))
+        files.append(load_file(str(tmp_path / f"st{i}" / "model.safetensors")))
+    assert files[0].keys() == files[1].keys() and not any("pooler" in k for k in files[0])
+    assert all(np.array_equal(files[0][k], files[1][k]) for k in files[0])
