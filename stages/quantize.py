@@ -501,7 +501,12 @@ def model_feeds(folder: Path, onnx_file: str, texts: list[str], batch_size: int 
     feeds = []
     for i in range(0, len(texts), batch_size):
         enc = tok(texts[i:i + batch_size], padding=True, truncation=True, max_length=max_len, return_tensors="np")
-        feeds.append({k: np.asarray(enc[k], dtype=np.int64) for k in names if k in enc})
+        feed = {k: np.asarray(enc[k], dtype=np.int64) for k in names if k in enc}
+        if "token_type_ids" in names and "token_type_ids" not in feed:
+            # BERT-architecture models with an XLM-R tokenizer (multilingual-e5-small): the
+            # tokenizer has no segment ids, the model takes all zeros, as in PyTorch
+            feed["token_type_ids"] = np.zeros_like(feed["input_ids"])
+        feeds.append(feed)
     return feeds
 
 
