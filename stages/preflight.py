@@ -22,16 +22,11 @@ import warnings
 from pathlib import Path
 
 from stages.common import DATA, ROOT, UserError, run_stage, write_json
+from stages.models import is_hub_id
 
 log = logging.getLogger("hpo_embed.preflight")
 REVISION = re.compile(r"^[0-9a-f]{40}$")
 FIT = 0.93  # share of the card's memory the estimate may use (allocator fragmentation, context)
-
-
-def is_hub_id(spec: str) -> bool:
-    from stages.models import _HUB_ID
-    return not spec.startswith("pkg:") and not (ROOT / spec).exists() and not Path(spec).expanduser().exists() \
-        and bool(_HUB_ID.match(spec))
 
 
 def check_model(spec: str, param: str, revision: str | None = None) -> str:
