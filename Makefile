@@ -29,13 +29,13 @@ test: setup
 	PATH="$(abspath $(VENV))/bin:$$PATH" $(PY) -m pytest
 
 params: $(STAMP)
-	$(PY) -m stages.params
+	$(PY) -m hpo_embed.params
 
 profile-gpu: $(STAMP)
-	$(PY) -m stages.profile gpu
+	$(PY) -m hpo_embed.gpu.profile gpu
 
 profile-embedded: $(STAMP)
-	$(PY) -m stages.profile embedded
+	$(PY) -m hpo_embed.gpu.profile embedded
 
 # Checks of the active params in seconds (models resolve offline, CUDA for train.device:
 # cuda, memory/time/disk estimate); `dvc repro` runs it first as the preflight stage.
@@ -44,13 +44,13 @@ preflight: $(STAMP)
 
 # The gpu profile's memory / time / disk estimate (and the BAAI/bge-m3 table: GPU_ESTIMATE_ARGS=--table)
 gpu-estimate: $(STAMP)
-	$(PY) -m stages.gpu_estimate --profile gpu $(GPU_ESTIMATE_ARGS)
+	$(PY) -m hpo_embed.gpu.estimate --profile gpu $(GPU_ESTIMATE_ARGS)
 
 # A few training steps of the gpu profile on a random-weight shape twin of its model:
 # peak memory, steps/s, tokens/s. Skips (with the reason) without a usable CUDA device.
 # GPU_CHECK_ARGS=--tiny runs a scaled-down twin on CPU.
 gpu-check: $(STAMP)
-	$(PY) -m stages.gpu_check $(GPU_CHECK_ARGS)
+	$(PY) -m hpo_embed.gpu.check $(GPU_CHECK_ARGS)
 
 # Official HPO translations (Babelon TSVs, pinned commit, sha256-checked) into the folder
 # the translate stage reads by default (translate.official).

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from tokenizers import Tokenizer
 
-from stages import e5_packed
+from hpo_embed.models import e5_packed
 
 
 def hpo_texts(folder: Path) -> list[str]:

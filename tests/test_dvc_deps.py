@@ -10,14 +10,14 @@ from pathlib import Path
 import pytest
 import yaml
 
-from stages.common import ROOT
+from hpo_embed.common import ROOT
 
-PACKAGE = "stages"
+PACKAGES = ("stages", "hpo_embed")   # the stage scripts and the library
 
 
 def _module_file(name: str, root: Path) -> Path | None:
     parts = name.split(".")
-    if parts[0] != PACKAGE:
+    if parts[0] not in PACKAGES:
         return None
     base = root.joinpath(*parts)
     for cand in (base.with_suffix(".py"), base / "__init__.py"):
@@ -27,8 +27,9 @@ def _module_file(name: str, root: Path) -> Path | None:
 
 
 def local_imports(path: Path, root: Path) -> set[Path]:
-    """Project modules imported anywhere in ``path`` (``import stages.x``,
-    ``from stages.x import y``, ``from stages import x``)."""
+    """Project modules imported anywhere in ``path`` (``import hpo_embed.x``,
+    ``from hpo_embed.x import y``, ``from hpo_embed import x``), with the package
+    ``__init__.py`` files they run when they hold more than a docstring."""
     found: set[Path] = set()
     for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
         names: list[str] = []
@@ -38,9 +39,21 @@ def local_imports(path: Path, root: Path) -> set[Path]:
             names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
         for name in names:
             f = _module_file(name, root)
-            if f is not None and f.name != "__init__.py":
+            if f is not None:
                 found.add(f)
-    return found
+            parts = name.split(".")
+            for i in range(1, len(parts)):   # importing a.b.c runs a/__init__.py and a/b/__init__.py
+                init = root.joinpath(*parts[:i], "__init__.py")
+                if parts[0] in PACKAGES and init.is_file():
+                    found.add(init)
+    return {f for f in found if f.name != "__init__.py" or _has_code(f)}
+
+
+def _has_code(path: Path) -> bool:
+    body = ast.parse(path.read_text(encoding="utf-8")).body
+    if body and isinstance(body[0], ast.Expr) and isinstance(getattr(body[0], "value", None), ast.Constant):
+        body = body[1:]   # the docstring
+    return bool(body)
 
 
 def closure(entry: Path, root: Path) -> set[Path]:
@@ -85,26 +98,39 @@ def test_every_imported_project_module_is_a_dep_of_its_stage():
     assert missing_deps(ROOT / "dvc.yaml", ROOT) == {}
 
 
-def test_the_check_fails_when_a_dep_is_removed(tmp_path):
+@pytest.mark.parametrize("dep", ["hpo_embed/common.py", "hpo_embed/training", "stages/__init__.py"])
+def test_the_check_fails_when_a_dep_is_removed(tmp_path, dep):
     stages = yaml.safe_load((ROOT / "dvc.yaml").read_text(encoding="utf-8"))
-    name, stage = next((n, s) for n, s in stages["stages"].items() if "stages/common.py" in dep_paths(s))
-    stage["deps"] = [d for d in stage["deps"] if (next(iter(d)) if isinstance(d, dict) else d) != "stages/common.py"]
+    name, stage = next((n, s) for n, s in stages["stages"].items() if dep in dep_paths(s))
+    stage["deps"] = [d for d in stage["deps"] if (next(iter(d)) if isinstance(d, dict) else d) != dep]
     (tmp_path / "dvc.yaml").write_text(yaml.safe_dump(stages))
-    assert "stages/common.py" in missing_deps(tmp_path / "dvc.yaml", ROOT).get(name, [])
+    missing = missing_deps(tmp_path / "dvc.yaml", ROOT).get(name, [])
+    assert missing and all(m == dep or m.startswith(dep + "/") for m in missing)
+
+
+def test_a_package_folder_dep_covers_its_modules(tmp_path):
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text(encoding="utf-8"))
+    train = stages["stages"]["train"]
+    assert "hpo_embed/training" in dep_paths(train)
+    assert "hpo_embed/training/losses.py" in {str(f.relative_to(ROOT)) for f in
+                                              closure(ROOT / "stages" / "train.py", ROOT)}
+    assert missing_deps(ROOT / "dvc.yaml", ROOT).get("train") is None
 
 
 def test_imports_inside_functions_count(tmp_path):
-    pkg = tmp_path / PACKAGE
-    pkg.mkdir()
-    (pkg / "__init__.py").write_text("")
-    (pkg / "a.py").write_text("def f():\n    from stages.b import g\n    return g\n")
-    (pkg / "b.py").write_text("import stages.c\n")
+    pkg = tmp_path / "hpo_embed"
+    (pkg / "sub").mkdir(parents=True)
+    (pkg / "__init__.py").write_text('"""docstring only: not a dep"""\n')
+    (pkg / "sub" / "__init__.py").write_text("X = 1\n")
+    (pkg / "a.py").write_text("def f():\n    from hpo_embed.b import g\n    return g\n")
+    (pkg / "b.py").write_text("import hpo_embed.c\nfrom hpo_embed.sub import d\n")
     (pkg / "c.py").write_text("")
-    got = {p.name for p in closure(pkg / "a.py", tmp_path)}
-    assert got == {"a.py", "b.py", "c.py"}
+    (pkg / "sub" / "d.py").write_text("")
+    got = {str(p.relative_to(pkg)) for p in closure(pkg / "a.py", tmp_path)}
+    assert got == {"a.py", "b.py", "c.py", "sub/__init__.py", "sub/d.py"}
 
 
-@pytest.mark.parametrize("cmd,expected", [("python -m stages.train", "stages/train.py"),
+@pytest.mark.parametrize("cmd,expected", [("python -m stages.train --params params.yaml", "stages/train.py"),
                                           ("python -m stages.quantize --select", "stages/quantize.py"),
                                           ("echo hi", None)])
 def test_entry_module(cmd, expected):

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from stages import retrieval_metrics as rm
+from hpo_embed.retrieval import metrics as rm
 
 
 # --------------------------------------------------------------------------- one MRR definition
@@ -74,8 +74,8 @@ def _holdout_run(tmp_path, holdout):
 
     from test_pairs import SMALL, write_doc, write_terms
 
-    from stages.pairs import run
-    from stages.params import PairsParams
+    from hpo_embed.pairs.build import run
+    from hpo_embed.params import PairsParams
 
     tr = tmp_path / "translations"
     for r in SMALL:
@@ -130,8 +130,8 @@ def test_translate_headline_metrics_are_few(tmp_path):
 
     from test_translate import make_terms, synthetic_terms
 
-    from stages import translate
-    from stages.params import TranslateParams
+    from hpo_embed.translation import translate
+    from hpo_embed.params import TranslateParams
 
     tp = make_terms(tmp_path / "terms.parquet", synthetic_terms(4))
     p = TranslateParams(official=str(tmp_path / "absent"), mt=[])
@@ -154,9 +154,12 @@ def test_headline_metrics_fit_the_key_budget_on_default_params():
     """All metrics/*.json together <= 120 keys on default params: count the keys each
     stage's headline function produces for the default shape (3 languages, the held-out
     set + the 3 distinct phentrieve German sets, 4 benchmark models)."""
-    from stages import benchmark as bm
-    from stages import pairs, parse_hpo, train, translate
-    from stages.params import parse_params
+    from hpo_embed.benchmark import scoring as bm
+    from hpo_embed.pairs import build as pairs
+    from hpo_embed.ontology import tables as parse_hpo
+    from hpo_embed.training import train
+    from hpo_embed.translation import translate
+    from hpo_embed.params import parse_params
 
     p = parse_params({})
     langs = p.translate.languages

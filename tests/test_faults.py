@@ -27,11 +27,11 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from stages import benchmark as bm
-from stages import retrieval_metrics as rm
-from stages import translate
-from stages.common import UserError, atomic_write_text, run_stage
-from stages.params import BenchmarkParams, TranslateParams, load_params, parse_params
+from hpo_embed.benchmark import scoring as bm
+from hpo_embed.retrieval import metrics as rm
+from hpo_embed.translation import translate
+from hpo_embed.common import UserError, atomic_write_text, run_stage
+from hpo_embed.params import BenchmarkParams, TranslateParams, load_params, parse_params
 
 REPO = Path(__file__).resolve().parent.parent
 DVC = Path(sys.executable).with_name("dvc")
@@ -70,7 +70,7 @@ QUERIES = [("Gelenkentzündung", "HP:0000010"), ("Krampfanfall", "HP:0000011"), 
 
 
 def bench_inputs(root: Path) -> bm.Paths:
-    from stages.parse_hpo import EDGES_SCHEMA, TERMS_SCHEMA
+    from hpo_embed.ontology.tables import EDGES_SCHEMA, TERMS_SCHEMA
 
     rows = [{"id": t, "label": label, "definition": None, "synonyms": [], "xrefs": [],
              "parents": [p] if p else [], "depth": 0, "is_obsolete": False, "replaced_by": None,
@@ -85,7 +85,9 @@ def bench_inputs(root: Path) -> bm.Paths:
     return bm.Paths(terms=root / "hpo" / "terms.parquet", edges=root / "hpo" / "edges.parquet",
                     queries=root / "pairs" / "queries.parquet", concepts=root / "pairs" / "concepts.parquet",
                     finetuned=root / "models" / "finetuned", onnx=root / "models" / "onnx",
-                    out_dir=root / "out", metrics=root / "metrics" / "benchmark.json")
+                    per_query=root / "out" / "per_query.parquet", curves=root / "out" / "hr_at_k",
+                    cache=root / "out" / "cache", metrics=root / "metrics" / "benchmark.json",
+                    reports=root / "reports")
 
 
 @pytest.fixture(scope="module")
@@ -190,8 +192,8 @@ is_a: HP:0000252 ! Microcephaly
 
 
 def parse(tmp_path: Path, text: str):
-    from stages.params import HpoParams
-    from stages.parse_hpo import run
+    from hpo_embed.params import HpoParams
+    from hpo_embed.ontology.tables import run
     obo = tmp_path / "hp.obo"
     obo.write_text(text, encoding="utf-8")
     return obo, lambda: run(HpoParams(source=str(obo)), out_dir=tmp_path / "out",
@@ -255,7 +257,7 @@ def _closed_port() -> int:
 
 def test_google_without_network_is_retried_then_one_line_and_metrics_kept(tmp_path, capsys):
     from google.auth.credentials import AnonymousCredentials
-    from stages.mt import GoogleBackend
+    from hpo_embed.translation.mt import GoogleBackend
     from test_translate import make_terms, synthetic_terms
 
     b = GoogleBackend(project="p", endpoint=f"http://127.0.0.1:{_closed_port()}", credentials=AnonymousCredentials(),
@@ -273,7 +275,7 @@ def test_google_without_network_is_retried_then_one_line_and_metrics_kept(tmp_pa
 
 
 def test_malformed_google_credentials_file_is_an_error_not_a_skip(tmp_path, monkeypatch, capsys):
-    from stages.mt import make_backend
+    from hpo_embed.translation.mt import make_backend
 
     cred = tmp_path / "sa.json"
     cred.write_text('{"type": "service_account", "private_key": "SEKRET-KEY-MATERIAL", ')
@@ -300,7 +302,7 @@ def test_read_only_or_full_disk_is_one_line_naming_the_path(tmp_path, monkeypatc
 
     def failing_replace(src, dst):
         raise OSError(code, os.strerror(code))
-    monkeypatch.setattr("stages.common.os.replace", failing_replace)
+    monkeypatch.setattr("hpo_embed.common.os.replace", failing_replace)
     line = one_line_error(capsys, lambda: translate.run(p, terms_path=tp, out_dir=out, metrics_path=None))
     assert line.startswith(f"error: {out}/HP_1000000.json: cannot write: {cause} [{errno.errorcode[code]}]")
     assert {f.name: f.read_bytes() for f in out.iterdir()} == before   # nothing half-written, no temp left
@@ -338,7 +340,7 @@ def test_read_only_folder_by_chmod(tmp_path, capsys):
 # =========================================================================== 5. Babelon short row
 
 def test_babelon_row_with_too_few_fields_is_a_file_line_error(tmp_path):
-    from stages import babelon
+    from hpo_embed.translation import babelon
 
     f = tmp_path / "hp-de.babelon.tsv"
     f.write_text("subject_id\tpredicate_id\ttranslation_value\ttranslation_status\n"
@@ -354,7 +356,7 @@ def test_babelon_row_with_too_few_fields_is_a_file_line_error(tmp_path):
 # =========================================================================== 6. quantize temp folders
 
 def test_stale_quantize_temp_folders_are_removed_and_ignored_by_git(tmp_path):
-    from stages.quantize import remove_stale_temp
+    from hpo_embed.export.quantize import remove_stale_temp
 
     out = tmp_path / "onnx"
     dead = tmp_path / ".onnx.tmp-999999999-abc"        # no such pid
@@ -376,7 +378,7 @@ def test_stale_quantize_temp_folders_are_removed_and_ignored_by_git(tmp_path):
 # =========================================================================== 7. dvclive on resume
 
 def test_resume_truncates_dvclive_curves_to_the_checkpoint_step(tmp_path):
-    from stages.train import truncate_live_history
+    from hpo_embed.training.train import truncate_live_history
 
     metrics = tmp_path / "dvclive" / "plots" / "metrics"
     (metrics / "train").mkdir(parents=True)
@@ -407,7 +409,7 @@ def test_empty_params_file_is_rejected_like_dvc_does(tmp_path, text):
     f.write_text(text)
     with pytest.raises(UserError, match=rf"^{f}: empty params file"):
         load_params(f)
-    r = subprocess.run([sys.executable, "-m", "stages.params", str(f)], cwd=REPO, capture_output=True, text=True)
+    r = subprocess.run([sys.executable, "-m", "hpo_embed.params", str(f)], cwd=REPO, capture_output=True, text=True)
     assert r.returncode == 2 and r.stderr.startswith(f"error: {f}: empty params file")
     assert len(r.stderr.strip().splitlines()) == 1
 
@@ -434,10 +436,10 @@ def _dvc_exp_set(params: Path, override: str) -> None:
 
 
 def test_profile_round_trip_on_the_shipped_params_keeps_nulls_and_flow_lists(tmp_path, monkeypatch):
-    from stages.profile import main
+    from hpo_embed.gpu.profile import main
     params = tmp_path / "params.yaml"
     shutil.copy(REPO / "params.yaml", params)
-    monkeypatch.setattr("stages.profile.PARAMS_FILE", params)
+    monkeypatch.setattr("hpo_embed.gpu.profile.PARAMS_FILE", params)
     main(["gpu"])
     main(["embedded"])
     assert _values(params) == _values(REPO / "params.yaml")
@@ -449,10 +451,10 @@ def test_profile_round_trip_on_the_shipped_params_keeps_nulls_and_flow_lists(tmp
 
 def test_profile_round_trip_after_dvc_exp_run(tmp_path, monkeypatch):
     pytest.importorskip("dvc")
-    from stages.profile import main
+    from hpo_embed.gpu.profile import main
     params = tmp_path / "params.yaml"
     shutil.copy(REPO / "params.yaml", params)
-    monkeypatch.setattr("stages.profile.PARAMS_FILE", params)
+    monkeypatch.setattr("hpo_embed.gpu.profile.PARAMS_FILE", params)
     _dvc_exp_set(params, "lr=1e-5")
     assert "  - HP:0000118" in params.read_text()          # what DVC writes: block-style lists
     main(["gpu"])
@@ -469,10 +471,10 @@ def test_profile_round_trip_after_dvc_exp_run(tmp_path, monkeypatch):
 
 
 def test_profile_on_an_unreadable_params_file_is_one_line(tmp_path, monkeypatch, capsys):
-    from stages.profile import main
+    from hpo_embed.gpu.profile import main
     params = tmp_path / "params.yaml"
     params.write_text("lr: 1\nbenchmark:\n  external_sets: -\n  - x\n")
-    monkeypatch.setattr("stages.profile.PARAMS_FILE", params)
+    monkeypatch.setattr("hpo_embed.gpu.profile.PARAMS_FILE", params)
     before = params.read_text()
     line = one_line_error(capsys, lambda: main(["embedded"]))
     assert line.startswith(f"error: {params}:3: not valid YAML")
@@ -485,7 +487,7 @@ KILL_ENCODE = textwrap.dedent("""
     import os, signal, sys
     from pathlib import Path
     from sentence_transformers import SentenceTransformer
-    from stages import benchmark as bm
+    from hpo_embed.benchmark import scoring as bm
     model_dir, cache = sys.argv[1:3]
     bm.ENCODE_CHUNK = 10
     model = SentenceTransformer(model_dir, device="cpu")

@@ -12,11 +12,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from stages.common import UserError
-from stages.gpu_estimate import (GIB, Shape, checkpoint_bytes, estimate_for_params, estimate_memory,
+from hpo_embed.common import UserError
+from hpo_embed.gpu.estimate import (GIB, Shape, checkpoint_bytes, estimate_for_params, estimate_memory,
                                  model_config, saved_bytes, sequence_bytes)
-from stages.params import parse_params
-from stages.profile import apply_profile
+from hpo_embed.params import parse_params
+from hpo_embed.gpu.profile import apply_profile
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -142,7 +142,7 @@ def _fake_hub_cache(root: Path, repo: str, revision: str, weights: bool = True) 
 
 def test_preflight_resolves_a_pinned_hub_model_from_the_cache(tmp_path, monkeypatch):
     import huggingface_hub.constants as c
-    from stages.preflight import check_model
+    from hpo_embed.gpu.preflight import check_model
     rev = "a" * 40
     _fake_hub_cache(tmp_path, "org/model", rev)
     monkeypatch.setattr(c, "HF_HUB_CACHE", str(tmp_path / "hub"))
@@ -158,7 +158,7 @@ def test_preflight_resolves_a_pinned_hub_model_from_the_cache(tmp_path, monkeypa
 
 def test_preflight_missing_local_model_and_cuda(tmp_path, monkeypatch, tiny_model_dir):
     import torch
-    from stages.preflight import check_model, resolve_device, run
+    from hpo_embed.gpu.preflight import check_model, resolve_device, run
     with pytest.raises(UserError, match="no such model folder"):
         check_model("models/nothing-here", "train.base_model")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
@@ -176,7 +176,7 @@ def test_preflight_missing_local_model_and_cuda(tmp_path, monkeypatch, tiny_mode
 
 
 def test_oom_hint_names_the_setting_to_lower(tmp_path):
-    from stages.preflight import lower_hint
+    from hpo_embed.gpu.preflight import lower_hint
     assert "train.mini_batch_size (now 64)" in lower_hint(_gpu_params(tmp_path).train)
     hint = lower_hint(_gpu_params(tmp_path, loss="mnrl").train)
     assert "train.batch_size (now 256)" in hint and "train.gradient_checkpointing: true" in hint
@@ -196,7 +196,7 @@ def test_dvc_runs_preflight_before_translate_and_does_not_cache_checkpoints():
 def test_cached_mnrl_gradient_pass_runs_in_the_training_precision(tiny_model_dir):
     import torch
     from sentence_transformers import SentenceTransformer
-    from stages.losses import build_loss, set_precision
+    from hpo_embed.training.losses import build_loss, set_precision
     model = SentenceTransformer(str(tiny_model_dir), device="cpu")
     p = parse_params({"train": {"loss": "cached_mnrl", "mini_batch_size": 2}}).train
     feats = [model.tokenize(["Arthritis", "Tremor", "Fever", "Seizure"]),
@@ -219,7 +219,7 @@ def test_cached_mnrl_gradient_pass_runs_in_the_training_precision(tiny_model_dir
 
 def test_gpu_check_skips_without_cuda_and_runs_tiny_on_cpu(tmp_path, monkeypatch, capsys):
     import torch
-    from stages import gpu_check
+    from hpo_embed.gpu import check as gpu_check
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     gpu_check.main([])
     out = capsys.readouterr().out

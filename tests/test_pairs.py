@@ -10,10 +10,10 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from stages.common import UserError
-from stages.pairs import assign_splits, normalize, run
-from stages.params import PAIR_TYPES, PairsParams, parse_params
-from stages.translation_schema import SCHEMA_VERSION, dumps, translation_path
+from hpo_embed.common import UserError
+from hpo_embed.pairs.build import assign_splits, normalize, run
+from hpo_embed.params import PAIR_TYPES, PairsParams, parse_params
+from hpo_embed.translation.schema import SCHEMA_VERSION, dumps, translation_path
 
 OUTPUTS = ("train.parquet", "dev.parquet", "test.parquet", "concepts.parquet", "queries.parquet")
 
@@ -234,8 +234,8 @@ def test_stage_prints_one_line_error(tmp_path, small):
     import sys
     tr, terms = small
     translation_path(tr, "HP:0000003").write_text("[]", encoding="utf-8")
-    code = ("import sys; from pathlib import Path; from stages.common import run_stage; from stages.pairs import run;"
-            "from stages.params import PairsParams;"
+    code = ("import sys; from pathlib import Path; from hpo_embed.common import run_stage; from hpo_embed.pairs.build import run;"
+            "from hpo_embed.params import PairsParams;"
             f"run_stage(lambda: run(PairsParams(), ['de'], Path({str(tr)!r}), Path({str(terms)!r}),"
             f" Path({str(tmp_path / 'o')!r}), Path({str(tmp_path / 'm.json')!r}), progress=False))")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,

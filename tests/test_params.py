@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from stages.common import UserError
-from stages.params import load_params, parse_params
+from hpo_embed.common import UserError
+from hpo_embed.params import load_params, parse_params
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -56,14 +56,14 @@ def test_strings_for_bools_lists_and_null_are_cast():
 def test_cli_reports_bad_file_in_one_line(tmp_path):
     bad = tmp_path / "params.yaml"
     bad.write_text("lr: -0.1\n")
-    proc = subprocess.run([sys.executable, "-m", "stages.params", str(bad)], cwd=REPO,
+    proc = subprocess.run([sys.executable, "-m", "hpo_embed.params", str(bad)], cwd=REPO,
                           capture_output=True, text=True)
     assert proc.returncode == 2
     assert proc.stderr.strip() == "error: params.yaml: lr: must be > 0, got -0.1"
 
     broken = tmp_path / "broken.yaml"
     broken.write_text("lr: 1\nhpo: [\n")
-    proc = subprocess.run([sys.executable, "-m", "stages.params", str(broken)], cwd=REPO,
+    proc = subprocess.run([sys.executable, "-m", "hpo_embed.params", str(broken)], cwd=REPO,
                           capture_output=True, text=True)
     assert proc.returncode == 2
     assert proc.stderr.startswith(f"error: {broken}:") and "not valid YAML" in proc.stderr

@@ -12,11 +12,11 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from stages.common import UserError
-from stages.hpo_source import sha256_of
-from stages.obo import parse_def, parse_synonym
-from stages.params import HpoParams
-from stages.parse_hpo import run
+from hpo_embed.common import UserError
+from hpo_embed.ontology.source import sha256_of
+from hpo_embed.ontology.obo import parse_def, parse_synonym
+from hpo_embed.params import HpoParams
+from hpo_embed.ontology.tables import run
 
 MINI_OBO = """format-version: 1.2
 data-version: hp/releases/test
@@ -215,11 +215,10 @@ def http_dir(tmp_path):
 
 
 def test_url_source_downloaded_once_and_checksummed(tmp_path, http_dir, monkeypatch):
-    import stages.hpo_source as hs
+    import hpo_embed.ontology.source as hs
     root, base = http_dir
     obo = write(root, MINI_OBO)
     digest = sha256_of(obo)
-    monkeypatch.setattr(hs, "EXTERNAL", tmp_path / "external")
     path = hs.resolve_source(f"{base}/hp.obo", digest, dest_dir=tmp_path / "external")
     assert path == tmp_path / "external" / "hp.obo" and sha256_of(path) == digest
     obo.unlink()  # the second resolve uses the downloaded copy

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from stages.common import UserError
-from stages.params import load_params, parse_params
-from stages.profile import PROFILES, apply_profile, load_profile, main, overlay_keys
+from hpo_embed.common import UserError
+from hpo_embed.params import load_params, parse_params
+from hpo_embed.gpu.profile import PROFILES, apply_profile, load_profile, main, overlay_keys
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -71,7 +71,7 @@ def test_gpu_profile_sets_its_values_and_keeps_the_rest(tmp_path):
 def test_gpu_then_embedded_restores_the_defaults(tmp_path, monkeypatch):
     params = tmp_path / "params.yaml"
     shutil.copy(REPO / "params.yaml", params)
-    monkeypatch.setattr("stages.profile.PARAMS_FILE", params)
+    monkeypatch.setattr("hpo_embed.gpu.profile.PARAMS_FILE", params)
     main(["gpu"])
     main(["embedded"])
     assert dataclasses.asdict(load_params(params)) == dataclasses.asdict(load_params(REPO / "params.yaml"))

@@ -10,9 +10,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from stages import quantize as Q
-from stages.common import UserError
-from stages.params import QuantizeParams, parse_params
+from hpo_embed.export import quantize as Q
+from hpo_embed.common import UserError
+from hpo_embed.params import QuantizeParams, parse_params
 
 from conftest import TINY_CORPUS
 

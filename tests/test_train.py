@@ -15,8 +15,8 @@ import pandas as pd
 import pytest
 import yaml
 
-from stages.common import UserError
-from stages.params import TrainParams, parse_params
+from hpo_embed.common import UserError
+from hpo_embed.params import TrainParams, parse_params
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -102,7 +102,7 @@ def cli(tmp: Path, inputs: dict[str, Path], params: Path) -> list[str]:
             "--terms", str(inputs["terms"]), "--edges", str(inputs["edges"]),
             "--hpo-metrics", str(inputs["hpo_metrics"]), "--out", str(tmp / "finetuned"),
             "--checkpoints", str(tmp / "checkpoints"), "--metrics", str(tmp / "train.json"),
-            "--live", str(tmp / "dvclive")]
+            "--live", str(tmp / "dvclive"), "--report", str(tmp / "train.report.json")]
 
 
 def env() -> dict[str, str]:
@@ -111,8 +111,8 @@ def env() -> dict[str, str]:
 
 
 def run_inprocess(tmp: Path, inputs: dict[str, Path], params: Path) -> dict:
-    from stages.params import load_params
-    from stages.train import parse_args, run
+    from hpo_embed.params import load_params
+    from hpo_embed.training.train import parse_args, run
     args = parse_args(cli(tmp, inputs, params)[3:])
     return run(load_params(params), args)
 
@@ -135,7 +135,7 @@ def skewed_rows(n_concepts: int = 12, seed: int = 0) -> tuple[list[str], list[st
 
 def test_concept_sampler_batches_are_concept_disjoint_and_cover_every_row():
     from datasets import Dataset
-    from stages.sampling import ConceptBatchSampler, row_keys
+    from hpo_embed.training.sampling import ConceptBatchSampler, row_keys
     ids, texts = skewed_rows()
     ds = Dataset.from_dict({"anchor": texts, "positive": [t + " p" for t in texts]})
     s = ConceptBatchSampler(ds, batch_size=6, drop_last=False, keys=row_keys([(c,) for c in ids], zip(texts)))
@@ -161,7 +161,7 @@ def test_no_duplicates_sampler_would_mix_concepts_but_ours_does_not():
     different texts land in one batch. That is why the concept-aware sampler exists."""
     from datasets import Dataset
     from sentence_transformers.base.sampler import NoDuplicatesBatchSampler
-    from stages.sampling import ConceptBatchSampler, row_keys
+    from hpo_embed.training.sampling import ConceptBatchSampler, row_keys
     ids, texts = skewed_rows()
     ds = Dataset.from_dict({"anchor": texts, "positive": [t + " p" for t in texts]})
     nd = list(NoDuplicatesBatchSampler(ds, batch_size=6, drop_last=False))
@@ -172,7 +172,7 @@ def test_no_duplicates_sampler_would_mix_concepts_but_ours_does_not():
 
 def test_sampler_keys_cover_negative_concepts_and_shared_texts():
     from datasets import Dataset
-    from stages.sampling import ConceptBatchSampler, row_keys
+    from hpo_embed.training.sampling import ConceptBatchSampler, row_keys
     # row 0: concept A with a negative from B; row 1: concept B -> never together.
     # rows 2, 3: different concepts sharing a text -> never together.
     concepts = [("A", "B"), ("B",), ("C",), ("D",), ("E",), ("F",)]
@@ -190,7 +190,7 @@ def test_sampler_through_the_trainer(tiny_model, tmp_path):
     from datasets import Dataset
     from sentence_transformers import SentenceTransformer, SentenceTransformerTrainer, SentenceTransformerTrainingArguments
     from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
-    from stages.sampling import ConceptBatchSampler, concept_batch_sampler, row_keys
+    from hpo_embed.training.sampling import ConceptBatchSampler, concept_batch_sampler, row_keys
     ids, texts = skewed_rows()
     ds = Dataset.from_dict({"anchor": texts, "positive": [f"{i} label" for i in ids]})
     model = SentenceTransformer(str(tiny_model), device="cpu")
@@ -214,7 +214,7 @@ def test_sampler_through_the_trainer(tiny_model, tmp_path):
 # --------------------------------------------------------------------------- negatives and losses
 
 def test_negatives_random_and_sibling(tmp_path):
-    from stages.sampling import load_siblings, sample_negatives
+    from hpo_embed.training.sampling import load_siblings, sample_negatives
     inputs = write_inputs(tmp_path)
     sib = load_siblings(inputs["edges"])
     cs = concepts()
@@ -238,7 +238,7 @@ def test_negatives_random_and_sibling(tmp_path):
     ("mnrl", ["anchor", "positive"], 1), ("triplet", ["anchor", "positive", "negative"], 1),
     ("cosine", ["sentence1", "sentence2", "label"], 2)])
 def test_build_examples_layout(loss, columns, rows_per_pair, tmp_path):
-    from stages.losses import build_examples
+    from hpo_embed.training.losses import build_examples
     inputs = write_inputs(tmp_path)
     pairs = pd.read_parquet(inputs["pairs"] / "train.parquet")
     ds, keys, info = build_examples(pairs, TrainParams(loss=loss))
@@ -254,7 +254,7 @@ def test_build_examples_layout(loss, columns, rows_per_pair, tmp_path):
 def test_build_loss_variants(tiny_model):
     from sentence_transformers import SentenceTransformer
     from sentence_transformers.sentence_transformer import losses as L
-    from stages.losses import build_loss
+    from hpo_embed.training.losses import build_loss
     m = SentenceTransformer(str(tiny_model), device="cpu")
     expect = {"mnrl": L.MultipleNegativesRankingLoss, "cached_mnrl": L.CachedMultipleNegativesRankingLoss,
               "cosine": L.CosineSimilarityLoss, "contrastive": L.ContrastiveLoss,
@@ -453,7 +453,7 @@ def test_torchrun_ddp_on_cpu(tiny_model, tmp_path):
 
 def test_precision_is_chosen_by_hardware(monkeypatch):
     import torch
-    from stages.train import pick_precision
+    from hpo_embed.training.train import pick_precision
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert pick_precision("auto") == "fp32"
     with pytest.raises(UserError, match="train.precision"):
@@ -469,7 +469,7 @@ def test_dvc_stage_declaration():
     stage = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]["train"]
     assert stage["cmd"] == "python -m stages.train"
     assert {"lr", "train"} <= set(stage["params"])
-    assert {"stages/train.py", "stages/losses.py", "stages/sampling.py", "data/pairs/train.parquet",
+    assert {"hpo_embed/training/train.py", "hpo_embed/training/losses.py", "hpo_embed/training/sampling.py", "data/pairs/train.parquet",
             "data/pairs/queries.parquet", "data/hpo/terms.parquet"} <= set(stage["deps"])
     outs = {next(iter(o)) if isinstance(o, dict) else o: o for o in stage["outs"]}
     assert outs["models/checkpoints"]["models/checkpoints"]["persist"] is True and "models/finetuned" in outs

@@ -22,11 +22,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from stages import babelon, translate, translation_schema as schema
-from stages.common import UserError
-from stages.mt import ApertiumBackend, BackendUnavailable, DeepLBackend, GoogleBackend
-from stages.params import TranslateParams, parse_params
-from stages.parse_hpo import TERMS_SCHEMA
+from hpo_embed.translation import babelon
+from hpo_embed.translation import translate
+from hpo_embed.translation import schema
+from hpo_embed.common import UserError
+from hpo_embed.translation.mt import ApertiumBackend, BackendUnavailable, DeepLBackend, GoogleBackend
+from hpo_embed.params import TranslateParams, parse_params
+from hpo_embed.ontology.tables import TERMS_SCHEMA
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -334,7 +336,7 @@ def test_google_500_storm_clear_error_and_finished_files_kept(tmp_path, google_s
     assert sorted(done) == [f"HP:{1000000 + i:07d}" for i in range(10)]   # the 2 finished batches
     assert len(list((tmp_path / "out").glob("HP_*.json"))) == 25          # the rest written, label missing
     # the error is one line through run_stage
-    from stages.common import run_stage
+    from hpo_embed.common import run_stage
 
     def main():
         translate.run(p, terms_path=tp, out_dir=tmp_path / "out", metrics_path=None, backends={"google": b})
@@ -350,9 +352,9 @@ KILL_SCRIPT = textwrap.dedent("""
     import sys
     from pathlib import Path
     from google.auth.credentials import AnonymousCredentials
-    from stages.mt import GoogleBackend
-    from stages.params import TranslateParams
-    from stages.translate import run
+    from hpo_embed.translation.mt import GoogleBackend
+    from hpo_embed.params import TranslateParams
+    from hpo_embed.translation.translate import run
     url, terms, out = sys.argv[1:4]
     p = TranslateParams(languages=["de"], sources=["cache", "mt"], mt=["google"], mt_fields=["label"],
                         batch_segments=10, concurrency=1)
@@ -503,18 +505,18 @@ def test_pinned_download_with_checksums_from_local_server(tmp_path, monkeypatch)
     try:
         monkeypatch.setattr(translate, "PINNED_BASE_URL", f"http://127.0.0.1:{httpd.server_address[1]}/babelon/")
         monkeypatch.setattr(translate, "PINNED_FILES", {"hp-de.babelon.tsv": good})
-        monkeypatch.setattr(translate, "PINNED_DIR", tmp_path / "external" / "pinned")
+        monkeypatch.setattr(translate, "PINNED_FOLDER", "pinned")
         tp = make_terms(tmp_path / "terms.parquet", [{"id": "HP:0000001", "label": "All"}])
         p = TranslateParams(official="pinned", languages=["de"], mt=[])
-        m = translate.run(p, terms_path=tp, out_dir=tmp_path / "out", metrics_path=None)
+        m = translate.run(p, terms_path=tp, out_dir=tmp_path / "out", metrics_path=None, downloads=tmp_path / "external")
         assert m["languages"]["de"]["labels"]["official"] == 1 and len(hits) == 1
-        translate.run(p, terms_path=tp, out_dir=tmp_path / "out", metrics_path=None)
+        translate.run(p, terms_path=tp, out_dir=tmp_path / "out", metrics_path=None, downloads=tmp_path / "external")
         assert len(hits) == 1                                       # downloaded once
         (tmp_path / "external" / "pinned" / "hp-de.babelon.tsv").write_text("tampered")
         monkeypatch.setattr(translate, "PINNED_FILES", {"hp-de.babelon.tsv": "0" * 64})
         with pytest.raises(UserError, match=r"translate\.official: .*hp-de\.babelon\.tsv has sha256 "
                                             + good + ", expected 0{64}"):
-            translate.run(p, terms_path=tp, out_dir=tmp_path / "out", metrics_path=None)
+            translate.run(p, terms_path=tp, out_dir=tmp_path / "out", metrics_path=None, downloads=tmp_path / "external")
         assert len(hits) == 2
     finally:
         httpd.shutdown()

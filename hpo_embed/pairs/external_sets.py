@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from stages.common import ROOT, UserError, log
+from hpo_embed.common import ROOT, UserError, log
 
 _HPO_ID = re.compile(r"^HP:\d{7}$")
 _NAME_OK = re.compile(r"[^a-z0-9_]+")

@@ -33,7 +33,7 @@ import dataclasses
 import re
 from pathlib import Path
 
-from stages.common import UserError
+from hpo_embed.common import UserError
 
 HP_ID = re.compile(r"^HP:\d{7}$")
 NEVER_ACCEPTED = {"NOT_TRANSLATED", "NA", ""}

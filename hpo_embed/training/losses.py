@@ -11,7 +11,7 @@
 | online_contrastive  | OnlineContrastiveLoss (margin)         | sentence1, sentence2, label (1 / 0)  |
 
 ``train.matryoshka_dims`` wraps any of them in MatryoshkaLoss. Negatives (the
-``negative`` column, or the label-0 rows) come from ``stages.sampling.sample_negatives``.
+``negative`` column, or the label-0 rows) come from ``hpo_embed.training.sampling.sample_negatives``.
 """
 from __future__ import annotations
 
@@ -23,10 +23,10 @@ from datasets import Dataset
 from sentence_transformers import SentenceTransformer
 from sentence_transformers.sentence_transformer import losses
 
-from stages.common import UserError
-from stages.models import resolve_model
-from stages.params import TrainParams
-from stages.sampling import row_keys, sample_negatives
+from hpo_embed.common import UserError
+from hpo_embed.models.loader import resolve_model
+from hpo_embed.params import TrainParams
+from hpo_embed.training.sampling import row_keys, sample_negatives
 
 IN_BATCH = ("mnrl", "cached_mnrl", "gist")
 TRIPLET = ("triplet",)

@@ -24,7 +24,7 @@ import shutil
 import subprocess
 import threading
 
-from stages.common import UserError
+from hpo_embed.common import UserError
 
 # List prices per million characters (USD), for the dry run's estimate.
 LIST_PRICE_PER_MILLION = {"google": 20.0, "deepl": 25.0, "apertium": 0.0}

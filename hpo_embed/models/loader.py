@@ -13,7 +13,7 @@ import importlib
 import re
 from pathlib import Path
 
-from stages.common import ROOT, UserError
+from hpo_embed.common import ROOT, UserError
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
 

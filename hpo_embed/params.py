@@ -5,7 +5,7 @@ dataclass per section, with its type and constraints; loading casts the values
 (``dvc exp run -S lr=1e-5`` writes ``1e-05``, which PyYAML reads as a *string*) and
 fails with one line naming the key for anything unknown or ill-typed.
 
-Check a params file by hand with ``python -m stages.params [params.yaml]``.
+Check a params file by hand with ``python -m hpo_embed.params [params.yaml]``.
 """
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from typing import Any
 
 import yaml
 
-from stages.common import ROOT, UserError
+from hpo_embed.common import ROOT, UserError
 
 PARAMS_FILE = ROOT / "params.yaml"
 
@@ -127,7 +127,7 @@ class TrainParams:
     device: str = spec("auto", choices=("auto", "cpu", "cuda"),
                        doc="auto = CUDA when usable, else CPU; cuda = stop with one line when no GPU is usable")
     gradient_checkpointing: bool = spec(False, doc="recompute activations in backward (less memory, ~30% slower)")
-    loss: str = spec("mnrl", choices=TRAIN_LOSSES, doc="training loss (see stages/losses.py)")
+    loss: str = spec("mnrl", choices=TRAIN_LOSSES, doc="training loss (see hpo_embed/training/losses.py)")
     mini_batch_size: int = spec(32, min=1, doc="cached_mnrl: mini batch for the gradient cache")
     guide_model: str | None = spec(None, doc="gist: the guide model ('pkg:...', folder or hub id)")
     matryoshka_dims: list[int] = spec(default_factory=list, doc="wrap the loss in MatryoshkaLoss with these dims; [] = off")
@@ -152,7 +152,7 @@ class TrainParams:
     precision: str = spec("auto", choices=("auto", "fp32", "fp16", "bf16"),
                           doc="auto = bf16 on GPUs that support it, fp16 on other GPUs, fp32 on CPU")
     corpus_format: str = spec("label", choices=("label", "label_synonyms", "label_synonyms_definition"),
-                              doc="dev corpus document format (stages/corpus.py)")
+                              doc="dev corpus document format (hpo_embed/retrieval/corpus.py)")
     dev_max_queries: int | None = spec(500, min=1, doc="random cap on dev queries; null = all")
     dev_corpus_size: int | None = spec(3000, min=1,
                                        doc="dev corpus: the dev concepts' documents plus random distractors up to this many; null = all")
@@ -177,7 +177,7 @@ class QuantizeParams:
                                  choices=("nbits_b32", "fused_nbits_b32", "plain_dynamic", "fused_dynamic",
                                           "fused_dynamic_qattention", "fused_dynamic_fp32_embeddings", "fused_dynamic_keep_sensitive",
                                           "fused_static_qdq", "plain_static_qdq"),
-                                 doc="method auto: INT8 candidates built and measured (stages.quantize.CANDIDATES)")
+                                 doc="method auto: INT8 candidates built and measured (hpo_embed.export.quantize.CANDIDATES)")
     gate_mrr_delta: float = spec(-0.005, max=0.0, doc="auto: quality gate, minimum MRR(int8) - MRR(fp32)")
     gate_hr1_delta: float = spec(-0.01, max=0.0, doc="auto: quality gate, minimum HR@1(int8) - HR@1(fp32)")
     sensitive_keep: int = spec(4, min=0, doc="fused_dynamic_keep_sensitive: MatMuls with the largest simulated "
@@ -214,7 +214,7 @@ class QuantizeParams:
 class BenchmarkParams:
     corpus_format: str = spec("label",
                               choices=("label", "label_synonyms", "label_synonyms_definition"),
-                              doc="English corpus document format (stages.corpus.FORMATS); phentrieve "
+                              doc="English corpus document format (hpo_embed.retrieval.corpus.FORMATS); phentrieve "
                                   "indexes label_synonyms_definition (GPU profile; ~4.7x the tokens)")
     models: list[str] = spec(default_factory=lambda: ["base", "finetuned", "int8"],
                              choices=("base", "finetuned", "int8"),
@@ -459,5 +459,5 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    from stages.common import run_stage
+    from hpo_embed.common import run_stage
     run_stage(main)

@@ -13,13 +13,12 @@ from pathlib import Path
 
 import pandas as pd
 
-from stages.common import DATA, UserError
+from hpo_embed.common import UserError
 
-TERMS = DATA / "hpo" / "terms.parquet"
 FORMATS = ("label", "label_synonyms", "label_synonyms_definition")
 
 
-def load_terms(path: Path = TERMS, selected_only: bool = True) -> pd.DataFrame:
+def load_terms(path: Path, selected_only: bool = True) -> pd.DataFrame:
     if not Path(path).is_file():
         raise UserError(f"{path}: missing; run the parse_hpo stage first (dvc repro parse_hpo)")
     df = pd.read_parquet(path)

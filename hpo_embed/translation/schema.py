@@ -38,7 +38,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from stages.common import UserError, hpo_id_to_filename
+from hpo_embed.common import UserError, hpo_id_to_filename
 
 SCHEMA_VERSION = 1
 FIELDS = ("label", "definition", "synonyms")

