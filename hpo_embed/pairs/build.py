@@ -62,7 +62,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
-from hpo_embed.common import UserError, atomic_write_bytes, log, write_json
+from hpo_embed.common import ROOT, UserError, atomic_write_bytes, log, write_json
 from hpo_embed.retrieval.corpus import load_terms
 from hpo_embed.params import PAIR_TYPES, PairsParams
 from hpo_embed.translation.schema import load as load_translation
@@ -213,8 +213,7 @@ def holdout_cases(entries: list[str], all_terms: pd.DataFrame) -> tuple[set[str]
         qs = load_external_set(path, selected, replaced)
         ids.update(h for e in qs.expected for h in e)
         texts.update(case_key(t) for t in qs.texts)
-        root = Path(__file__).resolve().parent.parent
-        shown = path.relative_to(root).as_posix() if path.is_relative_to(root) else name
+        shown = path.relative_to(ROOT).as_posix() if path.is_relative_to(ROOT) else name
         files.append({"file": shown, "cases": len(qs.texts), "concepts": len({h for e in qs.expected for h in e})})
     return ids, texts, files
 
