@@ -184,7 +184,7 @@ def test_oom_hint_names_the_setting_to_lower(tmp_path):
 
 def test_dvc_runs_preflight_before_translate_and_does_not_cache_checkpoints():
     stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
-    assert stages["preflight"]["cmd"] == "python -m stages.preflight"
+    assert stages["preflight"]["cmd"].startswith("python -m stages.preflight ")
     stamp = next(iter(stages["preflight"]["outs"][0]))
     assert stamp in stages["translate"]["deps"]
     ckpt = [o for o in stages["train"]["outs"] if isinstance(o, dict) and "models/checkpoints" in o][0]

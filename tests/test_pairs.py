@@ -194,9 +194,9 @@ def test_caps_per_concept_and_per_type(tmp_path):
 
 def test_type_caps_param_errors():
     with pytest.raises(UserError, match=r"pairs\.type_caps\.bogus: unknown pair type"):
-        run(PairsParams(type_caps={"bogus": 3}), [], translations_dir=Path("/nonexistent"))
+        run(PairsParams(type_caps={"bogus": 3}), [], Path("/nonexistent"), Path("/no/terms"), Path("/no/out"), Path("/no/m.json"))
     with pytest.raises(UserError, match=r"pairs\.dev_fraction"):
-        run(PairsParams(dev_fraction=0.5, test_fraction=0.5), [], translations_dir=Path("/nonexistent"))
+        run(PairsParams(dev_fraction=0.5, test_fraction=0.5), [], Path("/nonexistent"), Path("/no/terms"), Path("/no/out"), Path("/no/m.json"))
     with pytest.raises(UserError, match=r"pairs\.language_pairs: 'some'"):
         parse_params({"pairs": {"language_pairs": "some"}})
     with pytest.raises(UserError, match=r"pairs\.types\[0\]|pairs\.types: 'x'"):
@@ -206,7 +206,8 @@ def test_type_caps_param_errors():
 def test_missing_translations_folder_is_a_user_error(tmp_path, small):
     _, terms = small
     with pytest.raises(UserError, match="translate stage"):
-        run(PairsParams(), [], translations_dir=tmp_path / "nope", terms_path=terms, out_dir=tmp_path / "o")
+        run(PairsParams(), [], translations_dir=tmp_path / "nope", terms_path=terms, out_dir=tmp_path / "o",
+            metrics_path=tmp_path / "o" / "m.json")
 
 
 @pytest.mark.parametrize("content, message", [

@@ -127,7 +127,7 @@ def lower_hint(p) -> str:
             f"or use train.loss: cached_mnrl")
 
 
-def run(params, pairs: int | None) -> dict:
+def run(params, pairs: int | None = None) -> dict:
     """Every check of the active ``params``; ``pairs``: training pairs for the estimate
     (None = unknown yet). Returns what was checked; raises UserError on the first problem."""
     p = params.train
