@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from pathlib import Path
 
 from hpo_embed.common import run_stage
 from hpo_embed.params import load_params
@@ -25,11 +26,16 @@ HELP = {
 }
 
 
+def parse(argv: list[str] | None) -> tuple[Path, TrainPaths]:
+    """The params file and the run's paths from the command line."""
+    a = parser("train", __doc__, HELP).parse_args(argv)
+    return a.params, TrainPaths(**{f.name: getattr(a, f.name) for f in dataclasses.fields(TrainPaths)})
+
+
 def main(argv: list[str] | None = None) -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    a = parser("train", __doc__, HELP).parse_args(argv)
-    paths = TrainPaths(**{f.name: getattr(a, f.name) for f in dataclasses.fields(TrainPaths)})
-    run(load_params(a.params), paths)
+    params, paths = parse(argv)
+    run(load_params(params), paths)
 
 
 if __name__ == "__main__":

@@ -3,7 +3,6 @@ stability of the split under adding a language, errors naming the per-ID file.""
 from __future__ import annotations
 
 import json
-from dataclasses import replace
 from pathlib import Path
 
 import pandas as pd
@@ -183,7 +182,7 @@ def test_caps_per_concept_and_per_type(tmp_path):
     assert (df.groupby("hpo_id")["pair_type"].nunique() == 5).all()
     raw_per_concept = 2 + 40 + 1 + 1 + 2  # term_def x2, term_syn, xl_term, xl_def, xl_term_def x2
     assert m["dropped"]["max_per_concept"] == 20 * (raw_per_concept - 12)
-    out, m = run_to(tmp_path, "b", tr, terms, ["de"], replace(p, type_caps={"term_syn": 25, "xl_term": 0}))
+    out, m = run_to(tmp_path, "b", tr, terms, ["de"], p.model_copy(update=dict(type_caps={"term_syn": 25, "xl_term": 0})))
     df = all_pairs(out)
     counts = df["pair_type"].value_counts()
     assert counts["term_syn"] == 25 and "xl_term" not in counts
@@ -249,7 +248,8 @@ def test_stage_prints_one_line_error(tmp_path, small):
 def test_shared_texts_are_reported_and_not_queries(tmp_path, small):
     tr, terms = small
     # every concept in test so that all of them have queries
-    out, m = run_to(tmp_path, "out", tr, terms, ["de", "fr"], PairsParams(dev_fraction=0.0, test_fraction=0.99))
+    out, m = run_to(tmp_path, "out", tr, terms, ["de", "fr"],   # test_fraction beyond the params range on purpose
+                    PairsParams.model_construct(dev_fraction=0.0, test_fraction=0.99))
     q = read(out, "queries.parquet")
     shared = read(out, "shared_texts.parquet")
     assert "Krampf" in set(shared["text"])

@@ -43,7 +43,7 @@ def test_params_yaml_ships_the_embedded_profile():
     # applying the embedded overlay to the shipped params.yaml changes no value
     shipped = load_params(REPO / "params.yaml")
     applied = parse_params(yaml.safe_load(apply_profile("embedded", REPO / "params.yaml")))
-    assert dataclasses.asdict(applied) == dataclasses.asdict(shipped)
+    assert applied.model_dump() == shipped.model_dump()
 
 
 def test_gpu_profile_sets_its_values_and_keeps_the_rest(tmp_path):
@@ -61,7 +61,7 @@ def test_gpu_profile_sets_its_values_and_keeps_the_rest(tmp_path):
         got = _get(after, key)
         assert got == pytest.approx(want) if isinstance(want, float) else got == want, key
     # keys the overlay does not name are untouched
-    flat_before, flat_after = _flat(dataclasses.asdict(before)), _flat(dataclasses.asdict(after))
+    flat_before, flat_after = _flat(before.model_dump()), _flat(after.model_dump())
     assert {k: v for k, v in flat_after.items() if k not in named} == \
         {k: v for k, v in flat_before.items() if k not in named}
     # comments survive the round trip
@@ -74,7 +74,7 @@ def test_gpu_then_embedded_restores_the_defaults(tmp_path, monkeypatch):
     monkeypatch.setattr("hpo_embed.gpu.profile.PARAMS_FILE", params)
     main(["gpu"])
     main(["embedded"])
-    assert dataclasses.asdict(load_params(params)) == dataclasses.asdict(load_params(REPO / "params.yaml"))
+    assert load_params(params).model_dump() == load_params(REPO / "params.yaml").model_dump()
 
 
 def test_unknown_profile_is_one_line_error():

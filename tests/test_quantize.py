@@ -19,12 +19,19 @@ from conftest import TINY_CORPUS
 # the auto path on four candidates (fused = ORT O2 fusions); block_size 16 for the fixed-method
 # tests: the tiny model's MatMuls have K = 32/64 inputs
 CANDS = ["nbits_b32", "fused_dynamic", "fused_dynamic_keep_sensitive", "fused_static_qdq"]
-PARAMS = dataclasses.replace(QuantizeParams(), method="auto", candidates=CANDS, sensitive_keep=1,
+
+
+def _replace(p: QuantizeParams, **changes) -> QuantizeParams:
+    """A validated copy with ``changes`` (params models are frozen)."""
+    return QuantizeParams.model_validate({**p.model_dump(), **changes})
+
+
+PARAMS = _replace(QuantizeParams(), method="auto", candidates=CANDS, sensitive_keep=1,
                              measure_size=12, agreement_queries=10, repeats=1, batch_size=4, index_batch_size=8,
                              latency_queries=2, calibration_size=16, gate_corpus=0, bootstrap_resamples=100,
                              threads=1, block_size=16, exclude_nodes=[])
-FIXED = dataclasses.replace(PARAMS, method="matmul_nbits", optimization="O2")
-BUILD_ONLY = dataclasses.replace(PARAMS, candidates=["nbits_b32", "fused_dynamic"])  # no calibration texts needed
+FIXED = _replace(PARAMS, method="matmul_nbits", optimization="O2")
+BUILD_ONLY = _replace(PARAMS, candidates=["nbits_b32", "fused_dynamic"])  # no calibration texts needed
 
 
 def _terms(path: Path) -> Path:
@@ -182,7 +189,7 @@ def test_select_on_this_machine_remeasures_speed_and_reuses_quality(built, tmp_p
     folder = tmp_path / "onnx"
     shutil.copytree(out, folder)
     (folder / "onnx/model_int8.onnx").unlink()
-    p = dataclasses.replace(PARAMS, gate_mrr_delta=-1.0, gate_hr1_delta=-1.0)  # everything passes
+    p = _replace(PARAMS, gate_mrr_delta=-1.0, gate_hr1_delta=-1.0)  # everything passes
     again = Q.select_on_this_machine(p, None, folder, tmp_path / "m.json", tmp_path / "reports")
     assert again["baseline"] == "onnx_fp32" and "pytorch_fp32" not in again["rows"]
     for name in CANDS:
@@ -216,7 +223,7 @@ def test_excluded_nodes_stay_fp32_and_unmatched_pattern_is_an_error(built, tmp_p
     folder = tmp_path / "onnx"
     shutil.copytree(out, folder)
     keep = "/encoder/layer.0/intermediate/dense/MatMul"
-    p = dataclasses.replace(FIXED, optimization="none", exclude_nodes=[keep])
+    p = _replace(FIXED, optimization="none", exclude_nodes=[keep])
     assert Q.quantize_onnx(folder, Q.FP32_FILE, "onnx/model_x.onnx", p) == [keep]
     import onnx
 
@@ -226,7 +233,7 @@ def test_excluded_nodes_stay_fp32_and_unmatched_pattern_is_an_error(built, tmp_p
     assert nodes[keep] == "MatMul"
     # the only MatMul left with a constant weight (the others multiply activations: Q x K, P x V)
     assert [n.name for n in graph.node if n.op_type == "MatMul" and n.input[1] in inits] == [keep]
-    bad = dataclasses.replace(FIXED, exclude_nodes=["/no/such/*"])
+    bad = _replace(FIXED, exclude_nodes=["/no/such/*"])
     with pytest.raises(UserError, match=r"quantize\.exclude_nodes\[0\]"):
         Q.quantize_onnx(folder, Q.FP32_FILE, "onnx/model_y.onnx", bad)
 
@@ -235,7 +242,7 @@ def test_dynamic_method_uses_integer_matmuls(built, tmp_path):
     _, out, _, _ = built
     folder = tmp_path / "onnx"
     shutil.copytree(out, folder)
-    p = dataclasses.replace(FIXED, method="dynamic", optimization="none", operators=["MatMul", "Gather"])
+    p = _replace(FIXED, method="dynamic", optimization="none", operators=["MatMul", "Gather"])
     Q.quantize_onnx(folder, Q.FP32_FILE, "onnx/model_d.onnx", p)
     import onnx
 

@@ -112,9 +112,10 @@ def env() -> dict[str, str]:
 
 def run_inprocess(tmp: Path, inputs: dict[str, Path], params: Path) -> dict:
     from hpo_embed.params import load_params
-    from hpo_embed.training.train import parse_args, run
-    args = parse_args(cli(tmp, inputs, params)[3:])
-    return run(load_params(params), args)
+    from hpo_embed.training.train import run
+    from stages.train import parse
+    params_file, paths = parse(cli(tmp, inputs, params)[3:])
+    return run(load_params(params_file), paths)
 
 
 # --------------------------------------------------------------------------- sampler

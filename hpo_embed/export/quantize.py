@@ -248,7 +248,7 @@ def quantize_onnx(folder: Path, src_file: str, dst_file: str, p: QuantizeParams,
                             extra_options={"WeightSymmetric": True, "ActivationSymmetric": False})
             current = out
         if dynamic_ops:
-            qconfig = quantization_config(dataclasses.replace(p, operators=dynamic_ops), excluded)
+            qconfig = quantization_config(p.model_copy(update={"operators": dynamic_ops}), excluded)
             ORTQuantizer(current, config=_hf_config(folder)).quantize(qconfig, scratch, file_suffix="int8")
             current = Path(scratch) / f"{current.stem}_int8.onnx"  # ORTQuantizer's output name
         if nbits:
@@ -462,7 +462,7 @@ def candidates_for(p: QuantizeParams) -> list[Candidate]:
     out = []
     for name in p.candidates:
         level, over, sensitive, doc = CANDIDATES[name]
-        out.append(Candidate(name, dataclasses.replace(p, optimization=level, **over),
+        out.append(Candidate(name, p.model_copy(update={"optimization": level, **over}),
                              p.sensitive_keep if sensitive else 0, doc))
     return out
 

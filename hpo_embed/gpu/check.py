@@ -80,7 +80,7 @@ def run(params, steps: int = 5, tiny: bool = False, device: str | None = None) -
         config = {**config, **TINY}
         batch, mini, seq_len = min(batch, 8), min(mini, 4), min(seq_len, 32)
     config["max_position_embeddings"] = max(int(config.get("max_position_embeddings", 0)), seq_len + 4)
-    p = dataclasses.replace(p, batch_size=batch, mini_batch_size=mini, max_seq_length=seq_len, device=device)
+    p = p.model_copy(update=dict(batch_size=batch, mini_batch_size=mini, max_seq_length=seq_len, device=device))
     precision = pick_precision(p.precision, device)
     model, hf_config = twin_model(config, device)
     if p.gradient_checkpointing:

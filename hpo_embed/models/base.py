@@ -110,9 +110,9 @@ def dev_sample(pairs: Path, terms: Path, train_params) -> tuple[list[str], np.nd
     from hpo_embed.retrieval.corpus import build_corpus, load_terms
     from hpo_embed.pairs.dev_set import QUERY_COLUMNS, dev_eval_set, read_parquet
     queries = read_parquet(pairs / "queries.parquet", QUERY_COLUMNS)
-    small = dataclasses.replace(train_params, dev_max_queries=min(train_params.dev_max_queries or PROMPT_QUERIES,
+    small = train_params.model_copy(update=dict(dev_max_queries=min(train_params.dev_max_queries or PROMPT_QUERIES,
                                                                   PROMPT_QUERIES),
-                                dev_corpus_size=min(train_params.dev_corpus_size or PROMPT_CORPUS, PROMPT_CORPUS))
+                                dev_corpus_size=min(train_params.dev_corpus_size or PROMPT_CORPUS, PROMPT_CORPUS)))
     q, corpus, rel, info = dev_eval_set(queries, build_corpus(load_terms(terms), train_params.corpus_format),
                                         small, pairs / "queries.parquet")
     ids = sorted(corpus)

@@ -62,7 +62,7 @@ def pick_precision(requested: str, device: str = "auto") -> str:
 def fingerprint(params, files: list[Path]) -> str:
     """Identity of a training run: params that change what is trained, and the inputs.
     Checkpoints of another fingerprint are not resumed."""
-    train = {k: v for k, v in dataclasses.asdict(params.train).items()
+    train = {k: v for k, v in params.train.model_dump().items()
              if k not in ("resume", "logging_steps", "save_total_limit")}
     h = hashlib.sha256(json.dumps({"lr": params.lr, "train": train}, sort_keys=True).encode())
     for f in files:
@@ -201,7 +201,7 @@ def model_card(p, lr: float, data_version: str, langs: list[str], info: dict, ba
                          pipeline_tag="sentence-similarity",
                          tags=["sentence-transformers", "sentence-similarity", "hpo", "human-phenotype-ontology"])
     rows = "\n".join(f"| {k} | {info['baseline'][k]:.4f} | {info['best'][k]:.4f} |" for k in CUTS)
-    params = "\n".join(f"- `{k}`: {v}" for k, v in {"lr": lr, **dataclasses.asdict(p)}.items())
+    params = "\n".join(f"- `{k}`: {v}" for k, v in {"lr": lr, **p.model_dump()}.items())
     body = f"""# hpo-embed fine-tuned model
 
 Sentence-embedding model for Human Phenotype Ontology (HPO) concepts, fine-tuned by the
