@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
 .PHONY: setup repro test params profile-gpu profile-embedded clean-venv fetch-translations fetch-benchmarks \
-	preflight gpu-estimate gpu-check
+	preflight gpu-estimate gpu-check quantize-select
 
 $(STAMP): requirements.txt requirements-dev.txt
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "error: $(PYTHON) not found (Python 3.11 is required; set PYTHON=...)"; exit 1; }
@@ -40,7 +40,12 @@ profile-embedded: $(STAMP)
 # Checks of the active params in seconds (models resolve offline, CUDA for train.device:
 # cuda, memory/time/disk estimate); `dvc repro` runs it first as the preflight stage.
 preflight: $(STAMP)
-	$(PY) -m stages.preflight
+	PATH="$(abspath $(VENV))/bin:$$PATH" eval "$$($(PY) scripts/stage_cmd.py preflight)"
+
+# Re-measure the INT8 candidates already built in models/onnx on THIS machine and re-publish the
+# fastest that passes the quality gate (docs/quantize.md).
+quantize-select: $(STAMP)
+	PATH="$(abspath $(VENV))/bin:$$PATH" eval "$$($(PY) scripts/stage_cmd.py quantize --select)"
 
 # The gpu profile's memory / time / disk estimate (and the BAAI/bge-m3 table: GPU_ESTIMATE_ARGS=--table)
 gpu-estimate: $(STAMP)
@@ -60,7 +65,7 @@ fetch-translations: $(STAMP)
 # The phentrieve German benchmark files (pinned commit, sha256-checked) into the folder
 # the benchmark stage reads by default (benchmark.external_sets).
 fetch-benchmarks: $(STAMP)
-	$(PY) -m stages.benchmark --fetch-phentrieve
+	$(PY) -m stages.benchmark --fetch-phentrieve data/external/phentrieve-benchmarks/german
 
 clean-venv:
 	rm -rf $(VENV)
