@@ -69,7 +69,7 @@ from hpo_embed.retrieval import metrics as rm
 from hpo_embed.common import UserError, atomic_write_bytes, atomic_write_text, log, write_json, write_parquet
 from hpo_embed.retrieval.corpus import build_corpus, load_terms
 from hpo_embed.pairs.external_sets import QuerySet, _sanitize, external_files, load_external_set  # noqa: F401 (re-exported)
-from hpo_embed.models.loader import resolve_model
+from hpo_embed.models.loader import load_sentence_transformer, resolve_model
 from hpo_embed.params import BenchmarkParams
 
 RETRIEVALS = ("single", "multi")
@@ -277,15 +277,7 @@ def encode_cached(get_model, texts: list[str], cache_file: Path, batch_size: int
 
 
 def load_model(spec: ModelSpec):
-    from sentence_transformers import SentenceTransformer
-
-    try:
-        model = SentenceTransformer(spec.path, **spec.kwargs)
-    except OSError as exc:
-        raise UserError(f"model {spec.name} ({spec.path}): cannot load it: {str(exc).splitlines()[0]}") from None
-    if spec.max_seq_length:
-        model.max_seq_length = spec.max_seq_length
-    return model
+    return load_sentence_transformer(spec.path, f"model {spec.name} ({spec.path})", spec.max_seq_length, **spec.kwargs)
 
 
 # --------------------------------------------------------------------------- indexes

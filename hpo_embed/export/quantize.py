@@ -51,6 +51,7 @@ from typing import Any
 import numpy as np
 
 from hpo_embed.common import ROOT, UserError, log, publish_dir, write_json
+from hpo_embed.models.loader import load_sentence_transformer
 from hpo_embed.params import QuantizeParams
 
 FP32_FILE = "onnx/model.onnx"
@@ -69,11 +70,6 @@ def _check_model_folder(path: Path, what: str) -> None:
         raise UserError(f"{what}: {path}: not a SentenceTransformer folder (no modules.json)")
 
 
-def _load_error(path: Path, exc: BaseException) -> UserError:
-    first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-    return UserError(f"{path}: cannot load the model ({type(exc).__name__}: {first[:200]})")
-
-
 def ort_session_options(threads: int):
     import onnxruntime as ort
 
@@ -86,28 +82,20 @@ def ort_session_options(threads: int):
 
 def load_torch(path: Path, threads: int):
     import torch
-    from sentence_transformers import SentenceTransformer
 
     torch.set_num_threads(threads)
-    try:
-        return SentenceTransformer(str(path), device="cpu", local_files_only=True)
-    except Exception as exc:  # corrupt weights/config/tokenizer: a bad input, not a bug
-        raise _load_error(path, exc) from None
+    return load_sentence_transformer(path, str(path), device="cpu", local_files_only=True)
 
 
 def load_onnx(folder: Path, file_name: str, threads: int):
     """The stage's own output, loaded exactly as downstream stages load it."""
-    from sentence_transformers import SentenceTransformer
 
     if not (folder / file_name).is_file():
         raise UserError(f"{folder / file_name}: missing ONNX file")
-    try:
-        return SentenceTransformer(
-            str(folder), backend="onnx", device="cpu", local_files_only=True,
-            model_kwargs={"file_name": file_name, "provider": "CPUExecutionProvider",
-                          "session_options": ort_session_options(threads)})
-    except Exception as exc:
-        raise _load_error(folder / file_name, exc) from None
+    return load_sentence_transformer(
+        folder, str(folder / file_name), backend="onnx", device="cpu", local_files_only=True,
+        model_kwargs={"file_name": file_name, "provider": "CPUExecutionProvider",
+                      "session_options": ort_session_options(threads)})
 
 
 # --------------------------------------------------------------------------- export
@@ -115,16 +103,10 @@ def load_onnx(folder: Path, file_name: str, threads: int):
 def export_fp32(src: Path, dst: Path) -> None:
     """Export ``src`` (a PyTorch SentenceTransformer folder) to an ONNX SentenceTransformer
     folder ``dst`` with ``onnx/model.onnx`` (plain export, no optimisation)."""
-    from sentence_transformers import SentenceTransformer
 
     _check_model_folder(src, "params.yaml: quantize.model")
-    try:
-        model = SentenceTransformer(str(src), backend="onnx", device="cpu", local_files_only=True,
-                                    model_kwargs={"export": True, "provider": "CPUExecutionProvider"})
-    except UserError:
-        raise
-    except Exception as exc:
-        raise _load_error(src, exc) from None
+    model = load_sentence_transformer(src, str(src), backend="onnx", device="cpu", local_files_only=True,
+                                      model_kwargs={"export": True, "provider": "CPUExecutionProvider"})
     model.save(str(dst))
     if not (dst / FP32_FILE).is_file():
         raise RuntimeError(f"ONNX export did not write {dst / FP32_FILE}")

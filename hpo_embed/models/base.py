@@ -184,8 +184,8 @@ def run(params, pairs: Path, terms: Path, reference: Path, out: Path, metrics_pa
         stage_dir = Path(tmp) / "model"
         origin = materialise(p.base_model, p.base_revision, stage_dir, Path(tmp))
 
-        from sentence_transformers import SentenceTransformer
-        model = SentenceTransformer(str(stage_dir), device="cpu")
+        from hpo_embed.models.loader import load_sentence_transformer
+        model = load_sentence_transformer(stage_dir, f"params.yaml: train.base_model: {p.base_model}", device="cpu")
         model.max_seq_length = p.max_seq_length
         model.prompts, model.default_prompt_name = {}, None   # measured as given, prompts added by hand
         measured = None

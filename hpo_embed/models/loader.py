@@ -1,4 +1,5 @@
-"""Resolve a model parameter to something ``SentenceTransformer(...)`` can load offline.
+"""Resolve a model parameter to something ``SentenceTransformer(...)`` can load offline, and
+load it: ``load_sentence_transformer`` is the one way every stage loads a model.
 
 Accepted forms:
 - ``pkg:<module>``: a model shipped inside an installed PyPI package that exposes
@@ -49,3 +50,37 @@ def resolve_model(spec: str, param: str = "model") -> str:
     if spec.startswith((".", "/", "~")) or spec.startswith(("models/", "data/")) or not _HUB_ID.match(spec):
         raise UserError(f"params.yaml: {param}: {spec}: no such model folder")
     return spec  # hub id: loaded from the local HF cache (or the hub when online)
+
+
+def load_errors() -> tuple[type[BaseException], ...]:
+    """What a model folder with bad files raises while loading: a missing or unreadable file
+    (OSError), a broken JSON / config / tokenizer (ValueError), corrupt weights (safetensors),
+    a corrupt ONNX file (onnxruntime). Anything else is a bug and keeps its traceback."""
+    errors: list[type[BaseException]] = [OSError, ValueError]
+    try:
+        from safetensors import SafetensorError
+        errors.append(SafetensorError)
+    except ImportError:
+        pass
+    try:
+        from onnxruntime.capi.onnxruntime_pybind11_state import Fail, InvalidGraph, InvalidProtobuf, NoSuchFile
+        errors += [Fail, InvalidGraph, InvalidProtobuf, NoSuchFile]
+    except ImportError:
+        pass
+    return tuple(errors)
+
+
+def load_sentence_transformer(path: str | Path, what: str, max_seq_length: int | None = None, **kwargs):
+    """``SentenceTransformer(path, **kwargs)``; bad model files become one line
+    ``<what>: does not load as a SentenceTransformer (<error>)`` naming the parameter or
+    folder (``what``). ``max_seq_length`` overrides the model's own when given."""
+    from sentence_transformers import SentenceTransformer
+
+    try:
+        model = SentenceTransformer(str(path), **kwargs)
+    except load_errors() as exc:
+        first = (str(exc).strip().splitlines() or [""])[0][:200]
+        raise UserError(f"{what}: does not load as a SentenceTransformer ({type(exc).__name__}: {first})") from None
+    if max_seq_length:
+        model.max_seq_length = max_seq_length
+    return model

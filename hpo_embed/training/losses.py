@@ -24,7 +24,7 @@ from sentence_transformers import SentenceTransformer
 from sentence_transformers.sentence_transformer import losses
 
 from hpo_embed.common import UserError
-from hpo_embed.models.loader import resolve_model
+from hpo_embed.models.loader import load_sentence_transformer, resolve_model
 from hpo_embed.params import TrainParams
 from hpo_embed.training.sampling import row_keys, sample_negatives
 
@@ -94,12 +94,7 @@ def set_precision(loss, precision: str) -> None:
 
 
 def load_model(spec: str, param: str, device: str | None = None) -> SentenceTransformer:
-    path = resolve_model(spec, param)
-    try:
-        return SentenceTransformer(path, device=device)
-    except Exception as exc:  # noqa: BLE001 - any load failure is a configuration error here
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise UserError(f"params.yaml: {param}: {spec} does not load as a SentenceTransformer: {first}") from None
+    return load_sentence_transformer(resolve_model(spec, param), f"params.yaml: {param}: {spec}", device=device)
 
 
 def build_loss(model: SentenceTransformer, p: TrainParams, guide: SentenceTransformer | None = None):
