@@ -267,9 +267,7 @@ def test_params_defaults_and_profiles():
     # the default names a folder `make fetch-benchmarks` fills, as a pattern that may match nothing
     assert p.external_sets == ["data/external/phentrieve-benchmarks/german/*.json"]
     from hpo_embed.retrieval.corpus import FORMATS
-    from dataclasses import fields
-    f = {x.name: x for x in fields(BenchmarkParams)}
-    assert f["corpus_format"].metadata["choices"] == FORMATS
+    assert tuple(BenchmarkParams.model_fields["corpus_format"].json_schema_extra["choices"]) == FORMATS
     with pytest.raises(UserError, match="benchmark.models: 'fp16' is not one of"):
         parse_params({"benchmark": {"models": ["fp16"]}})
     gpu = yaml.safe_load((REPO / "profiles" / "gpu.yaml").read_text())["benchmark"]

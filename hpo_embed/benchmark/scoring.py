@@ -68,6 +68,7 @@ from tqdm.auto import tqdm
 from hpo_embed.retrieval import metrics as rm
 from hpo_embed.common import UserError, atomic_write_bytes, atomic_write_text, log, write_json, write_parquet
 from hpo_embed.retrieval.corpus import build_corpus, load_terms
+from hpo_embed.schemas import read_table
 from hpo_embed.pairs.external_sets import QuerySet, _sanitize, external_files, load_external_set  # noqa: F401 (re-exported)
 from hpo_embed.models.loader import load_sentence_transformer, resolve_model
 from hpo_embed.params import BenchmarkParams
@@ -115,12 +116,7 @@ class ModelSpec:
 
 def load_heldout(queries_path: Path, corpus_ids: set[str], languages: list[str]) -> list[QuerySet]:
     """Test-split queries, one QuerySet per language (+ ``all`` pooled when several)."""
-    if not queries_path.is_file():
-        raise UserError(f"{queries_path}: missing; run the pairs stage first (dvc repro pairs)")
-    df = pd.read_parquet(queries_path)
-    missing = {"text", "hpo_id", "lang", "split"} - set(df.columns)
-    if missing:
-        raise UserError(f"{queries_path}: missing columns {', '.join(sorted(missing))}")
+    df = read_table(queries_path, "queries")
     df = df[df["split"] == "test"].reset_index(drop=True)
     bad = ~df["hpo_id"].isin(corpus_ids)
     if bad.any():
@@ -478,9 +474,7 @@ def run(bp: BenchmarkParams, base_model: str, paths: Paths) -> dict[str, Any]:
     id_set = set(corpus_ids)
     replaced_by = {r["id"]: r["replaced_by"] for r in all_terms[["id", "replaced_by"]].to_dict("records")
                    if r["replaced_by"]}
-    if not paths.edges.is_file():
-        raise UserError(f"{paths.edges}: missing; run the parse_hpo stage first (dvc repro parse_hpo)")
-    edges = pd.read_parquet(paths.edges)
+    edges = read_table(paths.edges, "edges")
     ontsim = rm.OntologySimilarity(zip(edges["child"], edges["parent"]))
     indexes = [build_index(terms, corpus_ids, mode, bp) for mode in modes]
 
@@ -488,7 +482,7 @@ def run(bp: BenchmarkParams, base_model: str, paths: Paths) -> dict[str, Any]:
     split_of: dict[str, str] = {}
     branch_of = dict(zip(terms["id"], terms["branch"])) if "branch" in terms.columns else {}
     if paths.concepts.is_file():
-        concepts = pd.read_parquet(paths.concepts)
+        concepts = read_table(paths.concepts, "concepts")
         split_of = dict(zip(concepts["hpo_id"], concepts["split"]))
         log.info("corpus: %d concepts (%s); %d test, %d bench (held-out benchmark) concepts",
                  len(corpus_ids), ", ".join(f"{ix.mode}: {len(ix.texts)} vectors" for ix in indexes),

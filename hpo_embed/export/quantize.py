@@ -313,10 +313,8 @@ def agreement_queries(terms, n: int, seed: int, queries_path: Path | None) -> tu
     import pandas as pd
 
     if queries_path is not None and queries_path.is_file():
-        q = pd.read_parquet(queries_path)
-        missing = {"text", "hpo_id", "split"} - set(q.columns)
-        if missing:
-            raise UserError(f"{queries_path}: missing columns {sorted(missing)}")
+        from hpo_embed.schemas import read_table
+        q = read_table(queries_path, "queries")
         test = q[q["split"] == "test"].dropna(subset=["text"]).drop_duplicates("text")
         pairs = sorted(zip(test["text"], test["hpo_id"]))
         if pairs:

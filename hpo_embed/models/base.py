@@ -108,8 +108,9 @@ def dev_sample(pairs: Path, terms: Path, train_params) -> tuple[list[str], np.nd
     """The train stage's dev sample (non-English dev queries against dev concepts plus
     random distractors), capped at PROMPT_QUERIES queries and PROMPT_CORPUS documents."""
     from hpo_embed.retrieval.corpus import build_corpus, load_terms
-    from hpo_embed.pairs.dev_set import QUERY_COLUMNS, dev_eval_set, read_parquet
-    queries = read_parquet(pairs / "queries.parquet", QUERY_COLUMNS)
+    from hpo_embed.pairs.dev_set import dev_eval_set
+    from hpo_embed.schemas import read_table
+    queries = read_table(pairs / "queries.parquet", "queries")
     small = train_params.model_copy(update=dict(dev_max_queries=min(train_params.dev_max_queries or PROMPT_QUERIES,
                                                                   PROMPT_QUERIES),
                                 dev_corpus_size=min(train_params.dev_corpus_size or PROMPT_CORPUS, PROMPT_CORPUS)))

@@ -19,26 +19,12 @@ from hpo_embed.common import UserError, log, write_json, write_parquet
 from hpo_embed.ontology.source import resolve_source, sha256_of
 from hpo_embed.ontology.obo import check_obo, is_hpo_id, parse_def, parse_synonym
 from hpo_embed.params import HpoParams
+from hpo_embed.schemas import EDGES_SCHEMA, SYNONYM_TYPE, TERMS_SCHEMA  # noqa: F401 (re-exported)
 
 ROOT_ID = "HP:0000001"
 PHENOTYPIC_ABNORMALITY = "HP:0000118"
 
-SYNONYM_TYPE = pa.struct([("text", pa.string()), ("scope", pa.string()), ("type", pa.string())])
-TERMS_SCHEMA = pa.schema([
-    ("id", pa.string()),
-    ("label", pa.string()),
-    ("definition", pa.string()),
-    ("synonyms", pa.list_(SYNONYM_TYPE)),
-    ("xrefs", pa.list_(pa.string())),
-    ("parents", pa.list_(pa.string())),
-    ("depth", pa.int32()),
-    ("is_obsolete", pa.bool_()),
-    ("replaced_by", pa.string()),
-    ("branch", pa.string()),
-    ("branches", pa.list_(pa.string())),
-    ("selected", pa.bool_()),
-])
-EDGES_SCHEMA = pa.schema([("child", pa.string()), ("parent", pa.string())])
+
 
 
 def read_ontology(path: Path) -> nx.MultiDiGraph:

@@ -64,39 +64,17 @@ from tqdm import tqdm
 
 from hpo_embed.common import ROOT, UserError, atomic_write_bytes, log, write_json
 from hpo_embed.retrieval.corpus import load_terms
+from hpo_embed.schemas import CONCEPTS_SCHEMA, PAIRS_SCHEMA, QUERIES_SCHEMA, SHARED_SCHEMA
 from hpo_embed.params import PAIR_TYPES, PairsParams
 from hpo_embed.translation.schema import load as load_translation
 from hpo_embed.translation.schema import translation_path
 
+_SOURCE_RANK = {"original": 0, "official": 1, "mt": 2}
+_TYPE_INDEX = {t: i for i, t in enumerate(PAIR_TYPES)}
 SPLITS = ("train", "dev", "test")
 BENCH = "bench"     # concepts of the held-out external benchmark sets
 NO_BRANCH = "none"
 
-PAIRS_SCHEMA = pa.schema([
-    ("anchor", pa.string()),
-    ("positive", pa.string()),
-    ("hpo_id", pa.string()),
-    ("pair_type", pa.string()),
-    ("lang_anchor", pa.string()),
-    ("lang_positive", pa.string()),
-    ("source", pa.string()),
-    ("branch", pa.string()),
-    ("synonym_type", pa.string()),
-])
-CONCEPTS_SCHEMA = pa.schema([("hpo_id", pa.string()), ("split", pa.string()), ("branch", pa.string())])
-QUERIES_SCHEMA = pa.schema([
-    ("text", pa.string()),
-    ("hpo_id", pa.string()),
-    ("lang", pa.string()),
-    ("kind", pa.string()),
-    ("synonym_type", pa.string()),
-    ("source", pa.string()),
-    ("split", pa.string()),
-])
-SHARED_SCHEMA = pa.schema([("text", pa.string()), ("hpo_ids", pa.list_(pa.string())),
-                           ("langs", pa.list_(pa.string()))])
-_SOURCE_RANK = {"original": 0, "official": 1, "mt": 2}
-_TYPE_INDEX = {t: i for i, t in enumerate(PAIR_TYPES)}
 
 
 # --------------------------------------------------------------------------- texts

@@ -12,20 +12,6 @@ from hpo_embed.common import UserError
 
 log = logging.getLogger("hpo_embed.dev_set")
 
-QUERY_COLUMNS = ("text", "hpo_id", "lang", "split")
-
-
-def read_parquet(path: Path, columns: tuple[str, ...]) -> pd.DataFrame:
-    if not path.is_file():
-        raise UserError(f"{path}: missing; run the pairs stage first (dvc repro pairs)")
-    try:
-        df = pd.read_parquet(path)
-    except Exception as exc:  # noqa: BLE001
-        raise UserError(f"{path}: not a readable parquet file ({type(exc).__name__})") from None
-    missing = [c for c in columns if c not in df.columns]
-    if missing:
-        raise UserError(f"{path}: missing column(s) {', '.join(missing)}")
-    return df
 
 
 def dev_eval_set(queries: pd.DataFrame, corpus: dict[str, str], p, qpath: Path):

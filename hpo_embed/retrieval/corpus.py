@@ -19,9 +19,8 @@ FORMATS = ("label", "label_synonyms", "label_synonyms_definition")
 
 
 def load_terms(path: Path, selected_only: bool = True) -> pd.DataFrame:
-    if not Path(path).is_file():
-        raise UserError(f"{path}: missing; run the parse_hpo stage first (dvc repro parse_hpo)")
-    df = pd.read_parquet(path)
+    from hpo_embed.schemas import read_table
+    df = read_table(path, "terms")
     return df[df["selected"]].reset_index(drop=True) if selected_only else df
 
 

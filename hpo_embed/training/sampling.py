@@ -128,7 +128,8 @@ def load_siblings(edges_path: Path | str) -> dict[str, set[str]]:
     path = Path(edges_path)
     if not path.is_file():
         raise UserError(f"{path}: missing (needed by train.negatives=sibling); run dvc repro parse_hpo")
-    edges = pd.read_parquet(path, columns=["child", "parent"])
+    from hpo_embed.schemas import read_table
+    edges = read_table(path, "edges", ["child", "parent"])
     children: dict[str, set[str]] = defaultdict(set)
     for child, parent in zip(edges["child"], edges["parent"]):
         children[parent].add(child)

@@ -24,11 +24,11 @@ from pathlib import Path
 import pandas as pd
 
 from hpo_embed.common import UserError, publish_dir, write_json
-from hpo_embed.pairs.dev_set import QUERY_COLUMNS, dev_eval_set, read_parquet
+from hpo_embed.pairs.dev_set import dev_eval_set
+from hpo_embed.schemas import read_table
 
 log = logging.getLogger("hpo_embed.train")
 
-PAIR_COLUMNS = ("anchor", "positive", "hpo_id")
 CUTS = ("mrr", "hr@1", "hr@10", "ndcg@10")   # hpo_embed.retrieval.metrics.dev_retrieval
 EVAL_NAME = "dev"
 BEST_METRIC = f"eval_{EVAL_NAME}_mrr"
@@ -262,8 +262,8 @@ def run(params, a: TrainPaths) -> dict | None:  # noqa: C901 - one linear recipe
     if p.save_steps % p.eval_steps:
         raise UserError(f"params.yaml: train.save_steps: {p.save_steps} must be a multiple of "
                         f"train.eval_steps ({p.eval_steps}) to keep the best checkpoint")
-    train_df = read_parquet(a.pairs / "train.parquet", PAIR_COLUMNS)
-    queries = read_parquet(a.pairs / "queries.parquet", QUERY_COLUMNS)
+    train_df = read_table(a.pairs / "train.parquet", "pairs")
+    queries = read_table(a.pairs / "queries.parquet", "queries")
     if train_df.empty:
         raise UserError(f"{a.pairs / 'train.parquet'}: no training pairs")
     if "pair_type" in train_df.columns:
