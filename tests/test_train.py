@@ -487,3 +487,15 @@ def test_dvc_stage_declaration():
     emb = yaml.safe_load((REPO / "profiles" / "embedded.yaml").read_text())["train"]
     assert set(gpu) == set(emb) and gpu["base_model"] == "BAAI/bge-m3"
     assert emb == {k: v for k, v in yaml.safe_load((REPO / "params.yaml").read_text())["train"].items() if k in emb}
+
+
+def test_last_complete_checkpoint_skips_and_removes_an_incomplete_one(tmp_path):
+    from hpo_embed.training.train import last_complete_checkpoint
+    for n, state in [(5, "{}"), (10, "{}"), (15, "{cut short")]:   # 15: killed while saving
+        (tmp_path / f"checkpoint-{n}").mkdir()
+        (tmp_path / f"checkpoint-{n}" / "trainer_state.json").write_text(state)
+    assert last_complete_checkpoint(tmp_path, clean=False) is None
+    assert last_complete_checkpoint(tmp_path, clean=True) == tmp_path / "checkpoint-10"
+    assert not (tmp_path / "checkpoint-15").exists() and (tmp_path / "checkpoint-5").exists()
+    assert last_complete_checkpoint(tmp_path, clean=False) == tmp_path / "checkpoint-10"
+    assert last_complete_checkpoint(tmp_path / "absent", clean=True) is None

@@ -72,18 +72,21 @@ def fingerprint(params, files: list[Path]) -> str:
 
 
 def last_complete_checkpoint(folder: Path, clean: bool) -> Path | None:
-    """The newest ``checkpoint-N`` whose trainer_state.json (written last by the Trainer)
-    parses; newer incomplete ones (a run killed while saving) are removed when ``clean``."""
-    ckpts = sorted(folder.glob("checkpoint-*"), key=lambda d: int(d.name.rsplit("-", 1)[1])
-                   if d.name.rsplit("-", 1)[1].isdigit() else -1, reverse=True)
-    for d in ckpts:
+    """The newest ``checkpoint-N`` (``transformers.trainer_utils.get_last_checkpoint``) when
+    it is complete: its trainer_state.json, written last by the Trainer, parses. A newer
+    incomplete one (a run killed while saving) is removed when ``clean`` and the next newest
+    tried; without ``clean`` (the other ranks, after rank 0 has cleaned) it means none."""
+    from transformers.trainer_utils import get_last_checkpoint
+
+    while folder.is_dir() and (last := get_last_checkpoint(str(folder))) is not None:
         try:
-            json.loads((d / "trainer_state.json").read_text())
-            return d
+            json.loads((Path(last) / "trainer_state.json").read_text())
+            return Path(last)
         except (OSError, ValueError):
-            if clean:
-                log.warning("removing incomplete checkpoint %s", d)
-                shutil.rmtree(d, ignore_errors=True)
+            if not clean:
+                return None
+            log.warning("removing incomplete checkpoint %s", last)
+            shutil.rmtree(last)
     return None
 
 
