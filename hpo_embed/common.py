@@ -110,13 +110,13 @@ def write_json(path: Path | str, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
 
 
-def write_parquet(path: Path | str, table: Any) -> None:
+def write_parquet(path: Path | str, table: Any, compression: str = "snappy") -> None:
     """Atomically write a pyarrow ``Table`` as a Parquet file."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     sink = pa.BufferOutputStream()
-    pq.write_table(table, sink)
+    pq.write_table(table, sink, compression=compression)
     atomic_write_bytes(path, sink.getvalue().to_pybytes())
 
 

@@ -50,7 +50,7 @@ from typing import Any
 
 import numpy as np
 
-from hpo_embed.common import ROOT, UserError, log, publish_dir, write_json
+from hpo_embed.common import ROOT, UserError, atomic_write_text, log, publish_dir, write_json
 from hpo_embed.models.loader import load_sentence_transformer
 from hpo_embed.params import QuantizeParams
 
@@ -832,10 +832,10 @@ def decide_and_write(folder: Path, rows: dict[str, dict[str, Any]], p: QuantizeP
             **{k: r[k] for k in ("doc", "optimization", "method", "operators", "nodes_kept_fp32") if k in r}}
         for n, r in cand.items()}, "quality_settings": {k: settings[k] for k in ("n_queries", "n_corpus", "query_source")
                                                          if k in settings}}
-    (folder / STATE_FILE).write_text(json.dumps(state, indent=2, sort_keys=True) + "\n")
+    atomic_write_text(folder / STATE_FILE, json.dumps(state, indent=2, sort_keys=True) + "\n")
     reports.mkdir(parents=True, exist_ok=True)
     write_json(reports / "quantize.json", rep)
-    (reports / "quantize.md").write_text(report_markdown(rep))
+    atomic_write_text(reports / "quantize.md", report_markdown(rep))
     write_json(metrics_path, headline(rep))
     return rep
 

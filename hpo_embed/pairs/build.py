@@ -50,7 +50,6 @@ from __future__ import annotations
 import collections
 import gc
 import hashlib
-import io
 import time
 import unicodedata
 import zlib
@@ -62,7 +61,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
-from hpo_embed.common import ROOT, UserError, atomic_write_bytes, log, write_json
+from hpo_embed.common import ROOT, UserError, log, write_json, write_parquet
 from hpo_embed.retrieval.corpus import load_terms
 from hpo_embed.schemas import CONCEPTS_SCHEMA, PAIRS_SCHEMA, QUERIES_SCHEMA, SHARED_SCHEMA
 from hpo_embed.params import PAIR_TYPES, PairsParams
@@ -363,12 +362,6 @@ def apply_type_caps(rows: list[tuple], caps: dict[str, int], seed: int,
 
 # --------------------------------------------------------------------------- output
 
-def _parquet_bytes(table: pa.Table) -> bytes:
-    buf = io.BytesIO()
-    pq.write_table(table, buf, compression="zstd")
-    return buf.getvalue()
-
-
 def _rows_table(rows: list[tuple], schema: pa.Schema) -> pa.Table:
     if not rows:
         return schema.empty_table()
@@ -536,7 +529,7 @@ def _run(params: PairsParams, languages: list[str] | None, translations_dir: Pat
     metrics: dict = {"languages": lang_order, "concepts": {}, "pairs": {}, "queries": {}}
     for split in SPLITS:
         rows = apply_type_caps(out_rows.pop(split), params.type_caps, params.seed, dropped)
-        atomic_write_bytes(out_dir / f"{split}.parquet", _parquet_bytes(_rows_table(rows, PAIRS_SCHEMA)))
+        write_parquet(out_dir / f"{split}.parquet", _rows_table(rows, PAIRS_SCHEMA), compression="zstd")
         metrics["pairs"][split] = {
             "total": len(rows),
             "by_type": _counts(r[3] for r in rows),
@@ -550,7 +543,7 @@ def _run(params: PairsParams, languages: list[str] | None, translations_dir: Pat
     metrics["concepts"]["without_translation_file"] = len(without_file)
     metrics["concepts"]["with_label_by_language"] = {lang: with_label.get(lang, 0) for lang in lang_order}
     metrics["concepts"]["ignored_files_not_selected"] = len(present - selected_files)
-    atomic_write_bytes(out_dir / "concepts.parquet", _parquet_bytes(_frame_table(concepts, CONCEPTS_SCHEMA)))
+    write_parquet(out_dir / "concepts.parquet", _frame_table(concepts, CONCEPTS_SCHEMA), compression="zstd")
 
     shared = sorted(multi)
     shared_df = pd.DataFrame({"text": [first[k][2] for k in shared],
@@ -564,8 +557,8 @@ def _run(params: PairsParams, languages: list[str] | None, translations_dir: Pat
     queries = queries[~is_shared].copy()
     queries["split"] = queries["hpo_id"].map(split_of)
     queries = queries.sort_values(["split", "hpo_id", "lang", "kind", "text"], kind="stable")
-    atomic_write_bytes(out_dir / "queries.parquet", _parquet_bytes(_frame_table(queries, QUERIES_SCHEMA)))
-    atomic_write_bytes(out_dir / "shared_texts.parquet", _parquet_bytes(_frame_table(shared_df, SHARED_SCHEMA)))
+    write_parquet(out_dir / "queries.parquet", _frame_table(queries, QUERIES_SCHEMA), compression="zstd")
+    write_parquet(out_dir / "shared_texts.parquet", _frame_table(shared_df, SHARED_SCHEMA), compression="zstd")
     for split in ("dev", "test"):
         q = queries[queries["split"] == split]
         metrics["queries"][split] = {"total": len(q), "by_language": _counts(q["lang"]), "by_kind": _counts(q["kind"])}
