@@ -132,8 +132,9 @@ class TrainParams:
     guide_model: str | None = spec(None, doc="gist: the guide model ('pkg:...', folder or hub id)")
     matryoshka_dims: list[int] = spec(default_factory=list, doc="wrap the loss in MatryoshkaLoss with these dims; [] = off")
     margin: float | None = spec(None, min=0, doc="contrastive/online_contrastive/triplet margin; null = library default")
-    negatives: str = spec("auto", choices=("auto", "none", "random", "sibling"),
-                          doc="negative sampler: auto = none for in-batch losses, random otherwise")
+    negatives: str = spec("auto", choices=("auto", "none", "random", "sibling", "mined"),
+                          doc="negative sampler: auto = none for in-batch losses, random otherwise; "
+                              "mined = data/negatives from the mine stage (mine: section)")
     pair_types: list[str] = spec(default_factory=lambda: ["term_syn", "xl_term"], choices=PAIR_TYPES,
                                  doc="pair types trained on (the pairs stage makes them all); "
                                      "the embedded default keeps the short label/synonym pairs")
@@ -274,6 +275,7 @@ class Params:
     train: TrainParams
     quantize: QuantizeParams
     benchmark: BenchmarkParams
+    mine: Any   # hpo_embed.negatives.params.MineParams (pydantic; issue 15 hook)
 
 
 # --------------------------------------------------------------------------- casting
@@ -420,8 +422,8 @@ def parse_params(raw: Any, origin: str = "params.yaml") -> Params:
     if not isinstance(raw, dict):
         raise UserError(f"{origin}: expected a mapping at the top level")
     for k in raw:
-        if k not in SECTIONS and k not in TOP_LEVEL:
-            known = ", ".join(sorted([*SECTIONS, *TOP_LEVEL]))
+        if k not in SECTIONS and k not in TOP_LEVEL and k != "mine":
+            known = ", ".join(sorted([*SECTIONS, *TOP_LEVEL, "mine"]))
             raise UserError(f"params.yaml: {k}: unknown parameter (known top-level keys: {known})")
     out: dict[str, Any] = {}
     for name, (tp, f) in TOP_LEVEL.items():
@@ -430,6 +432,8 @@ def parse_params(raw: Any, origin: str = "params.yaml") -> Params:
         out[name] = v
     for name, cls in SECTIONS.items():
         out[name] = _build(cls, raw.get(name), name)
+    from hpo_embed.negatives.params import validate_section   # issue 15 hook: pydantic `mine:` section
+    out["mine"] = validate_section(raw.get("mine"), "params.yaml")
     return Params(**out)
 
 
@@ -455,7 +459,8 @@ def load_params(path: Path | str | None = None) -> Params:
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     p = load_params(argv[0] if argv else None)
-    print(yaml.safe_dump(dataclasses.asdict(p), sort_keys=False, allow_unicode=True), end="")
+    print(yaml.safe_dump({**dataclasses.asdict(p), "mine": p.mine.model_dump()}, sort_keys=False,
+                         allow_unicode=True), end="")
 
 
 if __name__ == "__main__":
