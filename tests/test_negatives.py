@@ -231,7 +231,9 @@ def test_train_with_mined_negatives_builds_n_tuples_and_trains(tiny, tmp_path):
     rep = run_mine(tmp_path, inputs, params, tiny)
     assert rep["anchors"] == 40 and rep["negatives"] == 80 and sum(rep["by_source"].values()) == 80
     metrics = json.loads((tmp_path / "mine.json").read_text())
-    assert set(metrics) == {"anchors", "negatives_per_anchor", "by_source", "guard_removed", "margin_removed", "mining_s"}
+    assert set(metrics) == {"negatives_per_anchor", "from_ontology", "from_model", "guard_removed", "mining_s"}
+    assert metrics["from_ontology"] + metrics["from_model"] + rep["by_source"]["fill"] == 80
+    assert metrics["guard_removed"] == sum(rep["guard_removed"].values())
     negs = pd.read_parquet(tmp_path / "negatives" / "negatives.parquet")
     assert negs["hpo_id"].ne(negs["negative_1_id"]).all() and negs["hpo_id"].ne(negs["negative_2_id"]).all()
     # only train-split concepts are negatives (the fixture's dev/test concepts never appear)
