@@ -304,3 +304,15 @@ def test_interrupted_iterative_run_resumes_without_redoing_round_one(tiny, tmp_p
     e1 = SentenceTransformer(str(d / "finetuned"), device="cpu").encode(["Herz vergrößert", "Abnormal heart"])
     e2 = SentenceTransformer(str(d2 / "finetuned"), device="cpu").encode(["Herz vergrößert", "Abnormal heart"])
     assert np.abs(e1 - e2).max() < 1e-5
+
+
+def test_anchors_without_candidates_are_filled_with_easy_negatives_and_counted():
+    terms, rows, model, _ = random_world(n_concepts=12)
+    lonely = Ontology(pd.DataFrame({"child": terms["id"], "parent": [f"P{i}" for i in range(12)]}))  # no siblings
+    corpus = build_corpus(terms, set(terms["id"]))
+    df, rep = mine(rows, corpus, concept_texts(terms, rows), lonely,
+                   MiningParams(sources=["ontology"], num_negatives=2, relative_margin=None), model=model)
+    assert rep["by_source"] == {"ontology": 0, "fill": 24}
+    assert rep["per_source_counts"]["ontology"]["no_relative"] == 12
+    assert (df["negative_1"] != df["negative_2"]).all() and (df["negative_1_id"] != df["hpo_id"]).all()
+    assert set(df["negative_1_source"]) == {"fill"}

@@ -207,21 +207,24 @@ def choose(per_source: dict[str, tuple[list[np.ndarray], list[np.ndarray]]], cor
     picks: list[list[tuple[int, str, float]]] = []
     used = {s: 0 for s in names}
     for a in range(n_anchor):
-        queues = {}
-        for s in names:
-            idx, sc = per_source[s][0][a], per_source[s][1][a]
-            order = np.arange(len(idx)) if sampling == "top" else rng.permutation(len(idx))
-            queues[s] = [(int(idx[o]), float(sc[o])) for o in order]
         order_src = names[a % len(names):] + names[:a % len(names)]
+        cand = {s: per_source[s][0][a] for s in order_src}
+        score = {s: per_source[s][1][a] for s in order_src}
+        # visiting order of each source's candidates: best first, or a random permutation
+        visit = {s: (np.arange(len(cand[s])) if sampling == "top" else rng.permutation(len(cand[s])))
+                 for s in order_src}
+        pos = dict.fromkeys(order_src, 0)
         chosen: list[tuple[int, str, float]] = []
         seen: set[str] = set()
-        while len(chosen) < n and any(queues.values()):
+        while len(chosen) < n and any(pos[s] < len(visit[s]) for s in order_src):
             for s in order_src:
-                while queues[s] and len(chosen) < n:
-                    i, v = queues[s].pop(0)
+                while pos[s] < len(visit[s]) and len(chosen) < n:
+                    o = visit[s][pos[s]]
+                    pos[s] += 1
+                    i = int(cand[s][o])
                     if corpus.norms[i] not in seen:
                         seen.add(corpus.norms[i])
-                        chosen.append((i, s, v))
+                        chosen.append((i, s, float(score[s][o])))
                         used[s] += 1
                         break
         picks.append(chosen)
@@ -229,7 +232,7 @@ def choose(per_source: dict[str, tuple[list[np.ndarray], list[np.ndarray]]], cor
 
 
 def easy_negatives(guards: list[dict[str, np.ndarray]], corpus: Corpus, n: int, rng: np.random.Generator,
-                   exclude: list[set[str]] | None = None) -> list[list[int]]:
+                   exclude: list[set[str]] | None = None, minimum: int | None = None) -> list[list[int]]:
     """``n`` random labels of other concepts per anchor, outside the guard (and not a text in
     ``exclude[i]``): the easy negatives mixed in against forgetting and used as a fill."""
     labels = corpus.labels
@@ -238,15 +241,15 @@ def easy_negatives(guards: list[dict[str, np.ndarray]], corpus: Corpus, n: int, 
         bad = set(np.concatenate([g[r] for r in GUARD_REASONS]).tolist())
         texts = set(exclude[a]) if exclude else set()
         got: list[int] = []
-        for _ in range(100 * n):
+        for _ in range(50 * n + 50):
             if len(got) == n:
                 break
             i = int(labels[rng.integers(len(labels))])
             if i not in bad and corpus.norms[i] not in texts:
                 got.append(i)
                 texts.add(corpus.norms[i])
-        if len(got) < n:
-            raise ValueError(f"no easy negative for anchor {a}: corpus too small")
+        if len(got) < (n if minimum is None else minimum):
+            raise ValueError(f"too few easy negatives for anchor {a}: corpus too small")
         out.append(got)
     return out
 
@@ -304,16 +307,14 @@ def mine(rows: pd.DataFrame, corpus: Corpus, texts: dict[str, set[str]], ontolog
         counts[src] = cnt
     picks, used = choose(per_source, corpus, p.num_negatives, p.sampling, rng) if per_source else \
         ([[] for _ in anchors], {})
-    easy = easy_negatives(guards, corpus, p.num_negatives, rng)
+    # the first n: the easy columns; the rest: spares to fill anchors short of hard candidates
+    easy = easy_negatives(guards, corpus, 2 * p.num_negatives, rng, minimum=p.num_negatives)
     filled = 0
     for a, chosen in enumerate(picks):   # too few candidates: fill with easy ones, counted
-        k = 0
+        spare = [i for i in easy[a] if all(corpus.norms[i] != corpus.norms[j] for j, _, _ in chosen)]
         while len(chosen) < p.num_negatives:
-            i = easy[a][k]
-            k += 1
-            if all(corpus.norms[i] != corpus.norms[j] for j, _, _ in chosen):
-                chosen.append((i, "fill", float("nan")))
-                filled += 1
+            chosen.append((spare.pop(0), "fill", float("nan")))
+            filled += 1
     timing["search_s"] = round(time.time() - t, 2)
     out = {"anchor": anchors, "positive": positives, "hpo_id": ids}
     for k in range(p.num_negatives):

@@ -163,8 +163,13 @@ def round_one(negs: pd.DataFrame, hn: MineParams, p, fingerprint: str, folder: P
     different one clears the folder), ``checkpoints/`` (the Trainer's, resumed inside round
     1), ``model/`` + ``done.json`` (round 1 finished: never trained again) and
     ``negatives_round2.parquet`` (written atomically: never mined again)."""
+    import os
+
     from sentence_transformers import SentenceTransformer, SentenceTransformerTrainer
 
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise UserError("params.yaml: mine.rounds: 2 runs in one process; launch without torchrun/accelerate "
+                        "or set mine.rounds: 1")
     folder = Path(folder)
     run_file = folder / "run.json"
     if run_file.is_file() and json.loads(run_file.read_text()).get("fingerprint") != fingerprint:
