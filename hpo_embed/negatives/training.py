@@ -172,8 +172,10 @@ def round_one(negs: pd.DataFrame, hn: MineParams, p, fingerprint: str, folder: P
                         "or set mine.rounds: 1")
     folder = Path(folder)
     run_file = folder / "run.json"
-    if run_file.is_file() and json.loads(run_file.read_text()).get("fingerprint") != fingerprint:
-        log.warning("round 1: params or inputs changed, clearing %s", folder)
+    if folder.is_dir() and (not p.resume or not run_file.is_file()
+                            or json.loads(run_file.read_text()).get("fingerprint") != fingerprint):
+        log.warning("round 1: %s, clearing %s", "train.resume is false" if not p.resume else
+                    "params or inputs changed", folder)
         shutil.rmtree(folder)
     folder.mkdir(parents=True, exist_ok=True)
     if not run_file.is_file():
