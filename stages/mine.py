@@ -5,7 +5,7 @@ train.seed), negatives from the ontology (siblings/cousins) and/or the base mode
 corpus texts, behind the false-negative guard (hpo_embed/negatives, docs/negatives.md).
 Writes data/negatives/negatives.parquet, metrics/mine.json (headline) and
 reports/mine.json (every count). When train.negatives is not ``mined`` it writes a stub in
-a second (nothing to mine), so the default pipeline pays nothing for it.
+seconds (nothing to mine), so the default pipeline pays almost nothing for it.
 """
 from __future__ import annotations
 
