@@ -82,6 +82,7 @@ def test_guard_end_to_end_never_yields_a_text_of_the_anchors_concept():
     # per anchor: 2 own texts (Seizure, Fits), Krampfanfall and 'seizure' identical to A's texts
     assert rep["guard_removed"] == {"same_concept": 4, "same_text": 4, "family": 0}
     assert rep["by_source"] == {"model": 4, "fill": 0}
+    assert rep["encoded_texts"] == 6     # anchors and positives are corpus texts: encoded once
 
 
 # --------------------------------------------------------------------------- ranges and margins

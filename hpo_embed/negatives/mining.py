@@ -278,16 +278,21 @@ def mine(rows: pd.DataFrame, corpus: Corpus, texts: dict[str, set[str]], ontolog
         raise ValueError("mining with these params needs a model")
     timing = {"guard_s": round(time.time() - t0, 2), "encode_s": 0.0, "search_s": 0.0}
     a_emb = pos = None
+    n_encoded = 0
     if need_model:
         t = time.time()
+        corpus_emb_given = corpus_emb is not None
         if corpus_emb is None:
             corpus_emb = embed(model, corpus.texts, p.batch_size, progress)
-        a_emb = embed(model, anchors, p.batch_size, progress)
+        # anchors and positives that are corpus texts (term_syn anchors, xl_term positives are
+        # English labels) reuse the corpus embedding; the rest is encoded once, deduplicated
         text_row = {tx: i for i, tx in enumerate(corpus.texts)}
-        missing = sorted({q for q in positives if q not in text_row})
+        missing = sorted({x for x in anchors + positives if x not in text_row})
         extra = embed(model, missing, p.batch_size, progress) if missing else np.zeros((0, corpus_emb.shape[1]), np.float32)
+        a_emb = _lookup(anchors, text_row, corpus_emb, missing, extra)
         q_emb = _lookup(positives, text_row, corpus_emb, missing, extra)
         pos = np.einsum("ij,ij->i", a_emb, q_emb)
+        n_encoded = len(missing) + (len(corpus) if corpus_emb_given is False else 0)
         timing["encode_s"] = round(time.time() - t, 2)
     t = time.time()
     per_source: dict[str, tuple[list[np.ndarray], list[np.ndarray]]] = {}
@@ -331,7 +336,7 @@ def mine(rows: pd.DataFrame, corpus: Corpus, texts: dict[str, set[str]], ontolog
     df["round"] = round_no
     n_neg = len(anchors) * p.num_negatives
     report = {
-        "round": round_no, "anchors": len(anchors), "corpus_texts": len(corpus),
+        "round": round_no, "anchors": len(anchors), "corpus_texts": len(corpus), "encoded_texts": n_encoded,
         "negatives_per_anchor": p.num_negatives, "negatives": n_neg,
         "by_source": {s: used.get(s, 0) for s in p.sources} | {"fill": filled},
         "guard_removed": {r: sum(c.get(f"guard_{r}", 0) for c in counts.values()) for r in GUARD_REASONS},
