@@ -206,7 +206,7 @@ def round_one(negs: pd.DataFrame, hn: MineParams, p, fingerprint: str, folder: P
         write_json(done, {k: v for k, v in info.items() if k.startswith("round1_")})
         shutil.rmtree(ckpt, ignore_errors=True)
         del trainer, model
-    r1_model = SentenceTransformer(str(model_dir), device="cpu")
+    r1_model = SentenceTransformer(str(model_dir))
     mined_file = folder / "negatives_round2.parquet"
     part = negs.iloc[r2_rows].reset_index(drop=True)
     if mined_file.is_file():
