@@ -90,10 +90,12 @@ def test_guard_end_to_end_never_yields_a_text_of_the_anchors_concept():
 @pytest.mark.parametrize("kw, expected, margin_removed", [
     ({"range_min": 0, "range_max": 6}, [0, 1, 2, 3, 4, 5], 0),
     ({"range_min": 1, "range_max": 4}, [1, 2, 3], 0),
-    ({"range_min": 0, "range_max": 6, "relative_margin": 0.05}, [2, 3, 4, 5], 2),   # > 0.836 dropped
-    ({"range_min": 0, "range_max": 6, "absolute_margin": 0.1}, [3, 4, 5], 3),       # > 0.78 dropped
-    ({"range_min": 1, "range_max": 4, "relative_margin": 0.05}, [2, 3], 1),
-    ({"range_min": 0, "range_max": 3, "relative_margin": 0.05, "absolute_margin": 0.1}, [], 3),
+    # the margin masks before the top-k (TopK-PercPos): the top-k *below* 0.95 x 0.88 = 0.836
+    ({"range_min": 0, "range_max": 6, "relative_margin": 0.05}, [2, 3, 4, 5], 2),
+    ({"range_min": 0, "range_max": 6, "absolute_margin": 0.1}, [3, 4, 5], 3),       # > 0.78 masked
+    ({"range_min": 1, "range_max": 4, "relative_margin": 0.05}, [3, 4, 5], 2),     # window over survivors
+    ({"range_min": 0, "range_max": 2, "relative_margin": 0.05}, [2, 3], 2),
+    ({"range_min": 0, "range_max": 3, "relative_margin": 0.05, "absolute_margin": 0.1}, [3, 4, 5], 3),
 ])
 def test_rank_range_and_margins_on_a_hand_made_matrix(kw, expected, margin_removed):
     # columns in a shuffled order so that the result is by score, not by position

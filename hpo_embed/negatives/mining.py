@@ -123,12 +123,13 @@ def model_candidates(scores, pos_scores: np.ndarray, guards: list[dict[str, np.n
     """Exact search over an anchors x corpus score source.
 
     ``scores`` is an (A, N) array/tensor, or a callable ``(start, stop) -> (stop-start, N)
-    tensor`` computing a block. Guarded entries are masked before the top-``range_max``;
-    the first ``range_min`` survivors are skipped; the margins then drop likely false
-    negatives. Returns per anchor the candidate indices (best first) and their scores, and
-    counts: ``guard_<reason>`` = guarded texts that would have been among the top
-    ``range_max`` (score >= the range_max-th survivor), ``margin`` = candidates in the rank
-    range dropped by a margin."""
+    tensor`` computing a block. Guarded entries and entries above the margin threshold
+    (likely false negatives; NV-Retriever's TopK-PercPos: the top-k *below* the threshold)
+    are masked before the top-``range_max``; the first ``range_min`` survivors are then
+    skipped. Returns per anchor the candidate indices (best first) and their scores, and
+    counts: ``guard_<reason>`` and ``margin`` = masked texts that would otherwise have been
+    among the top ``range_max`` (score >= the range_max-th survivor's; a guarded text above
+    the margin counts as guarded)."""
     import torch
 
     get = scores if callable(scores) else (lambda a, b: torch.as_tensor(np.asarray(scores[a:b]), dtype=torch.float32))
@@ -138,28 +139,35 @@ def model_candidates(scores, pos_scores: np.ndarray, guards: list[dict[str, np.n
     cand_sc: list[np.ndarray] = []
     for start in range(0, n_anchor, block):
         stop = min(start + block, n_anchor)
-        s = get(start, stop).clone()
-        raw = s.clone()
+        raw = get(start, stop).to(torch.float32)
+        s = raw.clone()
+        guarded = torch.zeros_like(s, dtype=torch.bool)
         for j, g in enumerate(guards[start:stop]):
             for r in GUARD_REASONS:
                 if len(g[r]):
-                    s[j, torch.as_tensor(g[r])] = float("-inf")
+                    guarded[j, torch.as_tensor(g[r])] = True
+        thr = torch.full((stop - start, 1), float("inf"))
+        pos = torch.as_tensor(np.asarray(pos_scores[start:stop], dtype=np.float32)).unsqueeze(1)
+        if p.relative_margin is not None:
+            thr = torch.minimum(thr, (1.0 - p.relative_margin) * pos)
+        if p.absolute_margin is not None:
+            thr = torch.minimum(thr, pos - p.absolute_margin)
+        over = (s > thr) & ~guarded
+        s[guarded | over] = float("-inf")
         k = min(p.range_max, s.shape[1])
         val, idx = torch.topk(s, k, dim=1)
         val, idx = val.numpy(), idx.numpy()
-        raw_np = raw.numpy()
+        raw_np, over_np = raw.numpy(), over.numpy()
         for j in range(stop - start):
             g = guards[start + j]
             finite = np.isfinite(val[j])
-            thr = val[j][finite][-1] if finite.any() and finite.sum() == k else -np.inf
+            kth = val[j][finite][-1] if finite.sum() == k else -np.inf
             for r in GUARD_REASONS:
                 if len(g[r]):
-                    counts[f"guard_{r}"] += int((raw_np[j, g[r]] >= thr).sum())
-            v, i = val[j][finite][p.range_min:], idx[j][finite][p.range_min:]
-            ok = margin_ok(v, float(pos_scores[start + j]), p.relative_margin, p.absolute_margin)
-            counts["margin"] += int((~ok).sum())
-            cand_idx.append(i[ok])
-            cand_sc.append(v[ok])
+                    counts[f"guard_{r}"] += int((raw_np[j, g[r]] >= kth).sum())
+            counts["margin"] += int((raw_np[j, over_np[j]] >= kth).sum())
+            cand_idx.append(idx[j][finite][p.range_min:])
+            cand_sc.append(val[j][finite][p.range_min:])
     return cand_idx, cand_sc, counts
 
 

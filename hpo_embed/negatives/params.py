@@ -49,8 +49,8 @@ class MiningParams(_Section):
                            "(default): for HPO they are partly right answers, so every source skips them")
     corpus_format: Literal["label", "label_synonyms"] = Field(
         "label", description="mining corpus: English labels of train-split concepts (+ EXACT synonyms, one text each)")
-    range_min: int = Field(0, ge=0, description="model source: skip the range_min most similar (guarded) candidates")
-    range_max: int = Field(50, ge=1, le=1000, description="model source: consider only the range_max most similar")
+    range_min: int = Field(0, ge=0, description="model source: skip the range_min most similar candidates left after guard and margins")
+    range_max: int = Field(50, ge=1, le=1000, description="model source: consider only the range_max most similar left after guard and margins")
     relative_margin: float | None = Field(
         0.05, ge=0.0, lt=1.0, description="drop candidates scoring above (1 - margin) x the positive's score "
                                           "(NV-Retriever TopK-PercPos; 0.05 = 95%); null = off")
