@@ -34,6 +34,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--out", type=Path, required=True, help="output folder (negatives.parquet)")
     ap.add_argument("--metrics", type=Path, required=True)
     ap.add_argument("--report", type=Path, required=True)
+    ap.add_argument("--cache", type=Path, default=None,
+                    help="embedding cache folder (not a DVC output; keyed by model files + texts)")
     return ap.parse_args(argv)
 
 
@@ -44,6 +46,19 @@ def headline(report: dict) -> dict:
     return {"negatives_per_anchor": report["negatives_per_anchor"],
             "from_ontology": report["by_source"].get("ontology", 0), "from_model": report["by_source"].get("model", 0),
             "guard_removed": sum(report["guard_removed"].values()), "mining_s": report["seconds"]["total_s"]}
+
+
+def model_key(folder: Path, max_seq_length: int) -> str:
+    """Identity of the encoder for the embedding cache: every file's bytes (weights, config,
+    prompts, tokenizer) and the token limit."""
+    import hashlib
+    h = hashlib.sha256(str(max_seq_length).encode())
+    for f in sorted(p for p in folder.rglob("*") if p.is_file()):
+        h.update(str(f.relative_to(folder)).encode())
+        with f.open("rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+    return h.hexdigest()
 
 
 def publish(out: Path, df: pd.DataFrame) -> None:
@@ -90,7 +105,7 @@ def run(params, a: argparse.Namespace) -> dict:
             model = SentenceTransformer(str(a.model))
             model.max_seq_length = p.max_seq_length
         df, report = mine(rows[["anchor", "positive", "hpo_id"]], corpus, texts, onto, m.mining(), model=model,
-                          progress=True)
+                          progress=True, cache=a.cache, model_key=model_key(a.model, p.max_seq_length) if a.cache else None)
         publish(a.out, df)
         report |= {"rows_available": available, "params": m.mining().model_dump(),
                    "examples": df.head(20)[["anchor", "positive", "negative_1", "negative_1_source"]]

@@ -319,3 +319,22 @@ def test_anchors_without_candidates_are_filled_with_easy_negatives_and_counted()
     assert rep["per_source_counts"]["ontology"]["no_relative"] == 12
     assert (df["negative_1"] != df["negative_2"]).all() and (df["negative_1_id"] != df["hpo_id"]).all()
     assert set(df["negative_1_source"]) == {"fill"}
+
+
+def test_embedding_cache_hits_only_for_the_same_model_and_texts(tmp_path):
+    from hpo_embed.negatives.mining import embed_cached
+    calls = []
+
+    class Counting(FakeModel):
+        def encode(self, texts, **kw):
+            calls.append(len(texts))
+            return super().encode(texts, **kw)
+
+    m = Counting({"a": [1.0, 0.0], "b": [0.0, 1.0]})
+    e1 = embed_cached(m, ["a", "b"], 8, tmp_path, "model-1")
+    e2 = embed_cached(m, ["a", "b"], 8, tmp_path, "model-1")
+    assert calls == [2] and np.array_equal(e1, e2)
+    embed_cached(m, ["a", "b"], 8, tmp_path, "model-2")      # other weights
+    embed_cached(m, ["b", "a"], 8, tmp_path, "model-1")      # other texts
+    embed_cached(m, ["a", "b"], 8, None, "model-1")          # no cache
+    assert calls == [2, 2, 2, 2] and len(list(tmp_path.glob("*.npy"))) == 3

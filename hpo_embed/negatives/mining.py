@@ -13,6 +13,7 @@ import logging
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -268,9 +269,33 @@ def embed(model, texts: list[str], batch_size: int, progress: bool = False) -> n
                                    convert_to_numpy=True, show_progress_bar=progress), dtype=np.float32)
 
 
+def embed_cached(model, texts: list[str], batch_size: int, cache: Path | None, model_key: str | None,
+                 progress: bool = False) -> np.ndarray:
+    """``embed`` with an on-disk cache ``cache/<sha256(model_key, texts)>.npy`` (no cache
+    when ``cache`` or ``model_key`` is None). The key must identify the weights, the prompt
+    and the token limit; a stale file cannot be hit because the texts are in the key."""
+    if cache is None or model_key is None:
+        return embed(model, texts, batch_size, progress)
+    import hashlib
+    import io
+
+    from stages.common import atomic_write_bytes
+    h = hashlib.sha256(model_key.encode())
+    for t in texts:
+        h.update(t.encode() + b"\0")
+    f = Path(cache) / f"{h.hexdigest()[:32]}.npy"
+    if f.is_file():
+        return np.load(f)
+    emb = embed(model, texts, batch_size, progress)
+    buf = io.BytesIO()
+    np.save(buf, emb)
+    atomic_write_bytes(f, buf.getvalue())
+    return emb
+
+
 def mine(rows: pd.DataFrame, corpus: Corpus, texts: dict[str, set[str]], ontology: Ontology | None,
          p: MiningParams, model=None, corpus_emb: np.ndarray | None = None, round_no: int = 1,
-         progress: bool = False) -> tuple[pd.DataFrame, dict]:
+         progress: bool = False, cache: Path | None = None, model_key: str | None = None) -> tuple[pd.DataFrame, dict]:
     """Hard (``negative_k``) and easy (``easy_k``) negatives for every row of ``rows``
     (columns anchor, positive, hpo_id), in row order, with ``negative_k_id``,
     ``negative_k_source`` (ontology | model | fill) and ``negative_k_score`` (NaN when
@@ -291,12 +316,13 @@ def mine(rows: pd.DataFrame, corpus: Corpus, texts: dict[str, set[str]], ontolog
         t = time.time()
         corpus_emb_given = corpus_emb is not None
         if corpus_emb is None:
-            corpus_emb = embed(model, corpus.texts, p.batch_size, progress)
+            corpus_emb = embed_cached(model, corpus.texts, p.batch_size, cache, model_key, progress)
         # anchors and positives that are corpus texts (term_syn anchors, xl_term positives are
         # English labels) reuse the corpus embedding; the rest is encoded once, deduplicated
         text_row = {tx: i for i, tx in enumerate(corpus.texts)}
         missing = sorted({x for x in anchors + positives if x not in text_row})
-        extra = embed(model, missing, p.batch_size, progress) if missing else np.zeros((0, corpus_emb.shape[1]), np.float32)
+        extra = embed_cached(model, missing, p.batch_size, cache, model_key, progress) if missing \
+            else np.zeros((0, corpus_emb.shape[1]), np.float32)
         a_emb = _lookup(anchors, text_row, corpus_emb, missing, extra)
         q_emb = _lookup(positives, text_row, corpus_emb, missing, extra)
         pos = np.einsum("ij,ij->i", a_emb, q_emb)
