@@ -26,7 +26,8 @@ def sh(cmd: list[str], cwd: Path) -> str:
 
 @pytest.mark.skipif(not DVC.exists(), reason="dvc not installed in this environment")
 def test_exp_run_set_param_lr_as_typed(tmp_path):
-    shutil.copytree(REPO / "stages", tmp_path / "stages", ignore=shutil.ignore_patterns("__pycache__"))
+    for pkg in ("stages", "hpo_embed"):   # stages.params validates the mine: section with hpo_embed.negatives
+        shutil.copytree(REPO / pkg, tmp_path / pkg, ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(REPO / "params.yaml", tmp_path / "params.yaml")
     (tmp_path / "dvc.yaml").write_text(yaml.safe_dump({"stages": {"show_lr": {
         "cmd": "python -c \"from stages.params import load_params; print(repr(load_params().lr))\" > lr.txt",
