@@ -14,10 +14,10 @@ import sys
 import types
 import typing
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_core import PydanticUndefined
 
 from hpo_embed.common import ROOT, UserError
@@ -173,8 +173,9 @@ class TrainParams(Section):
     guide_model: str | None = spec(None, doc="gist: the guide model ('pkg:...', folder or hub id)")
     matryoshka_dims: list[Int] = spec(default_factory=list, doc="wrap the loss in MatryoshkaLoss with these dims; [] = off")
     margin: Float | None = spec(None, min=0, doc="contrastive/online_contrastive/triplet margin; null = library default")
-    negatives: str = spec("auto", choices=("auto", "none", "random", "sibling"),
-                          doc="negative sampler: auto = none for in-batch losses, random otherwise")
+    negatives: str = spec("auto", choices=("auto", "none", "random", "sibling", "mined"),
+                          doc="negative sampler: auto = none for in-batch losses, random otherwise; "
+                              "mined = data/negatives from the mine stage (mine: section)")
     pair_types: list[str] = spec(default_factory=lambda: ["term_syn", "xl_term"], choices=PAIR_TYPES,
                                  doc="pair types trained on (the pairs stage makes them all); "
                                      "the embedded default keeps the short label/synonym pairs")
@@ -289,6 +290,98 @@ class BenchmarkParams(Section):
                                       "cases fit in 64); null = each model's own")
 
 
+# --------------------------------------------------------------------------- mine (issue 15)
+# Hard-negative mining (stages/mine.py, hpo_embed/negatives; docs/negatives.md).
+
+
+def _yaml_scalars(data):
+    """``dvc exp run -S mine.x=...`` writes strings: 'null' -> None, 'a,b' -> [a, b] for lists."""
+    if not isinstance(data, dict):
+        return data
+    out = {}
+    for k, v in data.items():
+        if isinstance(v, str) and v.strip().lower() in ("null", "none", "~"):
+            v = None
+        elif isinstance(v, str) and k in ("sources", "ontology_relations"):
+            v = [x.strip() for x in v.strip().strip("[]").split(",") if x.strip()]
+        out[k] = v
+    return out
+
+
+class _MineSection(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_cli_strings(cls, data):
+        return _yaml_scalars(data)
+
+
+class MiningParams(_MineSection):
+
+    sources: list[Literal["ontology", "model"]] = Field(
+        default_factory=lambda: ["ontology", "model"],
+        description="where hard negatives come from: ontology relatives (mine.ontology_relations) and/or "
+                    "the nearest corpus texts under the base model; with both, anchors alternate sources")
+    ontology_relations: list[Literal["siblings", "cousins"]] = Field(
+        default_factory=lambda: ["siblings", "cousins"],
+        description="ontology candidates: siblings (share a parent), cousins (share a grandparent)")
+    ontology_family: bool = Field(
+        False, description="parents/children (and all ancestors/descendants) may be negatives; false "
+                           "(default): for HPO they are partly right answers, so every source skips them")
+    corpus_format: Literal["label", "label_synonyms"] = Field(
+        "label", description="mining corpus: English labels of train-split concepts (+ EXACT synonyms, one text each)")
+    range_min: int = Field(0, ge=0, description="model source: skip the range_min most similar candidates left after guard and margins")
+    range_max: int = Field(50, ge=1, le=1000, description="model source: consider only the range_max most similar left after guard and margins")
+    relative_margin: float | None = Field(
+        0.05, ge=0.0, lt=1.0, description="drop candidates scoring above (1 - margin) x the positive's score "
+                                          "(NV-Retriever TopK-PercPos; 0.05 = 95%); null = off")
+    absolute_margin: float | None = Field(
+        None, ge=0.0, description="drop candidates scoring above the positive's score - margin; null = off")
+    num_negatives: int = Field(1, ge=1, le=16, description="hard negatives per anchor (negative_1..n columns)")
+    sampling: Literal["top", "random"] = Field(
+        "top", description="top = the most similar surviving candidates; random = uniformly among them")
+    seed: int = Field(42, ge=0, description="seed of random sampling, easy negatives and source alternation")
+    batch_size: int = Field(64, ge=1, description="encoding batch size")
+    rounds: Literal[1, 2] = Field(
+        1, description="2 = iterative: train half the rows, mine again with that model, train the rest (train stage)")
+
+    @field_validator("sources", "ontology_relations")
+    @classmethod
+    def _unique(cls, v: list) -> list:
+        dup = [x for i, x in enumerate(v) if x in v[:i]]
+        if dup:
+            raise ValueError(f"{dup[0]!r} is listed twice")
+        return v
+
+    @model_validator(mode="after")
+    def _range(self) -> "MiningParams":
+        if self.range_min >= self.range_max:
+            raise ValueError(f"range_min ({self.range_min}) must be < range_max ({self.range_max})")
+        if "ontology" in self.sources and not self.ontology_relations and not self.ontology_family:
+            raise ValueError("sources has ontology but ontology_relations is empty and ontology_family false")
+        return self
+
+
+class HardNegativeTrainParams(_MineSection):
+
+    easy_fraction: float = Field(
+        0.0, ge=0.0, le=1.0, description="share of rows whose negatives are easy (random other concept) "
+                                         "instead of hard, against forgetting; 0.34 ~ 2 hard : 1 easy")
+    hardness_mode: Literal["in_batch_negatives", "hard_negatives", "all_negatives"] | None = Field(
+        None, description="mnrl / cached_mnrl hardness weighting (sentence-transformers); null = off")
+    hardness_strength: float = Field(0.0, ge=0.0, description="alpha of the hardness weighting (5-9 in the papers)")
+    triplet_distance: Literal["cosine", "euclidean"] = Field(
+        "cosine", description="triplet loss distance; the margin is train.margin (null = 0.1 for cosine)")
+
+
+class MineParams(MiningParams, HardNegativeTrainParams):
+    """The whole ``mine:`` section."""
+
+    def mining(self) -> MiningParams:
+        return MiningParams(**{k: getattr(self, k) for k in MiningParams.model_fields})
+
+
 SECTIONS: dict[str, type[Section]] = {
     "hpo": HpoParams,
     "translate": TranslateParams,
@@ -296,6 +389,7 @@ SECTIONS: dict[str, type[Section]] = {
     "train": TrainParams,
     "quantize": QuantizeParams,
     "benchmark": BenchmarkParams,
+    "mine": MineParams,   # type: ignore[dict-item]  (issue 15)
 }
 
 
@@ -311,6 +405,7 @@ class Params(BaseModel):
     train: TrainParams = Field(default_factory=TrainParams)
     quantize: QuantizeParams = Field(default_factory=QuantizeParams)
     benchmark: BenchmarkParams = Field(default_factory=BenchmarkParams)
+    mine: MineParams = Field(default_factory=MineParams)
 
     @model_validator(mode="before")
     @classmethod

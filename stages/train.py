@@ -16,6 +16,7 @@ HELP = {
     "pairs": "the pairs stage's folder (train/queries/concepts.parquet)",
     "terms": "the parse_hpo stage's terms.parquet",
     "edges": "the parse_hpo stage's edges.parquet",
+    "negatives": "the mine stage's folder (negatives.parquet; used when train.negatives is mined)",
     "hpo-metrics": "the parse_hpo stage's metrics (data_version)",
     "base": "the base_model stage's model folder",
     "out": "the fine-tuned model folder",

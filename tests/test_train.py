@@ -100,7 +100,7 @@ def cli(tmp: Path, inputs: dict[str, Path], params: Path) -> list[str]:
     return [sys.executable, "-m", "stages.train", "--params", str(params), "--base", base,
             "--pairs", str(inputs["pairs"]),
             "--terms", str(inputs["terms"]), "--edges", str(inputs["edges"]),
-            "--hpo-metrics", str(inputs["hpo_metrics"]), "--out", str(tmp / "finetuned"),
+            "--negatives", str(tmp / "negatives"), "--hpo-metrics", str(inputs["hpo_metrics"]), "--out", str(tmp / "finetuned"),
             "--checkpoints", str(tmp / "checkpoints"), "--metrics", str(tmp / "train.json"),
             "--live", str(tmp / "dvclive"), "--report", str(tmp / "train.report.json")]
 

@@ -40,6 +40,7 @@ class TrainPaths:
     pairs: Path          # folder with train/queries/concepts.parquet
     terms: Path          # terms.parquet
     edges: Path          # edges.parquet
+    negatives: Path      # the mine stage's folder (train.negatives: mined)
     hpo_metrics: Path    # the parse_hpo stage's metrics (data_version)
     base: Path           # the base_model stage's model folder
     out: Path            # the fine-tuned model folder
@@ -64,7 +65,10 @@ def fingerprint(params, files: list[Path]) -> str:
     Checkpoints of another fingerprint are not resumed."""
     train = {k: v for k, v in params.train.model_dump().items()
              if k not in ("resume", "logging_steps", "save_total_limit")}
-    h = hashlib.sha256(json.dumps({"lr": params.lr, "train": train}, sort_keys=True).encode())
+    ident = {"lr": params.lr, "train": train}
+    if params.train.negatives == "mined":   # mine.* (rounds, easy mix, hardness) shape the run
+        ident["mine"] = params.mine.model_dump()
+    h = hashlib.sha256(json.dumps(ident, sort_keys=True).encode())
     for f in files:
         h.update(f.name.encode())
         h.update(hashlib.sha256(f.read_bytes()).digest() if f.is_file() else b"-")
@@ -265,19 +269,11 @@ def run(params, a: TrainPaths) -> dict | None:  # noqa: C901 - one linear recipe
     if p.save_steps % p.eval_steps:
         raise UserError(f"params.yaml: train.save_steps: {p.save_steps} must be a multiple of "
                         f"train.eval_steps ({p.eval_steps}) to keep the best checkpoint")
-    train_df = read_table(a.pairs / "train.parquet", "pairs")
+    all_pairs = read_table(a.pairs / "train.parquet", "pairs")
     queries = read_table(a.pairs / "queries.parquet", "queries")
-    if train_df.empty:
-        raise UserError(f"{a.pairs / 'train.parquet'}: no training pairs")
-    if "pair_type" in train_df.columns:
-        train_df = train_df[train_df["pair_type"].isin(p.pair_types)]
-        if train_df.empty:
-            raise UserError(f"params.yaml: train.pair_types: no training pairs of type(s) "
-                            f"{', '.join(p.pair_types)} in {a.pairs / 'train.parquet'}")
-    pairs_available = len(train_df)
-    if p.max_train_pairs and len(train_df) > p.max_train_pairs:
-        train_df = train_df.sample(n=p.max_train_pairs, random_state=p.seed)
-    train_df = train_df.reset_index(drop=True)
+    from hpo_embed.negatives.anchors import select_training_rows   # shared with the mine stage
+    train_df, pairs_available = select_training_rows(all_pairs, p.pair_types, p.max_train_pairs, p.seed,
+                                                     a.pairs / "train.parquet")
     langs = sorted(set(train_df.get("lang_anchor", pd.Series(dtype=str)).dropna())
                    | set(train_df.get("lang_positive", pd.Series(dtype=str)).dropna()))
 
@@ -302,7 +298,8 @@ def run(params, a: TrainPaths) -> dict | None:  # noqa: C901 - one linear recipe
     base_info_file = a.base / "base_model.json"   # written by the base_model stage (weights checksum, prompt)
     base_id = base_info_file if base_info_file.is_file() else a.base / "config_sentence_transformers.json"
     fp = fingerprint(params, [a.pairs / "train.parquet", a.pairs / "queries.parquet", a.terms, base_id]
-                     + ([a.edges] if negatives_for(p) == "sibling" else []))
+                     + ([a.edges] if negatives_for(p) == "sibling" else [])
+                     + ([a.negatives / "negatives.parquet"] if negatives_for(p) == "mined" else []))
     run_file = ckpt / "run.json"
     if rank == 0:
         prev = json.loads(run_file.read_text()) if run_file.is_file() else {}
@@ -323,27 +320,53 @@ def run(params, a: TrainPaths) -> dict | None:  # noqa: C901 - one linear recipe
     if p.freeze_embeddings:
         frozen = freeze_word_embeddings(model)
         log.info("word embeddings frozen (%s parameters)", f"{frozen:,}")
-    siblings = load_siblings(a.edges) if negatives_for(p) == "sibling" else None
-    dataset, keys, ex_info = build_examples(train_df, p, siblings)
-    loss = build_loss(model, p)
+
+    def training_args(out: str, keys, evaluate: bool = True):
+        return SentenceTransformerTrainingArguments(
+            output_dir=out, num_train_epochs=p.epochs, per_device_train_batch_size=p.batch_size,
+            per_device_eval_batch_size=p.batch_size, learning_rate=params.lr, warmup_ratio=p.warmup_ratio,
+            weight_decay=p.weight_decay, seed=p.seed, fp16=precision == "fp16", bf16=precision == "bf16",
+            batch_sampler=concept_batch_sampler(keys), eval_strategy="steps" if evaluate else "no",
+            eval_steps=p.eval_steps, save_strategy="steps", save_steps=p.save_steps,
+            save_total_limit=p.save_total_limit, load_best_model_at_end=evaluate,
+            metric_for_best_model=BEST_METRIC if evaluate else None, greater_is_better=True,
+            logging_steps=p.logging_steps, logging_first_step=True, report_to="none", prompts=prompt,
+            dataloader_drop_last=False,
+            # CPU (also under torchrun/accelerate launch: DDP over gloo); GPUs: nccl, chosen by accelerate
+            use_cpu=device == "cpu", gradient_checkpointing=p.gradient_checkpointing,
+            ddp_backend="gloo" if device == "cpu" and int(os.environ.get("WORLD_SIZE", "1")) > 1 else None,
+        )
+
+    round1_state = None
+    if negatives_for(p) == "mined":   # data/negatives (+ mine.rounds: 2 round 1, resumable)
+        from hpo_embed.negatives import training as hn
+        train_df = hn.load_negatives(a.negatives, train_df)
+        if params.mine.rounds == 2:
+            def fresh():
+                m = load_model(str(a.base), "train.base_model")
+                m.max_seq_length = p.max_seq_length
+                if p.freeze_embeddings:
+                    freeze_word_embeddings(m)
+                return m
+            train_df, round1_state, round_info = hn.round_one(
+                train_df, params.mine, p, fp, ckpt / "round1", fresh, lambda out, k: training_args(out, k, False),
+                lambda: hn.mining_inputs(read_table(a.terms, "terms"), read_table(a.edges, "edges"),
+                                         read_table(a.pairs / "concepts.parquet", "concepts"), all_pairs,
+                                         params.mine.corpus_format))
+        dataset, keys, ex_info = hn.build_examples(train_df, p, params.mine)
+        loss = hn.build_loss(model, p, params.mine)
+        if params.mine.rounds == 2:
+            ex_info["iterative"] = round_info
+    else:
+        siblings = load_siblings(a.edges) if negatives_for(p) == "sibling" else None
+        dataset, keys, ex_info = build_examples(train_df, p, siblings)
+        loss = build_loss(model, p)
     set_precision(loss, precision)  # cached_mnrl: its gradient pass in the training precision too
 
     evaluator = dev_evaluator(q, corpus, rel, max(32, p.batch_size), rank == 0)
     TimedIR = type(evaluator)
 
-    args = SentenceTransformerTrainingArguments(
-        output_dir=str(ckpt), num_train_epochs=p.epochs, per_device_train_batch_size=p.batch_size,
-        per_device_eval_batch_size=p.batch_size, learning_rate=params.lr, warmup_ratio=p.warmup_ratio,
-        weight_decay=p.weight_decay, seed=p.seed, fp16=precision == "fp16", bf16=precision == "bf16",
-        batch_sampler=concept_batch_sampler(keys), eval_strategy="steps", eval_steps=p.eval_steps,
-        save_strategy="steps", save_steps=p.save_steps, save_total_limit=p.save_total_limit,
-        load_best_model_at_end=True, metric_for_best_model=BEST_METRIC, greater_is_better=True,
-        logging_steps=p.logging_steps, logging_first_step=True, report_to="none", prompts=prompt,
-        dataloader_drop_last=False,
-        # CPU (also under torchrun/accelerate launch: DDP over gloo); GPUs: nccl, chosen by accelerate
-        use_cpu=device == "cpu", gradient_checkpointing=p.gradient_checkpointing,
-        ddp_backend="gloo" if device == "cpu" and int(os.environ.get("WORLD_SIZE", "1")) > 1 else None,
-    )
+    args = training_args(str(ckpt), keys)
     rank0 = args.process_index == 0
     world = args.world_size
 
@@ -369,6 +392,8 @@ def run(params, a: TrainPaths) -> dict | None:  # noqa: C901 - one linear recipe
             write_json(baseline_file, {"fingerprint": fp, "metrics": baseline})
         log.info("baseline dev: %s", baseline)
     barrier()
+    if round1_state is not None:   # mine.rounds: 2: the baseline is the base model; round 2 starts from round 1
+        model.load_state_dict(round1_state)
 
     live = None
     if rank0:
