@@ -189,27 +189,30 @@ def headline(report: dict) -> dict:
             "pairs_per_s": report["pairs_per_s"]}
 
 
-def write_model(model, out: Path, card: str) -> None:
+def write_model(model, out: Path, card: str, langs: list[str], licence: str | None) -> None:
     """Save into a temporary folder beside ``out`` and publish it, so ``out`` is never
-    half-written."""
+    half-written. The model card is sentence-transformers' own (the trainer's record of
+    datasets, loss, hyperparameters and evaluation, generated offline) followed by ours."""
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
-    model.save(str(tmp), create_model_card=False)
-    (tmp / "README.md").write_text(card, encoding="utf-8")
+    data = model.model_card_data
+    data.language = langs or data.language
+    data.license = licence.lower() if isinstance(licence, str) else data.license
+    data.model_name = "hpo-embed: HPO-specialised multilingual sentence embeddings"
+    data.local_files_only = True   # offline: no hub lookups while the card is written
+    data.add_tags(["hpo", "human-phenotype-ontology"])
+    model.save(str(tmp), create_model_card=True)
+    generated = (tmp / "README.md").read_text(encoding="utf-8") if (tmp / "README.md").is_file() else ""
+    (tmp / "README.md").write_text(generated.rstrip() + "\n\n" + card, encoding="utf-8")
     publish_dir(tmp, out)
 
 
 def model_card(p, lr: float, data_version: str, langs: list[str], info: dict, base: dict | None = None) -> str:
-    from huggingface_hub import ModelCard, ModelCardData
-    hub_base = p.base_model if "/" in p.base_model and not p.base_model.startswith(("pkg:", ".", "/")) else None
-    licence = (base or {}).get("licence")
-    data = ModelCardData(language=langs or None, library_name="sentence-transformers", base_model=hub_base,
-                         license=licence.lower() if isinstance(licence, str) else None,
-                         pipeline_tag="sentence-similarity",
-                         tags=["sentence-transformers", "sentence-similarity", "hpo", "human-phenotype-ontology"])
+    """Our additions to sentence-transformers' card: base model and its faithfulness,
+    prompt, HPO release, languages and sources, dev retrieval before/after, parameters."""
     rows = "\n".join(f"| {k} | {info['baseline'][k]:.4f} | {info['best'][k]:.4f} |" for k in CUTS)
     params = "\n".join(f"- `{k}`: {v}" for k, v in {"lr": lr, **p.model_dump()}.items())
-    body = f"""# hpo-embed fine-tuned model
+    body = f"""# hpo-embed
 
 Sentence-embedding model for Human Phenotype Ontology (HPO) concepts, fine-tuned by the
 hpo-embed `train` stage.
@@ -245,7 +248,7 @@ from sentence_transformers import SentenceTransformer
 model = SentenceTransformer("models/finetuned")
 ```
 """
-    return str(ModelCard(f"---\n{data.to_yaml()}\n---\n\n{body}"))
+    return body
 
 
 def _base_section(spec: str, base: dict) -> str:
@@ -473,7 +476,8 @@ def run(params, a: TrainPaths) -> dict | None:  # noqa: C901 - one linear recipe
     }
     base_info = json.loads(base_info_file.read_text()) if base_info_file.is_file() else {"source": str(a.base)}
     metrics["base_model_info"] = {k: base_info.get(k) for k in ("source", "revision", "prompt")}
-    write_model(trainer.model, a.out, model_card(p, params.lr, metrics["data_version"], langs, metrics, base_info))
+    write_model(trainer.model, a.out, model_card(p, params.lr, metrics["data_version"], langs, metrics, base_info),
+                langs, base_info.get("licence"))
     write_json(a.report, metrics)
     write_json(a.metrics, headline(metrics))
     log.info("dev MRR %.4f -> %.4f (best at step %d); %s", baseline["mrr"], best["mrr"],
