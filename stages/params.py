@@ -265,6 +265,13 @@ TOP_LEVEL = {
 }
 
 
+def _pydantic_sections() -> dict[str, Any]:
+    """Sections validated by a pydantic model of the hpo_embed package: ``{name: parse(raw,
+    error_type)}`` (one-line UserError naming the key, like the dataclass sections)."""
+    from hpo_embed.rerank.params import parse_section
+    return {"rerank": parse_section}
+
+
 @dataclass(frozen=True)
 class Params:
     lr: float
@@ -274,6 +281,7 @@ class Params:
     train: TrainParams
     quantize: QuantizeParams
     benchmark: BenchmarkParams
+    rerank: Any = None   # hpo_embed.rerank.params.RerankParams (pydantic)
 
 
 # --------------------------------------------------------------------------- casting
@@ -419,9 +427,10 @@ def parse_params(raw: Any, origin: str = "params.yaml") -> Params:
         raw = {}
     if not isinstance(raw, dict):
         raise UserError(f"{origin}: expected a mapping at the top level")
+    extra = _pydantic_sections()
     for k in raw:
-        if k not in SECTIONS and k not in TOP_LEVEL:
-            known = ", ".join(sorted([*SECTIONS, *TOP_LEVEL]))
+        if k not in SECTIONS and k not in TOP_LEVEL and k not in extra:
+            known = ", ".join(sorted([*SECTIONS, *TOP_LEVEL, *extra]))
             raise UserError(f"params.yaml: {k}: unknown parameter (known top-level keys: {known})")
     out: dict[str, Any] = {}
     for name, (tp, f) in TOP_LEVEL.items():
@@ -430,6 +439,8 @@ def parse_params(raw: Any, origin: str = "params.yaml") -> Params:
         out[name] = v
     for name, cls in SECTIONS.items():
         out[name] = _build(cls, raw.get(name), name)
+    for name, parse in extra.items():
+        out[name] = parse(raw.get(name), UserError)
     return Params(**out)
 
 
@@ -455,7 +466,9 @@ def load_params(path: Path | str | None = None) -> Params:
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     p = load_params(argv[0] if argv else None)
-    print(yaml.safe_dump(dataclasses.asdict(p), sort_keys=False, allow_unicode=True), end="")
+    d = dataclasses.asdict(p)
+    d["rerank"] = p.rerank.model_dump()
+    print(yaml.safe_dump(d, sort_keys=False, allow_unicode=True), end="")
 
 
 if __name__ == "__main__":

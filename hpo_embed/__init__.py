@@ -1,0 +1,1 @@
+"""hpo-embed library code: the pipeline's logic, imported by the thin stage scripts."""
