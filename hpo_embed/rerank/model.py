@@ -152,8 +152,7 @@ def train(model, examples: pd.DataFrame, dev_samples: list[dict], out_dir: Path,
     evaluator = CrossEncoderRerankingEvaluator(dev_samples, at_k=10, always_rerank_positives=False, name="dev",
                                                batch_size=eval_batch_size, write_csv=False)
     loss = BinaryCrossEntropyLoss(model, pos_weight=torch.tensor(float(pos_weight)))
-    best = f"eval_dev_{evaluator.primary_metric}" if not evaluator.primary_metric.startswith("dev_") \
-        else f"eval_{evaluator.primary_metric}"
+    best = "eval_dev_mrr@10"   # the evaluator's own primary metric is NDCG@10
 
     class LastEval(TrainerCallback):
         def on_step_end(self, args, state, control, **kw):
