@@ -220,3 +220,17 @@ def test_params_yaml_has_a_valid_rerank_section():
     assert p.rerank.k == 20 and p.rerank.target_precision == 0.9
     with pytest.raises(UserError, match=r"params.yaml: rerank.k: Input should be"):
         parse_params({"rerank": {"k": 0}})
+
+
+def test_onnx_int8_export_scores_like_pytorch(tiny_model_dir, tmp_path):
+    from hpo_embed.rerank import export as X
+    src = tmp_path / "ce"
+    M.load_cross_encoder(str(tiny_model_dir), max_length=32, seed=0).save(str(src))
+    out = X.export_int8(src, tmp_path / "onnx", "avx2")
+    assert (out / X.int8_file("avx2")).is_file() and not (out / "onnx" / "model.onnx").exists()
+    docs = {"A": "Tremor", "B": "Fever", "C": "Seizure", "D": "Headache"}
+    cands = pd.DataFrame([{"query": q, "cand_ids": list("ABCD")} for q in ("Fieber", "Krampfanfall", "Zittern")])
+    fp32 = M.score_candidates(M.load_cross_encoder(str(src), 32), cands, docs)
+    int8 = M.score_candidates(X.load_int8(out, "avx2", 1, 32), cands, docs)
+    agree = X.agreement(fp32, int8)
+    assert agree["pairs"] == 12 and agree["mean_abs_diff"] < 0.05

@@ -2,8 +2,9 @@
 quantization) and its agreement with the PyTorch model.
 
 ``export_int8(src, dst, preset)`` writes an ONNX CrossEncoder folder ``dst`` holding
-``onnx/model_qint8_<preset>.onnx`` (INT8 weights, dynamic activations); load it with
-``CrossEncoder(dst, backend="onnx", model_kwargs={"file_name": INT8_FILE(preset)})``.
+``onnx/model_int8.onnx`` (INT8 weights, dynamic activations; the name the embedding
+model's INT8 file has too); load it with
+``CrossEncoder(dst, backend="onnx", model_kwargs={"file_name": "onnx/model_int8.onnx"})``.
 """
 from __future__ import annotations
 
@@ -13,8 +14,11 @@ from pathlib import Path
 import numpy as np
 
 
-def int8_file(preset: str) -> str:
-    return f"onnx/model_qint8_{preset}.onnx"
+INT8_FILE = "onnx/model_int8.onnx"
+
+
+def int8_file(preset: str | None = None) -> str:
+    return INT8_FILE
 
 
 def session_options(threads: int):
@@ -39,6 +43,10 @@ def export_int8(src: Path, dst: Path, preset: str = "avx512_vnni") -> Path:
                          model_kwargs={"export": True, "provider": "CPUExecutionProvider"})
     model.save_pretrained(str(tmp))
     export_dynamic_quantized_onnx_model(model, preset, str(tmp))
+    made = sorted((tmp / "onnx").glob(f"model_*int8_{preset}.onnx"))   # qint8 (VNNI) or quint8 (avx2)
+    if len(made) != 1:
+        raise RuntimeError(f"expected one quantized file in {tmp / 'onnx'}, found {[m.name for m in made]}")
+    made[0].rename(tmp / INT8_FILE)
     fp32 = tmp / "onnx" / "model.onnx"
     if fp32.is_file():   # only the INT8 file ships
         fp32.unlink()
