@@ -58,11 +58,12 @@ def build_examples(cands: pd.DataFrame, docs: dict[str, str], hard: int, rand: i
     return ex.sample(frac=1.0, random_state=seed).reset_index(drop=True)
 
 
-def reranking_samples(cands: pd.DataFrame, docs: dict[str, str]) -> list[dict[str, Any]]:
+def reranking_samples(cands: pd.DataFrame, docs: dict[str, str], top: int = 10) -> list[dict[str, Any]]:
     """CrossEncoderRerankingEvaluator samples: the query, its gold documents and the
-    bi-encoder's candidate documents (gold not added when the bi-encoder missed it)."""
+    bi-encoder's first ``top`` candidate documents (gold not added when the bi-encoder
+    missed it; MRR@10 needs no more than 10, and each evaluation costs queries x top pairs)."""
     return [{"query": r.query, "positive": [docs[h] for h in r.expected],
-             "documents": [docs[c] for c in r.cand_ids]} for r in cands.itertuples(index=False)]
+             "documents": [docs[c] for c in list(r.cand_ids)[:top]]} for r in cands.itertuples(index=False)]
 
 
 def fingerprint(params: dict, files: list[Path]) -> str:
