@@ -234,3 +234,32 @@ def test_onnx_int8_export_scores_like_pytorch(tiny_model_dir, tmp_path):
     int8 = M.score_candidates(X.load_int8(out, "avx2", 1, 32), cands, docs)
     agree = X.agreement(fp32, int8)
     assert agree["pairs"] == 12 and agree["mean_abs_diff"] < 0.05
+
+
+def test_disabled_stages_write_disabled_outputs_quickly(tmp_path):
+    import yaml
+
+    from stages import calibrate, rerank_benchmark, rerank_candidates, rerank_export, rerank_train
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    raw["rerank"]["enabled"] = False
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump(raw))
+    t, P = tmp_path, ["--params", str(params)]
+    rerank_candidates.main(P + ["--model", str(t / "none"), "--pairs", str(t), "--terms", str(t / "t.parquet"),
+                                "--out", str(t / "c.parquet"), "--info", str(t / "info.json")])
+    rerank_train.main(P + ["--candidates", str(t / "c.parquet"), "--finetuned", str(t), "--base", str(t), "--terms",
+                           str(t), "--concepts", str(t), "--out", str(t / "model"), "--checkpoints", str(t / "ck"),
+                           "--metrics", str(t / "train.json")])
+    calibrate.main(P + ["--candidates", str(t / "c.parquet"), "--model", str(t / "model"), "--terms", str(t),
+                        "--out", str(t / "cal.json"), "--plots", str(t / "plots"), "--metrics", str(t / "cal_m.json")])
+    rerank_benchmark.main(P + ["--candidates", str(t / "c.parquet"), "--model", str(t / "model"), "--calibration",
+                               str(t / "cal.json"), "--terms", str(t), "--per-query", str(t / "pq.parquet"),
+                               "--report", str(t / "rerank.md"), "--metrics", str(t / "rerank.json")])
+    rerank_export.main(P + ["--model", str(t / "model"), "--candidates", str(t / "c.parquet"), "--terms", str(t),
+                            "--out", str(t / "onnx"), "--metrics", str(t / "export.json")])
+    assert pd.read_parquet(t / "c.parquet").empty and pd.read_parquet(t / "pq.parquet").empty
+    assert (t / "model" / "DISABLED.txt").is_file() and (t / "onnx" / "DISABLED.txt").is_file()
+    for f in ("info.json", "train.json", "cal_m.json", "rerank.json", "export.json"):
+        assert json.loads((t / f).read_text())["enabled"] is False, f
+    assert "rerank.enabled=true" in (t / "rerank.md").read_text()
+    assert (t / "plots" / "ideal.csv").is_file()
