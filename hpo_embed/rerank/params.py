@@ -29,7 +29,7 @@ class RerankParams(BaseModel):
                                                        "label/synonym texts in every language)")
     hard_negatives: int = Field(6, ge=0, description="negatives per training query from the bi-encoder's top-k")
     random_negatives: int = Field(2, ge=0, description="random negatives per training query (any concept)")
-    max_train_examples: int | None = Field(4800, ge=10, description="cap on (query, candidate, label) examples; "
+    max_train_examples: int | None = Field(2400, ge=10, description="cap on (query, candidate, label) examples; "
                                                                     "null = all")
     pos_weight: float | None = Field(None, gt=0, description="BinaryCrossEntropyLoss pos_weight; null = "
                                                              "negatives / positives of the training examples")
@@ -39,7 +39,7 @@ class RerankParams(BaseModel):
     epochs: float = Field(1.0, gt=0, description="training epochs")
     batch_size: int = Field(32, ge=2, description="training batch size")
     warmup_ratio: float = Field(0.1, ge=0, le=1, description="linear warm-up fraction")
-    eval_steps: int = Field(50, ge=1, description="dev reranking evaluation (and checkpoint) every N steps")
+    eval_steps: int = Field(25, ge=1, description="dev reranking evaluation (and checkpoint) every N steps")
     save_total_limit: int = Field(2, ge=1, description="checkpoints kept besides the best")
     resume: bool = Field(True, description="continue from the last complete checkpoint of the same params+inputs")
     dev_queries: int = Field(300, ge=10, description="random cap on dev queries (evaluator and calibration)")
