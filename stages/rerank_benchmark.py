@@ -50,6 +50,7 @@ def main(argv=None) -> None:
         return
     t0 = time.time()
     import numpy as np
+    import pandas as pd
 
     from hpo_embed.rerank import calibration as K
     from hpo_embed.rerank import evaluate as E
@@ -59,7 +60,12 @@ def main(argv=None) -> None:
     from stages.dev_set import read_parquet
 
     cands = read_parquet(a.candidates, ("set", "lang", "query", "expected", "branch", "gold_rank", "cand_ids"))
-    ev = cands[~cands["set"].isin(["train", "dev", "dev_eval"])].reset_index(drop=True)
+    ev = cands[~cands["set"].isin(["train", "dev", "dev_eval"])]
+    if p.test_queries is not None:   # a no-op on candidates made with the same rerank.test_queries
+        held = ev[ev["set"] == "heldout"]
+        parts = [g.sample(n=min(len(g), p.test_queries), random_state=p.seed) for _, g in held.groupby("lang")]
+        ev = pd.concat([*parts, ev[ev["set"] != "heldout"]])
+    ev = ev.reset_index(drop=True)
     if ev.empty:
         raise UserError(f"{a.candidates}: no held-out or external queries to benchmark")
     try:
