@@ -193,6 +193,7 @@ def test_prepare_checkpoints_drops_another_runs_checkpoints(tmp_path):
     (ck / "checkpoint-10").mkdir(parents=True)
     (ck / "checkpoint-10" / "trainer_state.json").write_text("{}")
     (ck / "checkpoint-20").mkdir()          # killed while saving: no trainer_state.json
+    (ck / "run.json").write_text('{"fingerprint": "fp1"}')
     assert M.prepare_checkpoints(ck, "fp1", resume=True).name == "checkpoint-10"
     assert not (ck / "checkpoint-20").exists()
     assert M.prepare_checkpoints(ck, "fp1", resume=True).name == "checkpoint-10"
