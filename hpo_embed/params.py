@@ -382,6 +382,74 @@ class MineParams(MiningParams, HardNegativeTrainParams):
         return MiningParams(**{k: getattr(self, k) for k in MiningParams.model_fields})
 
 
+# --------------------------------------------------------------------------- rerank (issue 18)
+# The cross-encoder reranker stages (hpo_embed/rerank; docs/reranker.md).
+
+
+class RerankParams(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _null_strings(cls, data: Any) -> Any:
+        """`dvc exp run -S rerank.max_train_examples=null` writes the string 'null'."""
+        if isinstance(data, dict):
+            return {k: (None if isinstance(v, str) and v.strip().lower() in ("null", "none", "~") else v)
+                    for k, v in data.items()}
+        return data
+
+    enabled: bool = Field(True, description="run the reranker stages; false = each stage writes a 'disabled' "
+                                            "output in seconds (dvc repro never fails) and nothing is reranked")
+    init: Literal["finetuned", "base"] = Field(
+        "finetuned", description="transformer the CrossEncoder starts from: the fine-tuned bi-encoder "
+                                 "(models/finetuned) or the untuned base model (models/base)")
+    retrieval: Literal["single", "multi"] = Field(
+        "multi", description="bi-encoder candidate retrieval: single = one vector per concept (English label); "
+                             "multi = label + EXACT synonyms, concept score = max (the benchmark headline mode)")
+    k: int = Field(20, ge=2, le=200, description="bi-encoder candidates reranked per query (top-k)")
+    document: Literal["label", "label_synonyms"] = Field(
+        "label", description="English candidate text the cross-encoder reads (stages.corpus formats)")
+    max_length: int = Field(64, ge=16, le=512, description="tokens per (query, candidate) pair")
+    train_queries: int = Field(600, ge=10, description="random cap on training queries (train-split concepts; "
+                                                       "label/synonym texts in every language)")
+    hard_negatives: int = Field(6, ge=0, description="negatives per training query from the bi-encoder's top-k")
+    random_negatives: int = Field(2, ge=0, description="random negatives per training query (any concept)")
+    max_train_examples: int | None = Field(2400, ge=10, description="cap on (query, candidate, label) examples; "
+                                                                    "null = all")
+    pos_weight: float | None = Field(None, gt=0, description="BinaryCrossEntropyLoss pos_weight; null = "
+                                                             "negatives / positives of the training examples")
+    freeze_embeddings: bool = Field(True, description="keep the word-embedding matrix fixed (faster steps; "
+                                                      "the multilingual vocabulary stays aligned)")
+    lr: float = Field(3e-5, gt=0, le=1, description="learning rate")
+    epochs: float = Field(1.0, gt=0, description="training epochs")
+    batch_size: int = Field(32, ge=2, description="training batch size")
+    warmup_ratio: float = Field(0.1, ge=0, le=1, description="linear warm-up fraction")
+    eval_steps: int = Field(25, ge=1, description="dev reranking evaluation (and checkpoint) every N steps")
+    save_total_limit: int = Field(2, ge=1, description="checkpoints kept besides the best")
+    resume: bool = Field(True, description="continue from the last complete checkpoint of the same params+inputs")
+    dev_queries: int = Field(300, ge=10, description="random cap on dev queries (evaluator and calibration)")
+    min_dev_examples: int = Field(100, ge=10, description="calibration needs at least this many dev queries "
+                                                         "(with the gold concept among the candidates or not)")
+    target_precision: float = Field(0.9, gt=0, lt=1, description="precision of an accepted top-1 hit that the "
+                                                                 "per-branch threshold must reach on dev")
+    min_branch_examples: int = Field(30, ge=1, description="branches with fewer dev queries use the global threshold")
+    calibration: Literal["isotonic", "platt"] = Field("isotonic", description="calibrator whose probabilities "
+                                                                              "the thresholds are set on")
+    test_queries: int | None = Field(500, ge=10, description="random cap on held-out queries per language in "
+                                                             "rerank_benchmark (CPU budget); null = all")
+    batch_size_predict: int = Field(64, ge=1, description="pairs per cross-encoder forward pass")
+    bootstrap_resamples: int = Field(1000, ge=100, le=100000, description="bootstrap CIs and paired test")
+    seed: int = Field(7, ge=0, description="sampling, shuffling and initialisation seed")
+
+    @model_validator(mode="after")
+    def _negatives(self) -> "RerankParams":
+        if self.hard_negatives + self.random_negatives == 0:
+            raise ValueError("hard_negatives + random_negatives must be > 0 (a classifier needs negatives)")
+        if self.hard_negatives >= self.k:
+            raise ValueError(f"hard_negatives ({self.hard_negatives}) must be < k ({self.k})")
+        return self
+
+
 SECTIONS: dict[str, type[Section]] = {
     "hpo": HpoParams,
     "translate": TranslateParams,
@@ -390,6 +458,7 @@ SECTIONS: dict[str, type[Section]] = {
     "quantize": QuantizeParams,
     "benchmark": BenchmarkParams,
     "mine": MineParams,   # type: ignore[dict-item]  (issue 15)
+    "rerank": RerankParams,   # type: ignore[dict-item]  (issue 18)
 }
 
 
@@ -406,6 +475,7 @@ class Params(BaseModel):
     quantize: QuantizeParams = Field(default_factory=QuantizeParams)
     benchmark: BenchmarkParams = Field(default_factory=BenchmarkParams)
     mine: MineParams = Field(default_factory=MineParams)
+    rerank: RerankParams = Field(default_factory=RerankParams)
 
     @model_validator(mode="before")
     @classmethod
@@ -469,6 +539,8 @@ def _one_line(exc: ValidationError) -> UserError:
     if kind == "extra_forbidden":
         where = "top-level keys: " if len(loc) == 1 else ""
         return UserError(f"params.yaml: {key}: unknown parameter (known: {where}{', '.join(known) or 'none'})")
+    if kind == "value_error":   # a section's cross-field check (model_validator)
+        return UserError(f"params.yaml: {key}: {err['msg'].removeprefix('Value error, ')}")
     if kind in ("greater_than", "greater_than_equal", "less_than_equal", "less_than"):
         op, bound = {"greater_than": (">", "gt"), "greater_than_equal": (">=", "ge"),
                      "less_than_equal": ("<=", "le"), "less_than": ("<", "lt")}[kind]

@@ -53,6 +53,11 @@ QUERIES_SCHEMA = pa.schema([
 ])
 SHARED_SCHEMA = pa.schema([("text", pa.string()), ("hpo_ids", pa.list_(pa.string())),
                            ("langs", pa.list_(pa.string()))])
+CANDIDATES_SCHEMA = pa.schema([   # the reranker's bi-encoder candidates (rerank_candidates)
+    ("set", pa.string()), ("lang", pa.string()), ("query", pa.string()), ("expected", pa.list_(pa.string())),
+    ("branch", pa.string()), ("gold_rank", pa.int64()), ("cand_ids", pa.list_(pa.string())),
+    ("cand_scores", pa.list_(pa.float64())),
+])
 
 # table name -> (schema, the stage that writes it, the columns every reader needs)
 TABLES: dict[str, tuple[pa.Schema, str, tuple[str, ...]]] = {
@@ -61,6 +66,7 @@ TABLES: dict[str, tuple[pa.Schema, str, tuple[str, ...]]] = {
     "pairs": (PAIRS_SCHEMA, "pairs", ("anchor", "positive", "hpo_id")),
     "concepts": (CONCEPTS_SCHEMA, "pairs", ("hpo_id", "split")),
     "queries": (QUERIES_SCHEMA, "pairs", ("text", "hpo_id", "lang", "split")),
+    "candidates": (CANDIDATES_SCHEMA, "rerank_candidates", ("set", "query", "expected", "cand_ids")),
 }
 
 

@@ -1,0 +1,105 @@
+"""Stage calibrate: Platt and isotonic calibration of the reranker's top-1 logit on the dev
+split, ECE (15 bins) / Brier before and after, a reliability diagram (DVC plot) and the
+per-branch thresholds for ``rerank.target_precision`` (hpo_embed.rerank.calibration).
+
+``python -m stages.calibrate --candidates data/rerank/candidates.parquet --model
+models/reranker/model --terms data/hpo/terms.parquet --out models/reranker/calibration.json
+--plots data/rerank/reliability --metrics metrics/calibrate.json``
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+from hpo_embed.common import UserError, atomic_write_text, run_stage, write_json
+
+log = logging.getLogger("hpo_embed.rerank")
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(prog="python -m stages.calibrate", description=__doc__.splitlines()[0])
+    ap.add_argument("--params", type=Path, default=Path("params.yaml"))
+    ap.add_argument("--candidates", type=Path, required=True)
+    ap.add_argument("--model", type=Path, required=True, help="the rerank_train stage's CrossEncoder folder")
+    ap.add_argument("--terms", type=Path, required=True)
+    ap.add_argument("--out", type=Path, required=True, help="calibration.json (next to the model)")
+    ap.add_argument("--plots", type=Path, required=True, help="folder of reliability-diagram CSVs")
+    ap.add_argument("--metrics", type=Path, required=True)
+    return ap.parse_args(argv)
+
+
+def top1_table(rr, branch_of: dict[str, str]):
+    """(logit, correct, branch of the predicted concept) of each reranked query."""
+    s = rr["top_logit"].to_numpy(dtype=float)
+    y = np.asarray([1.0 if ids and ids[0] in set(e) else 0.0 for ids, e in zip(rr["rr_ids"], rr["expected"])])
+    br = [branch_of.get(ids[0], "") if ids else "" for ids in rr["rr_ids"]]
+    return s, y, br
+
+
+def write_plots(folder: Path, rows: dict[str, list[dict]]) -> None:
+    tmp = folder.with_name(folder.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    rows = {**rows, "ideal": [{"bin": i, "confidence": i / 15, "accuracy": i / 15, "count": 0} for i in range(16)]}
+    for name, rs in rows.items():
+        lines = ["confidence,accuracy,count,bin"] + [f"{r['confidence']:.6f},{r['accuracy']:.6f},{r['count']},{r['bin']}"
+                                                      for r in rs]
+        atomic_write_text(tmp / f"{name}.csv", "\n".join(lines) + "\n")
+    shutil.rmtree(folder, ignore_errors=True)
+    tmp.rename(folder)
+
+
+def main(argv=None) -> None:
+    a = parse_args(argv)
+    from hpo_embed.params import load_params
+    p = load_params(a.params).rerank
+    if not p.enabled:
+        write_json(a.out, {"format": "disabled", "note": "rerank.enabled is false"})
+        write_plots(a.plots, {})
+        write_json(a.metrics, {"enabled": False})
+        return
+    from hpo_embed.rerank import calibration as K
+    from hpo_embed.rerank.model import load_cross_encoder, rerank, score_candidates
+    from hpo_embed.retrieval.corpus import build_corpus, load_terms
+    from hpo_embed.schemas import read_table
+
+    cands = read_table(a.candidates, "candidates")
+    dev = cands[cands["set"] == "dev"].reset_index(drop=True)
+    try:
+        K.check_size(len(dev), p.min_dev_examples, str(a.candidates))
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    if not (a.model / "config.json").is_file():
+        raise UserError(f"{a.model}: no reranker; run the rerank_train stage first (dvc repro rerank_train)")
+    terms = load_terms(a.terms)
+    docs = build_corpus(terms, p.document)
+    model = load_cross_encoder(str(a.model), p.max_length)
+    rr = rerank(dev, score_candidates(model, dev, docs, p.batch_size_predict))
+    s, y, br = top1_table(rr, dict(zip(terms["id"], terms["branch"])))
+    try:
+        cals = K.fit_all(s, y, p.min_dev_examples, str(a.candidates))
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    quality = K.calibration_report(cals, s, y)
+    th = K.branch_thresholds(s, y, br, p.target_precision, p.min_branch_examples)
+    info = {"target_precision": p.target_precision, "min_branch_examples": p.min_branch_examples,
+            "dev_queries": len(dev), "dev_top1_accuracy": float(y.mean()), "dev_quality": quality,
+            "k": p.k, "retrieval": p.retrieval, "document": p.document, "max_length": p.max_length}
+    write_json(a.out, K.to_json(cals, p.calibration, th, info))
+    write_plots(a.plots, {m: K.reliability(c.predict(s), y) for m, c in cals.items()})
+    metrics = {"enabled": True, "dev_queries": len(dev), "dev_top1_accuracy": round(float(y.mean()), 4),
+               **{f"{m}.{q}": round(v, 4) for m, d in quality.items() for q, v in d.items()},
+               "global_threshold": th["global"]["threshold"], "global_coverage": round(th["global"]["coverage"], 4),
+               "branches_own_threshold": sum(v["source"] == "branch" for v in th["branches"].values())}
+    write_json(a.metrics, metrics)
+    log.info("dev ECE none %.3f -> platt %.3f / isotonic %.3f; global threshold %s (coverage %.2f at precision >= %.2f)",
+             quality["none"]["ece"], quality["platt"]["ece"], quality["isotonic"]["ece"], th["global"]["threshold"],
+             th["global"]["coverage"], p.target_precision)
+
+
+if __name__ == "__main__":
+    run_stage(main)
