@@ -1,0 +1,166 @@
+"""The hard-negative ablation (issue 15): one `dvc exp run` per arm, then a table.
+
+The arms and the settings they share live in configs/ablation.yaml. Every arm is a
+workspace experiment of the real pipeline up to the benchmark stage, named ``abl-<arm>``:
+
+    python scripts/ablation.py run            # all arms, one after the other (~15 min each on 2 cores)
+    python scripts/ablation.py run mined      # one arm
+    python scripts/ablation.py table          # reports/ablation.md + the README section
+
+``run`` restores params.yaml, dvc.lock and the outputs of the current commit after every arm
+(the arm's results stay in its experiment ref), and copies the arm's benchmark report to
+reports/ablation/<arm>.json together with the experiment's name and parameters, so the
+table is rebuilt from committed files. The numbers are the benchmark stage's own (MRR and
+HR@1 with bootstrap 95% CIs over the held-out test concepts and the phentrieve files).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+CONFIG = ROOT / "configs" / "ablation.yaml"
+OUT = ROOT / "reports" / "ablation"
+README = ROOT / "README.md"
+MARK = ("<!-- negatives-ablation:start -->", "<!-- negatives-ablation:end -->")
+LANG_NAMES = {"de": "German", "fr": "French", "es": "Spanish", "en": "English syn.", "all": "all"}
+
+
+def sh(*cmd: str) -> str:
+    print("+", " ".join(cmd), flush=True)
+    return subprocess.run(cmd, cwd=ROOT, check=True, text=True, stdout=subprocess.PIPE).stdout
+
+
+def set_args(settings: dict) -> list[str]:
+    args: list[str] = []
+    for key, value in settings.items():
+        text = json.dumps(value) if isinstance(value, (list, dict)) else (
+            "null" if value is None else str(value).lower() if isinstance(value, bool) else str(value))
+        args += ["-S", f"{key}={text}"]
+    return args
+
+
+def restore() -> None:
+    """Back to the commit's params, lock and outputs (the experiment keeps the arm's)."""
+    sh("git", "checkout", "--", "params.yaml", "dvc.lock", "metrics", "reports")
+    sh("dvc", "checkout", "--force", "--quiet")
+
+
+def run(arms: list[str], config: dict) -> None:
+    OUT.mkdir(parents=True, exist_ok=True)
+    for arm in arms:
+        settings = {**config["common"], **config["arms"][arm]}
+        name = f"abl-{arm}"
+        sh("dvc", "exp", "remove", name) if name in sh("dvc", "exp", "list", "--name-only") else None
+        sh("dvc", "exp", "run", "-n", name, *set_args(settings), config.get("target", "benchmark"))
+        report = json.loads((ROOT / "reports" / "benchmark.json").read_text())
+        train = json.loads((ROOT / "metrics" / "train.json").read_text())
+        mine = ROOT / "metrics" / "mine.json"
+        rev = sh("git", "rev-parse", "HEAD").strip()
+        payload = {"arm": arm, "experiment": name, "base_commit": rev, "settings": settings,
+                   "train": train, "mine": json.loads(mine.read_text()) if mine.exists() else None,
+                   "benchmark": {k: v for k, v in report.items() if ".finetuned." in k or k.endswith("n_queries")}}
+        (OUT / f"{arm}.json").write_text(json.dumps(payload, indent=1, sort_keys=True) + "\n")
+        restore()
+
+
+def rows(report: dict, mode: str) -> list[tuple[str, str]]:
+    keys = sorted({".".join(k.split(".")[1:3]) for k in report
+                   if k.startswith(f"{mode}.") and k.endswith(".finetuned.mrr") and k.count(".") == 4})
+    order = {lang: i for i, lang in enumerate(("de", "fr", "es", "en", "all"))}
+    held = sorted((k for k in keys if k.startswith("heldout.")), key=lambda k: order.get(k.split(".")[1], 99))
+    ext = sorted(k for k in keys if not k.startswith("heldout.") and ".branch." not in k)
+    return [(k, f"held-out {LANG_NAMES.get(k.split('.')[1], k.split('.')[1])}") for k in held] + \
+           [(k, k.replace("phentrieve.", "")) for k in ext]
+
+
+def cell(report: dict, key: str, metric: str) -> str:
+    v = report.get(f"{key}.{metric}")
+    if v is None:
+        return "–"
+    lo, hi = report.get(f"{key}.{metric}_ci_low"), report.get(f"{key}.{metric}_ci_high")
+    return f"{v:.3f} [{lo:.3f}, {hi:.3f}]" if lo is not None else f"{v:.3f}"
+
+
+def table(config: dict) -> str:
+    found = {arm: json.loads((OUT / f"{arm}.json").read_text())
+             for arm in config["arms"] if (OUT / f"{arm}.json").exists()}
+    if not found:
+        sys.exit(f"error: no arm results under {OUT.relative_to(ROOT)}; run `python scripts/ablation.py run` first")
+    mode = config.get("mode", "multi")
+    first = next(iter(found.values()))["benchmark"]
+    arms = list(found)
+    lines = [f"Fine-tuned model, {mode}-vector retrieval, the same step budget ({config['steps']}) for every arm; MRR and HR@1 with bootstrap 95% CIs; n = queries. Regenerate: "
+             "`python scripts/ablation.py run && python scripts/ablation.py table`.", ""]
+    lines.append("| query set | metric | " + " | ".join(config["titles"].get(a, a) for a in arms) + " |")
+    lines.append("|---|---|" + "---|" * len(arms))
+    for key, title in rows(first, mode):
+        n = first.get(f"{mode}.{key}.finetuned.n_queries", "")
+        for metric in ("mrr", "hr@1"):
+            cells = [cell(found[a]["benchmark"], f"{mode}.{key}.finetuned", metric) for a in arms]
+            lines.append(f"| {title} ({n}) | {metric.upper()} | " + " | ".join(cells) + " |")
+    dev = [f"{found[a]['train']['dev_mrr_best']:.3f}" for a in arms]
+    lines.append("| dev sample (train stage) | MRR | " + " | ".join(dev) + " |")
+    secs = [f"{found[a]['train']['train_time_s']:.0f}" for a in arms]
+    lines.append("| train stage wall time, s | | " + " | ".join(secs) + " |")
+    return "\n".join(lines) + "\n"
+
+
+README_SETS = ("heldout.de", "heldout.fr", "heldout.es", "phentrieve.70cases_gemini_v1", "phentrieve.70cases_o3_v1")
+
+
+def compact(config: dict) -> str:
+    """The README's table: one row per arm, MRR / HR@1 per set (CIs: reports/ablation.md)."""
+    found = {arm: json.loads((OUT / f"{arm}.json").read_text())
+             for arm in config["arms"] if (OUT / f"{arm}.json").exists()}
+    mode = config.get("mode", "multi")
+    first = next(iter(found.values()))["benchmark"]
+    sets = [k for k in README_SETS if f"{mode}.{k}.finetuned.mrr" in first]
+    names = [k.split(".")[1].replace("70cases_", "").replace("_v1", "") for k in sets]
+    lines = [f"MRR / HR@1 of the fine-tuned model ({mode}-vector; {config['steps']}; 95% CIs and n in "
+             "[reports/ablation.md](reports/ablation.md)):", "",
+             "| negatives | " + " | ".join(names) + " |", "|---|" + "---|" * len(sets)]
+    for arm, res in found.items():
+        b = res["benchmark"]
+        cells = [f"{b[f'{mode}.{k}.finetuned.mrr']:.3f} / {b[f'{mode}.{k}.finetuned.hr@1']:.3f}" for k in sets]
+        lines.append(f"| {config['titles'].get(arm, arm)} | " + " | ".join(cells) + " |")
+    missing = [config["titles"].get(a, a) for a in config["arms"] if a not in found]
+    if missing:
+        lines += ["", "Not run yet: " + ", ".join(missing) + "."]
+    return "\n".join(lines) + "\n"
+
+
+def write_table(config: dict) -> None:
+    text = table(config)
+    (ROOT / "reports" / "ablation.md").write_text("# Hard-negative ablation\n\n" + text)
+    readme = README.read_text()
+    short = compact(config)
+    if MARK[0] in readme:
+        readme = re.sub(re.escape(MARK[0]) + ".*?" + re.escape(MARK[1]), lambda _: f"{MARK[0]}\n{short}{MARK[1]}",
+                        readme, flags=re.S)
+        README.write_text(readme)
+    print(text)
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("command", choices=("run", "table"))
+    ap.add_argument("arms", nargs="*", help="arms to run (default: all of configs/ablation.yaml)")
+    a = ap.parse_args(argv)
+    config = yaml.safe_load(CONFIG.read_text())
+    unknown = [x for x in a.arms if x not in config["arms"]]
+    if unknown:
+        sys.exit(f"error: {CONFIG.relative_to(ROOT)}: unknown arm(s) {unknown}; known: {list(config['arms'])}")
+    if a.command == "run":
+        run(a.arms or list(config["arms"]), config)
+    write_table(config)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,63 @@
+"""scripts/ablation.py: the -S arguments of an arm and the tables built from arm reports."""
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def load_script():
+    spec = importlib.util.spec_from_file_location("ablation", REPO / "scripts" / "ablation.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_config_arms_are_valid_params():
+    """Every arm's settings, applied to params.yaml, validate (a typo would cost a 15-minute run)."""
+    from hpo_embed.params import parse_params
+    config = yaml.safe_load((REPO / "configs" / "ablation.yaml").read_text())
+    base = yaml.safe_load((REPO / "params.yaml").read_text())
+    for arm, settings in config["arms"].items():
+        raw = json.loads(json.dumps(base))
+        for key, value in {**config["common"], **settings}.items():
+            section, name = key.split(".")
+            assert name in raw[section], f"{arm}: {key} is not a parameter"
+            raw[section][name] = value
+        parse_params(raw)
+    assert set(config["titles"]) == set(config["arms"])
+
+
+def test_set_args_quote_lists_and_scalars():
+    abl = load_script()
+    assert abl.set_args({"mine.sources": ["ontology", "model"], "mine.rounds": 2, "x.flag": True, "y": None}) == [
+        "-S", 'mine.sources=["ontology", "model"]', "-S", "mine.rounds=2", "-S", "x.flag=true", "-S", "y=null"]
+
+
+def test_tables_from_arm_reports(tmp_path, monkeypatch):
+    abl = load_script()
+    monkeypatch.setattr(abl, "OUT", tmp_path)
+    config = {"steps": "200 steps", "mode": "multi", "arms": {"a": {}, "b": {}, "c": {}},
+              "titles": {"a": "in-batch", "b": "mined", "c": "iterative"}}
+
+    def report(mrr: float) -> dict:
+        out = {}
+        for k in ("heldout.de", "heldout.fr", "phentrieve.70cases_o3_v1"):
+            out |= {f"multi.{k}.finetuned.mrr": mrr, f"multi.{k}.finetuned.mrr_ci_low": mrr - 0.01,
+                    f"multi.{k}.finetuned.mrr_ci_high": mrr + 0.01, f"multi.{k}.finetuned.hr@1": mrr - 0.1,
+                    f"multi.{k}.finetuned.n_queries": 70}
+        return out
+
+    for arm, mrr in (("a", 0.7), ("b", 0.75)):
+        (tmp_path / f"{arm}.json").write_text(json.dumps({"benchmark": report(mrr), "train": {
+            "dev_mrr_best": mrr, "train_time_s": 100.0}}))
+    full = abl.table(config)
+    assert "| held-out German (70) | MRR | 0.700 [0.690, 0.710] | 0.750 [0.740, 0.760] |" in full
+    short = abl.compact(config)
+    assert "| negatives | de | fr | o3 |" in short
+    assert "| mined | 0.750 / 0.650 | 0.750 / 0.650 | 0.750 / 0.650 |" in short
+    assert "Not run yet: iterative." in short
