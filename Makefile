@@ -6,7 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup repro test params profile-gpu profile-embedded clean-venv fetch-translations fetch-benchmarks \
+.PHONY: setup repro test ablation params profile-gpu profile-embedded clean-venv fetch-translations fetch-benchmarks \
 	preflight gpu-estimate gpu-check quantize-select
 
 $(STAMP): requirements.txt requirements-dev.txt
@@ -69,3 +69,9 @@ fetch-benchmarks: $(STAMP)
 
 clean-venv:
 	rm -rf $(VENV)
+
+# The hard-negative ablation (configs/ablation.yaml): one `dvc exp run` per arm, one after
+# the other (~15-25 min each on 2 cores), then reports/ablation.md and the README table.
+# ABLATION_ARMS="mined iterative" runs some arms only.
+ablation: $(STAMP)
+	PATH="$(abspath $(VENV))/bin:$$PATH" $(PY) scripts/ablation.py run $(ABLATION_ARMS)

@@ -539,7 +539,7 @@ def _one_line(exc: ValidationError) -> UserError:
     if kind == "extra_forbidden":
         where = "top-level keys: " if len(loc) == 1 else ""
         return UserError(f"params.yaml: {key}: unknown parameter (known: {where}{', '.join(known) or 'none'})")
-    if kind == "value_error":   # a section's cross-field check (model_validator)
+    if kind == "value_error" and len(loc) == 1 and loc[0] in SECTIONS:   # a section's cross-field check (model_validator)
         return UserError(f"params.yaml: {key}: {err['msg'].removeprefix('Value error, ')}")
     if kind in ("greater_than", "greater_than_equal", "less_than_equal", "less_than"):
         op, bound = {"greater_than": (">", "gt"), "greater_than_equal": (">=", "ge"),

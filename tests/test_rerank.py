@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 
 from hpo_embed.rerank import calibration as K
 from hpo_embed.rerank import candidates as C
@@ -86,8 +87,11 @@ def test_calibrate_stage_stops_with_one_line_on_a_small_dev_set(tmp_path):
     rows = [{"set": "dev", "lang": "de", "query": f"q{i}", "expected": ["HP:0000001"], "branch": "",
              "gold_rank": 1, "cand_ids": ["HP:0000001"], "cand_scores": [1.0]} for i in range(5)]
     pd.DataFrame(rows).to_parquet(tmp_path / "c.parquet")
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    raw["rerank"]["enabled"] = True
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
     with pytest.raises(UserError) as exc:
-        main(["--params", str(REPO / "params.yaml"), "--candidates", str(tmp_path / "c.parquet"), "--model",
+        main(["--params", str(tmp_path / "params.yaml"), "--candidates", str(tmp_path / "c.parquet"), "--model",
               str(tmp_path / "m"), "--terms", str(tmp_path / "t.parquet"), "--out", str(tmp_path / "cal.json"),
               "--plots", str(tmp_path / "plots"), "--metrics", str(tmp_path / "m.json")])
     assert "only 5 dev queries for calibration, need at least 100" in str(exc.value)

@@ -40,5 +40,5 @@ def test_not_parquet_is_a_user_error(tmp_path):
 
 def test_every_table_requires_columns_of_its_schema():
     for name, (schema, producer, required) in TABLES.items():
-        assert producer in ("parse_hpo", "pairs") and set(required) <= set(schema.names), name
+        assert producer in ("parse_hpo", "pairs", "rerank_candidates") and set(required) <= set(schema.names), name
     assert QUERIES_SCHEMA.names[:3] == ["text", "hpo_id", "lang"]
