@@ -16,20 +16,20 @@ from pathlib import Path
 import numpy as np
 
 from hpo_embed.common import UserError, atomic_write_text, run_stage, write_json
+from stages import parser
 
 log = logging.getLogger("hpo_embed.rerank")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(prog="python -m stages.calibrate", description=__doc__.splitlines()[0])
-    ap.add_argument("--params", type=Path, default=Path("params.yaml"))
-    ap.add_argument("--candidates", type=Path, required=True)
-    ap.add_argument("--model", type=Path, required=True, help="the rerank_train stage's CrossEncoder folder")
-    ap.add_argument("--terms", type=Path, required=True)
-    ap.add_argument("--out", type=Path, required=True, help="calibration.json (next to the model)")
-    ap.add_argument("--plots", type=Path, required=True, help="folder of reliability-diagram CSVs")
-    ap.add_argument("--metrics", type=Path, required=True)
-    return ap.parse_args(argv)
+    return parser("calibrate", __doc__, {
+        "candidates": "candidates",
+        "model": "the rerank_train stage's CrossEncoder folder",
+        "terms": "terms",
+        "out": "calibration.json (next to the model)",
+        "plots": "folder of reliability-diagram CSVs",
+        "metrics": "metrics",
+    }).parse_args(argv)
 
 
 def top1_table(rr, branch_of: dict[str, str]):

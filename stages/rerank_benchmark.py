@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 from hpo_embed.common import UserError, atomic_write_bytes, atomic_write_text, run_stage, write_json
+from stages import parser
 
 log = logging.getLogger("hpo_embed.rerank")
 ENABLE = ("The reranker is off (`rerank.enabled: false`). Enable it with `dvc exp run -S rerank.enabled=true` "
@@ -23,16 +24,15 @@ ENABLE = ("The reranker is off (`rerank.enabled: false`). Enable it with `dvc ex
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(prog="python -m stages.rerank_benchmark", description=__doc__.splitlines()[0])
-    ap.add_argument("--params", type=Path, default=Path("params.yaml"))
-    ap.add_argument("--candidates", type=Path, required=True)
-    ap.add_argument("--model", type=Path, required=True)
-    ap.add_argument("--calibration", type=Path, required=True)
-    ap.add_argument("--terms", type=Path, required=True)
-    ap.add_argument("--per-query", type=Path, required=True)
-    ap.add_argument("--report", type=Path, required=True, help="markdown; the JSON with every figure goes beside it")
-    ap.add_argument("--metrics", type=Path, required=True)
-    return ap.parse_args(argv)
+    return parser("rerank_benchmark", __doc__, {
+        "candidates": "candidates",
+        "model": "model",
+        "calibration": "calibration",
+        "terms": "terms",
+        "per-query": "per-query",
+        "report": "markdown; the JSON with every figure goes beside it",
+        "metrics": "metrics",
+    }).parse_args(argv)
 
 
 def main(argv=None) -> None:

@@ -14,19 +14,19 @@ from pathlib import Path
 import pandas as pd
 
 from hpo_embed.common import UserError, atomic_write_bytes, run_stage, write_json
+from stages import parser
 
 log = logging.getLogger("hpo_embed.rerank")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(prog="python -m stages.rerank_candidates", description=__doc__.splitlines()[0])
-    ap.add_argument("--params", type=Path, default=Path("params.yaml"))
-    ap.add_argument("--model", type=Path, required=True, help="SentenceTransformer folder (models/finetuned)")
-    ap.add_argument("--pairs", type=Path, required=True, help="folder with train/queries/concepts.parquet")
-    ap.add_argument("--terms", type=Path, required=True)
-    ap.add_argument("--out", type=Path, required=True, help="candidates parquet")
-    ap.add_argument("--info", type=Path, required=True, help="counts and timings (JSON)")
-    return ap.parse_args(argv)
+    return parser("rerank_candidates", __doc__, {
+        "model": "SentenceTransformer folder (models/finetuned)",
+        "pairs": "folder with train/queries/concepts.parquet",
+        "terms": "terms",
+        "out": "candidates parquet",
+        "info": "counts and timings (JSON)",
+    }).parse_args(argv)
 
 
 def write_parquet(df: pd.DataFrame, path: Path) -> None:

@@ -14,19 +14,19 @@ import time
 from pathlib import Path
 
 from hpo_embed.common import UserError, run_stage, write_json
+from stages import parser
 
 log = logging.getLogger("hpo_embed.rerank")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(prog="python -m stages.rerank_export", description=__doc__.splitlines()[0])
-    ap.add_argument("--params", type=Path, default=Path("params.yaml"))
-    ap.add_argument("--model", type=Path, required=True)
-    ap.add_argument("--candidates", type=Path, required=True)
-    ap.add_argument("--terms", type=Path, required=True)
-    ap.add_argument("--out", type=Path, required=True)
-    ap.add_argument("--metrics", type=Path, required=True)
-    return ap.parse_args(argv)
+    return parser("rerank_export", __doc__, {
+        "model": "model",
+        "candidates": "candidates",
+        "terms": "terms",
+        "out": "out",
+        "metrics": "metrics",
+    }).parse_args(argv)
 
 
 def main(argv=None) -> None:

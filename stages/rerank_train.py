@@ -16,23 +16,23 @@ from pathlib import Path
 
 import pandas as pd
 
-from hpo_embed.common import UserError, run_stage, write_json
+from hpo_embed.common import UserError, run_stage, write_json, publish_dir
+from stages import parser
 
 log = logging.getLogger("hpo_embed.rerank")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(prog="python -m stages.rerank_train", description=__doc__.splitlines()[0])
-    ap.add_argument("--params", type=Path, default=Path("params.yaml"))
-    ap.add_argument("--candidates", type=Path, required=True)
-    ap.add_argument("--finetuned", type=Path, required=True, help="rerank.init = finetuned: this folder")
-    ap.add_argument("--base", type=Path, required=True, help="rerank.init = base: this folder")
-    ap.add_argument("--terms", type=Path, required=True)
-    ap.add_argument("--concepts", type=Path, required=True)
-    ap.add_argument("--out", type=Path, required=True, help="CrossEncoder folder")
-    ap.add_argument("--checkpoints", type=Path, required=True)
-    ap.add_argument("--metrics", type=Path, required=True)
-    return ap.parse_args(argv)
+    return parser("rerank_train", __doc__, {
+        "candidates": "candidates",
+        "finetuned": "rerank.init = finetuned: this folder",
+        "base": "rerank.init = base: this folder",
+        "terms": "terms",
+        "concepts": "concepts",
+        "out": "CrossEncoder folder",
+        "checkpoints": "checkpoints",
+        "metrics": "metrics",
+    }).parse_args(argv)
 
 
 def documents(terms_path: Path, fmt: str) -> dict[str, str]:
@@ -42,18 +42,14 @@ def documents(terms_path: Path, fmt: str) -> dict[str, str]:
 
 def publish(model, out: Path) -> None:
     """Save beside ``out`` and swap it in (never half-written)."""
-    tmp, old = out.with_name(out.name + ".tmp"), out.with_name(out.name + ".old")
-    for d in (tmp, old):
-        shutil.rmtree(d, ignore_errors=True)
+    tmp = out.with_name(f".{out.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
     if model is None:
         tmp.mkdir(parents=True)
         (tmp / "DISABLED.txt").write_text("rerank.enabled is false: no reranker was trained\n", encoding="utf-8")
     else:
         model.save(str(tmp))
-    if out.exists():
-        out.rename(old)
-    tmp.rename(out)
-    shutil.rmtree(old, ignore_errors=True)
+    publish_dir(tmp, out)
 
 
 def main(argv=None) -> None:
@@ -62,6 +58,7 @@ def main(argv=None) -> None:
     from hpo_embed.params import load_params
     p = load_params(a.params).rerank
     if not p.enabled:
+        a.checkpoints.mkdir(parents=True, exist_ok=True)   # a declared (persist) output
         publish(None, a.out)
         write_json(a.metrics, {"enabled": False})
         return

@@ -269,3 +269,4 @@ def test_disabled_stages_write_disabled_outputs_quickly(tmp_path):
         assert json.loads((t / f).read_text())["enabled"] is False, f
     assert "rerank.enabled=true" in (t / "rerank.md").read_text()
     assert (t / "plots" / "ideal.csv").is_file()
+    assert (t / "ck").is_dir()   # every declared output exists, or dvc repro fails after the stage
