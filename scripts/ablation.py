@@ -123,10 +123,13 @@ def table(config: dict) -> str:
         for metric in ("mrr", "hr@1"):
             cells = [cell(found[a]["benchmark"], f"{mode}.{key}.finetuned", metric) for a in arms]
             lines.append(f"| {title} ({n}) | {metric.upper()} | " + " | ".join(cells) + " |")
+    sources = [f"- {config['titles'].get(a, a)}: `{found[a]['experiment']}` at commit {found[a]['base_commit'][:7]}"
+               for a in arms]
     dev = [f"{found[a]['train']['dev_mrr_best']:.3f}" for a in arms]
     lines.append("| dev sample (train stage) | MRR | " + " | ".join(dev) + " |")
     secs = [f"{found[a]['train']['train_time_s']:.0f}" for a in arms]
-    lines.append("| train stage wall time, s | | " + " | ".join(secs) + " |")
+    lines.append("| train stage wall time, s (shared CPU) | | " + " | ".join(secs) + " |")
+    lines += ["", "Where each arm's numbers come from:", *sources]
     return "\n".join(lines) + "\n"
 
 
@@ -141,7 +144,7 @@ def compact(config: dict) -> str:
     first = next(iter(found.values()))["benchmark"]
     sets = [k for k in README_SETS if f"{mode}.{k}.finetuned.mrr" in first]
     names = [k.split(".")[1].replace("70cases_", "").replace("_v1", "") for k in sets]
-    lines = [f"MRR / HR@1 of the fine-tuned model ({mode}-vector; {config['steps']}; 95% CIs and n in "
+    lines = [f"MRR / HR@1, fine-tuned, {mode}-vector, {config['steps']} (CIs, n: "
              "[reports/ablation.md](reports/ablation.md)):", "",
              "| negatives | " + " | ".join(names) + " |", "|---|" + "---|" * len(sets)]
     for arm, res in found.items():

@@ -54,9 +54,10 @@ def test_tables_from_arm_reports(tmp_path, monkeypatch):
 
     for arm, mrr in (("a", 0.7), ("b", 0.75)):
         (tmp_path / f"{arm}.json").write_text(json.dumps({"benchmark": report(mrr), "train": {
-            "dev_mrr_best": mrr, "train_time_s": 100.0}}))
+            "dev_mrr_best": mrr, "train_time_s": 100.0}, "experiment": f"abl-{arm}", "base_commit": "0123456789"}))
     full = abl.table(config)
     assert "| held-out German (70) | MRR | 0.700 [0.690, 0.710] | 0.750 [0.740, 0.760] |" in full
+    assert "- mined: `abl-b` at commit 0123456" in full
     short = abl.compact(config)
     assert "| negatives | de | fr | o3 |" in short
     assert "| mined | 0.750 / 0.650 | 0.750 / 0.650 | 0.750 / 0.650 |" in short
