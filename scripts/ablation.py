@@ -48,7 +48,9 @@ def set_args(settings: dict) -> list[str]:
 
 def restore() -> None:
     """Back to the commit's params, lock and outputs (the experiment keeps the arm's)."""
-    sh("git", "checkout", "--", "params.yaml", "dvc.lock", "metrics", "reports")
+    changed = [f for f in sh("git", "diff", "--name-only").split() if f not in ("README.md", "reports/ablation.md")]
+    if changed:   # params.yaml, dvc.lock, metrics, reports and git-tracked plots of the arm
+        sh("git", "checkout", "--", *changed)
     sh("dvc", "checkout", "--force", "--quiet")
 
 
