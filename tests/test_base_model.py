@@ -278,3 +278,24 @@ def test_quantize_feeds_zero_segment_ids_to_bert_with_an_xlmr_tokenizer(tmp_path
     sess = ort.InferenceSession(str(tmp_path / "onnx" / onnx_file), providers=["CPUExecutionProvider"])
     assert all(sess.run(None, f) for f in feeds)
     assert quantize.matmul_sensitivity(tmp_path / "onnx" / onnx_file, feeds)
+
+
+def test_rerun_publishes_the_same_folder_bytes(tmp_path, tiny_model_dir):
+    """The model folder is a DVC output that train depends on: it must hold nothing that
+    changes between runs of the same inputs (the wall time goes to the metrics file only),
+    or every base_model rerun reruns train and all that follows."""
+    import hashlib
+
+    from hpo_embed.models.base import run
+    from hpo_embed.params import parse_params
+
+    params = parse_params({"train": {"base_model": str(tiny_model_dir), "prompt": "none"}})
+    digests = []
+    for i in range(2):
+        out = tmp_path / f"run{i}" / "base"
+        run(params, tmp_path / "no-pairs", tmp_path / "no-terms.parquet", REFERENCE, out, tmp_path / f"m{i}.json")
+        digests.append({str(f.relative_to(out)): hashlib.sha256(f.read_bytes()).hexdigest()
+                        for f in sorted(out.rglob("*")) if f.is_file()})
+        assert "wall_time_s" in json.loads((tmp_path / f"m{i}.json").read_text())
+        assert "wall_time_s" not in json.loads((out / "base_model.json").read_text())
+    assert digests[0] == digests[1] and "base_model.json" in digests[0]

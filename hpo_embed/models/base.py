@@ -202,13 +202,16 @@ def run(params, pairs: Path, terms: Path, reference: Path, out: Path, metrics_pa
         tok = model.tokenizer
         metrics = {**origin, "weights_sha256": weights_sha256(stage_dir),
                    "parameters": int(sum(t.numel() for t in model.parameters())),
-                   "dimension": int(model.get_sentence_embedding_dimension()),
+                   "dimension": int(model.get_embedding_dimension()),
                    "vocabulary": int(len(tok)) if tok is not None else None,
                    "prompt": choice, **({"prompt_dev_mrr": measured} if measured else {}),
-                   **(agreement or {}), "wall_time_s": round(time.time() - t0, 1)}
+                   **(agreement or {})}
         metrics.setdefault("licence", _licence(stage_dir))
+        # the folder holds only what the inputs determine (no wall time): a rerun of this
+        # stage publishes the same bytes, so train and what follows it do not rerun
         write_json(stage_dir / "base_model.json", metrics)
         publish_dir(stage_dir, out)
+    metrics = {**metrics, "wall_time_s": round(time.time() - t0, 1)}
     write_json(metrics_path, {k: v for k, v in metrics.items() if k not in ("packed_file", "upstream", "weights")})
     log.info("%s -> %s (%s parameters, prompt %s) in %.0f s", p.base_model, out, metrics["parameters"], choice,
              time.time() - t0)
