@@ -187,8 +187,9 @@ def test_dvc_runs_preflight_before_translate_and_does_not_cache_checkpoints():
     assert stages["preflight"]["cmd"].startswith("python -m stages.preflight ")
     stamp = next(iter(stages["preflight"]["outs"][0]))
     assert stamp in stages["translate"]["deps"]
-    ckpt = [o for o in stages["train"]["outs"] if isinstance(o, dict) and "models/checkpoints" in o][0]
-    assert ckpt["models/checkpoints"]["cache"] is False
+    for stage, folder in (("train", "models/checkpoints"), ("rerank_train", "models/checkpoints-rerank")):
+        outs = [next(iter(o)) if isinstance(o, dict) else o for o in stages[stage]["outs"]]
+        assert folder not in outs and f"--checkpoints {folder} " in stages[stage]["cmd"]
 
 
 # --------------------------------------------------------------------------- cached loss precision
