@@ -215,7 +215,7 @@ def round_one(negs: pd.DataFrame, hn: MineParams, p, fingerprint: str, folder: P
     else:
         corpus, texts, onto = mining_data()
         round2, report = mine(part[["anchor", "positive", "hpo_id"]], corpus, texts, onto, hn.mining(),
-                              model=r1_model, round_no=2)
+                              model=r1_model, round_no=2, progress=True)
         import io
         buf = io.BytesIO()
         round2.to_parquet(buf, index=False)
