@@ -9,9 +9,12 @@ workspace experiment of the real pipeline up to the benchmark stage, named ``abl
 
 ``run`` restores params.yaml, dvc.lock and the outputs of the current commit after every arm
 (the arm's results stay in its experiment ref), and copies the arm's benchmark report to
-reports/ablation/<arm>.json together with the experiment's name and parameters, so the
+reports/ablation/<arm>.json together with the experiment's name and parameters, and the
+fine-tuned model's per-query values to reports/ablation/<arm>.per_query.parquet, so the
 table is rebuilt from committed files. The numbers are the benchmark stage's own (MRR and
-HR@1 with bootstrap 95% CIs over the held-out test concepts and the phentrieve files).
+HR@1 with bootstrap 95% CIs over the held-out test concepts and the phentrieve files); the
+difference of each arm to the baseline arm is paired per query (the same queries: bootstrap
+CI of the mean difference and a paired permutation test, hpo_embed.retrieval.metrics).
 """
 from __future__ import annotations
 
@@ -75,6 +78,49 @@ def save_arm(arm: str, experiment: str, settings: dict) -> None:
                "benchmark": {k: v for k, v in report.items() if ".finetuned." in k or k.endswith("n_queries")}}
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / f"{arm}.json").write_text(json.dumps(payload, indent=1, sort_keys=True) + "\n")
+    import pandas as pd
+    pq = pd.read_parquet(ROOT / "data" / "benchmark" / "per_query.parquet",
+                         columns=["retrieval", "model", "set", "lang", "query", "mrr", "hr@1"])
+    pq = pq[pq["model"] == "finetuned"].drop(columns="model").reset_index(drop=True)
+    pq.to_parquet(OUT / f"{arm}.per_query.parquet", index=False, compression="zstd")
+
+
+def per_query(arm: str):
+    import pandas as pd
+    f = OUT / f"{arm}.per_query.parquet"
+    return pd.read_parquet(f) if f.is_file() else None
+
+
+def paired(arm_rows, base_rows, mode: str, key: str, resamples: int, seed: int) -> dict | None:
+    """MRR of ``arm`` minus the baseline's on the same queries of set ``key`` (mode's
+    retrieval): mean difference, bootstrap 95% CI, paired permutation p. None when either
+    arm has no per-query file."""
+    if arm_rows is None or base_rows is None:
+        return None
+    from hpo_embed.retrieval.metrics import paired_diff
+    held = key.startswith("heldout.")   # heldout.<lang>: set heldout, that language; else the set's key
+    pick = []
+    for df in (arm_rows, base_rows):
+        sub = df[(df["retrieval"] == mode) & (df["set"] == ("heldout" if held else key))]
+        pick.append(sub[sub["lang"] == key.split(".", 1)[1]] if held else sub)
+    a, b = pick
+    if list(a["query"]) != list(b["query"]):
+        sys.exit(f"error: {key}: the arms were scored on different queries; rerun both arms")
+    return paired_diff(a["mrr"].to_numpy(), b["mrr"].to_numpy(), resamples, seed)
+
+
+def stats_params() -> tuple[int, int]:
+    """The benchmark stage's bootstrap settings (params.yaml benchmark.*)."""
+    from hpo_embed.params import load_params
+    bp = load_params(ROOT / "params.yaml").benchmark
+    return bp.bootstrap_resamples, bp.seed
+
+
+def delta_cell(d: dict | None) -> str:
+    if d is None:
+        return "–"
+    p = d["p_value"]
+    return f"{d['diff']:+.3f} [{d['diff_ci_low']:+.3f}, {d['diff_ci_high']:+.3f}] p={p:.3f}"
 
 
 def adopt(arm: str, config: dict) -> None:
@@ -125,6 +171,17 @@ def table(config: dict) -> str:
         for metric in ("mrr", "hr@1"):
             cells = [cell(found[a]["benchmark"], f"{mode}.{key}.finetuned", metric) for a in arms]
             lines.append(f"| {title} ({n}) | {metric.upper()} | " + " | ".join(cells) + " |")
+    base = config.get("baseline", arms[0])
+    if base in found:
+        resamples, seed = stats_params()
+        rows_of = {a: per_query(a) for a in arms}
+        others = [a for a in arms if a != base]
+        for key, title in rows(first, mode):
+            n = first.get(f"{mode}.{key}.finetuned.n_queries", "")
+            cells = ["(baseline)" if a == base else
+                     delta_cell(paired(rows_of[a], rows_of[base], mode, key, resamples, seed)) for a in arms]
+            if others:
+                lines.append(f"| {title} ({n}) | Δ MRR vs {config['titles'].get(base, base)} | " + " | ".join(cells) + " |")
     sources = [f"- {config['titles'].get(a, a)}: `{found[a]['experiment']}` at commit {found[a]['base_commit'][:7]}"
                for a in arms]
     dev = [f"{found[a]['train']['dev_mrr_best']:.3f}" for a in arms]
@@ -146,12 +203,18 @@ def compact(config: dict) -> str:
     first = next(iter(found.values()))["benchmark"]
     sets = [k for k in README_SETS if f"{mode}.{k}.finetuned.mrr" in first]
     names = [k.split(".")[1].replace("70cases_", "").replace("_v1", "") for k in sets]
-    lines = [f"MRR / HR@1, fine-tuned, {mode}-vector, {config['steps']} (CIs, n: "
-             "[reports/ablation.md](reports/ablation.md)):", "",
-             "| negatives | " + " | ".join(names) + " |", "|---|" + "---|" * len(sets)]
+    base = config.get("baseline", next(iter(found)))
+    pooled = "heldout.all"
+    lines = [f"MRR / HR@1, fine-tuned, {mode}-vector, {config['steps']}; last column: MRR difference to "
+             f"{config['titles'].get(base, base)} on all held-out queries, paired per query (95% CI, permutation p; "
+             "per set, CIs, n: [reports/ablation.md](reports/ablation.md)):", "",
+             "| negatives | " + " | ".join(names) + " | Δ MRR held-out |", "|---|" + "---|" * (len(sets) + 1)]
+    resamples, seed = stats_params()
+    base_rows = per_query(base) if base in found else None
     for arm, res in found.items():
         b = res["benchmark"]
         cells = [f"{b[f'{mode}.{k}.finetuned.mrr']:.3f} / {b[f'{mode}.{k}.finetuned.hr@1']:.3f}" for k in sets]
+        cells.append("–" if arm == base else delta_cell(paired(per_query(arm), base_rows, mode, pooled, resamples, seed)))
         lines.append(f"| {config['titles'].get(arm, arm)} | " + " | ".join(cells) + " |")
     missing = [config["titles"].get(a, a) for a in config["arms"] if a not in found]
     if missing:

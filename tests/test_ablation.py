@@ -52,13 +52,42 @@ def test_tables_from_arm_reports(tmp_path, monkeypatch):
                     f"multi.{k}.finetuned.n_queries": 70}
         return out
 
+    import numpy as np
+    import pandas as pd
+    rng = np.random.default_rng(0)
+    base_rr = rng.uniform(0.2, 0.9, 70)
     for arm, mrr in (("a", 0.7), ("b", 0.75)):
         (tmp_path / f"{arm}.json").write_text(json.dumps({"benchmark": report(mrr), "train": {
             "dev_mrr_best": mrr, "train_time_s": 100.0}, "experiment": f"abl-{arm}", "base_commit": "0123456789"}))
+        rows = []
+        for key in ("heldout.de", "heldout.fr", "heldout.all", "phentrieve.70cases_o3_v1"):
+            held = key.startswith("heldout.")
+            # arm b: every query's reciprocal rank 0.05 above arm a's on the same queries
+            rr = base_rr + (0.05 if arm == "b" else 0.0)
+            rows += [{"retrieval": "multi", "set": "heldout" if held else key, "lang": key[8:] if held else None,
+                      "query": f"q{i}", "mrr": rr[i], "hr@1": float(rr[i] > 0.5)} for i in range(70)]
+        pd.DataFrame(rows).to_parquet(tmp_path / f"{arm}.per_query.parquet")
     full = abl.table(config)
     assert "| held-out German (70) | MRR | 0.700 [0.690, 0.710] | 0.750 [0.740, 0.760] |" in full
     assert "- mined: `abl-b` at commit 0123456" in full
+    # the paired difference: +0.05 on every query -> a zero-width CI and a small permutation p
+    delta = [ln for ln in full.splitlines() if ln.startswith("| held-out German (70) | Δ MRR vs in-batch |")]
+    assert len(delta) == 1 and "| (baseline) | +0.050 [+0.050, +0.050] p=0.00" in delta[0]
     short = abl.compact(config)
-    assert "| negatives | de | fr | o3 |" in short
-    assert "| mined | 0.750 / 0.650 | 0.750 / 0.650 | 0.750 / 0.650 |" in short
+    assert "| negatives | de | fr | o3 | Δ MRR held-out |" in short
+    assert "| mined | 0.750 / 0.650 | 0.750 / 0.650 | 0.750 / 0.650 | +0.050 [+0.050, +0.050] p=0.00" in short
+    assert "| in-batch | 0.700 / 0.600 | 0.700 / 0.600 | 0.700 / 0.600 | – |" in short
     assert "Not run yet: iterative." in short
+
+
+def test_paired_difference_refuses_different_queries(tmp_path):
+    import pandas as pd
+    import pytest
+    abl = load_script()
+    a = pd.DataFrame({"retrieval": ["multi"] * 3, "set": ["heldout"] * 3, "lang": ["de"] * 3,
+                      "query": ["x", "y", "z"], "mrr": [1.0, 0.5, 0.2]})
+    b = a.assign(query=["x", "y", "w"])
+    assert abl.paired(a, a.assign(mrr=[0.5, 0.5, 0.2]), "multi", "heldout.de", 200, 0)["diff"] == pytest.approx(0.5 / 3)
+    assert abl.paired(a, None, "multi", "heldout.de", 200, 0) is None
+    with pytest.raises(SystemExit, match="heldout.de: the arms were scored on different queries"):
+        abl.paired(a, b, "multi", "heldout.de", 200, 0)
