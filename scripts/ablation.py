@@ -51,7 +51,9 @@ def set_args(settings: dict) -> list[str]:
 
 def restore() -> None:
     """Back to the commit's params, lock and outputs (the experiment keeps the arm's)."""
-    changed = [f for f in sh("git", "diff", "--name-only").split() if f not in ("README.md", "reports/ablation.md")]
+    keep = ("README.md", "reports/ablation.md")   # and the arms' own results under reports/ablation/
+    changed = [f for f in sh("git", "diff", "--name-only").split()
+               if f not in keep and not f.startswith("reports/ablation/")]
     if changed:   # params.yaml, dvc.lock, metrics, reports and git-tracked plots of the arm
         sh("git", "checkout", "--", *changed)
     sh("dvc", "checkout", "--force", "--quiet")
