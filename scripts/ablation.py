@@ -28,6 +28,7 @@ from pathlib import Path
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))   # hpo_embed (params, statistics) when run as a script
 CONFIG = ROOT / "configs" / "ablation.yaml"
 OUT = ROOT / "reports" / "ablation"
 README = ROOT / "README.md"
