@@ -298,7 +298,11 @@ def test_interrupted_iterative_run_resumes_without_redoing_round_one(tiny, tmp_p
     assert calls == ["round2"] and len(mines) == 1           # round 1 neither trained nor mined again
     it = m["iterative"]
     assert it["round1_resumed"] == "skipped (done)" and it["round2_mining"] == "reused"
-    assert it["round1_rows"] == 24 and it["round2_rows"] == 24 and m["pairs"] == 24
+    assert it["round1_rows"] == 24 and it["round2_rows"] == 24
+    # the headline figures are the whole run's: both rounds' rows, steps and training time
+    assert m["pairs"] == 48 and m["round1_steps"] == it["round1_steps"] >= 1
+    assert m["train_time_s"] >= it["round1_train_s"] > 0
+    assert f"48 pairs, {it['round1_steps']} + {m['steps']} steps" in (d / "finetuned" / "README.md").read_text()
     # an uninterrupted run gives the same model
     calls.clear()
     d2, inputs2, params2 = runs["clean"]

@@ -207,6 +207,12 @@ def write_model(model, out: Path, card: str, langs: list[str], licence: str | No
     publish_dir(tmp, out)
 
 
+def _steps(info: dict) -> str:
+    """``200``, or ``101 + 100`` for the two rounds of ``mine.rounds: 2``."""
+    r1 = info.get("round1_steps")
+    return f"{r1} + {info['steps']}" if r1 is not None else str(info["steps"])
+
+
 def model_card(p, lr: float, data_version: str, langs: list[str], info: dict, base: dict | None = None) -> str:
     """Our additions to sentence-transformers' card: base model and its faithfulness,
     prompt, HPO release, languages and sources, dev retrieval before/after, parameters."""
@@ -220,7 +226,7 @@ hpo-embed `train` stage.
 {_base_section(p.base_model, base or {})}
 - Data version: HPO `{data_version}`
 - Languages (training pairs): {", ".join(langs) or "n/a"}
-- Training: {info['pairs']} pairs, {info['steps']} steps, {info['epochs']:.2f} epochs, loss `{p.loss}`,
+- Training: {info['pairs']} pairs, {_steps(info)} steps, {info['epochs']:.2f} epochs, loss `{p.loss}`,
   negatives `{info['negatives']}`, precision {info['precision']} on {info['device']}
 - Training data: HPO labels and synonyms (English) with their official translations (HPO
   Babelon files) and machine translations where configured (`translate.mt`); concepts of the
@@ -474,6 +480,10 @@ def run(params, a: TrainPaths) -> dict | None:  # noqa: C901 - one linear recipe
         "gain_mrr": round(best["mrr"] - baseline["mrr"], 6),
         "data_version": hpo.get("data_version", "unknown"), "base_model": p.base_model,
     }
+    if round1_state is not None:   # mine.rounds: 2: the run is both rounds (the trainer above saw round 2)
+        r1 = ex_info["iterative"]
+        metrics |= {"pairs": r1["round1_rows"] + r1["round2_rows"], "round1_steps": r1.get("round1_steps"),
+                    "train_time_s": round(train_s + r1.get("round1_train_s", 0.0), 1)}
     base_info = json.loads(base_info_file.read_text()) if base_info_file.is_file() else {"source": str(a.base)}
     metrics["base_model_info"] = {k: base_info.get(k) for k in ("source", "revision", "prompt")}
     write_model(trainer.model, a.out, model_card(p, params.lr, metrics["data_version"], langs, metrics, base_info),
