@@ -192,7 +192,7 @@ def table(config: dict) -> str:
     dev = [f"{found[a]['train']['dev_mrr_best']:.3f}" for a in arms]
     lines.append("| dev sample (train stage) | MRR | " + " | ".join(dev) + " |")
     secs = [f"{found[a]['train']['train_time_s']:.0f}" for a in arms]
-    lines.append("| train stage wall time, s | | " + " | ".join(secs) + " |")
+    lines.append("| training time, s (both rounds; 2 idle cores) | | " + " | ".join(secs) + " |")
     lines += ["", "Where each arm's numbers come from:", *sources]
     return "\n".join(lines) + "\n"
 
