@@ -210,8 +210,8 @@ def compact(config: dict) -> str:
     names = [k.split(".")[1].replace("70cases_", "").replace("_v1", "") for k in sets]
     base = config.get("baseline", next(iter(found)))
     pooled = "heldout.all"
-    lines = [f"MRR / HR@1, fine-tuned, {mode}-vector, {config['steps']}; Δ: MRR minus "
-             f"{config['titles'].get(base, base)} on all held-out queries, paired (95% CI, p). Per set, CIs, n: "
+    lines = [f"MRR / HR@1 (fine-tuned, {mode}-vector, {config['steps']}); Δ MRR vs "
+             f"{config['titles'].get(base, base)} on all held-out queries, paired (95% CI, p); more: "
              "[reports/ablation.md](reports/ablation.md).", "",
              "| negatives | " + " | ".join(names) + " | Δ MRR held-out |", "|---|" + "---|" * (len(sets) + 1)]
     resamples, seed = stats_params()

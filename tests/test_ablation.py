@@ -91,3 +91,18 @@ def test_paired_difference_refuses_different_queries(tmp_path):
     assert abl.paired(a, None, "multi", "heldout.de", 200, 0) is None
     with pytest.raises(SystemExit, match="heldout.de: the arms were scored on different queries"):
         abl.paired(a, b, "multi", "heldout.de", 200, 0)
+
+
+def test_readme_ablation_table_is_the_committed_arms():
+    """The README's hard-negative table is what scripts/ablation.py builds from the committed
+    reports/ablation/<arm>.json and per-query files (no hand-typed number), and every arm of
+    configs/ablation.yaml has been run."""
+    import re
+    abl = load_script()
+    config = yaml.safe_load((REPO / "configs" / "ablation.yaml").read_text())
+    readme = (REPO / "README.md").read_text()
+    section = re.search(re.escape(abl.MARK[0]) + r"\n(.*?)" + re.escape(abl.MARK[1]), readme, re.S).group(1)
+    assert section == abl.compact(config)
+    assert "Not run yet" not in section
+    for arm in config["arms"]:
+        assert (REPO / "reports" / "ablation" / f"{arm}.per_query.parquet").is_file(), arm
