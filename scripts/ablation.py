@@ -177,16 +177,14 @@ def table(config: dict) -> str:
             cells = [cell(found[a]["benchmark"], f"{mode}.{key}.finetuned", metric) for a in arms]
             lines.append(f"| {title} ({n}) | {name} | " + " | ".join(cells) + " |")
     base = config.get("baseline", arms[0])
-    if base in found:
+    if base in found and len(arms) > 1:   # each arm's MRR minus the baseline's, paired per query
         resamples, seed = stats_params()
         rows_of = {a: per_query(a) for a in arms}
-        others = [a for a in arms if a != base]
         for key, title in rows(first, mode):
             n = first.get(f"{mode}.{key}.finetuned.n_queries", "")
             cells = ["(baseline)" if a == base else
                      delta_cell(paired(rows_of[a], rows_of[base], mode, key, resamples, seed)) for a in arms]
-            if others:
-                lines.append(f"| {title} ({n}) | Δ MRR vs {config['titles'].get(base, base)} | " + " | ".join(cells) + " |")
+            lines.append(f"| {title} ({n}) | Δ MRR vs {config['titles'].get(base, base)} | " + " | ".join(cells) + " |")
     sources = [f"- {config['titles'].get(a, a)}: `{found[a]['experiment']}` at commit {found[a]['base_commit'][:7]}"
                for a in arms]
     dev = [f"{found[a]['train']['dev_mrr_best']:.3f}" for a in arms]

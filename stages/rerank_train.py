@@ -58,7 +58,7 @@ def main(argv=None) -> None:
     from hpo_embed.params import load_params
     p = load_params(a.params).rerank
     if not p.enabled:
-        a.checkpoints.mkdir(parents=True, exist_ok=True)   # a declared (persist) output
+        a.checkpoints.mkdir(parents=True, exist_ok=True)   # the --checkpoints folder exists either way
         publish(None, a.out)
         write_json(a.metrics, {"enabled": False})
         return
