@@ -150,8 +150,22 @@ class PairsParams(Section):
                                                     "dropped from every pair; null = the files of "
                                                     "benchmark.external_sets; [] = off (release model)")
 
+    @model_validator(mode="after")
+    def _consistent(self) -> "PairsParams":
+        for t, n in self.type_caps.items():
+            if t not in PAIR_TYPES:
+                raise ValueError(f"type_caps.{t}: unknown pair type (known: {', '.join(PAIR_TYPES)})")
+            if n < 0:
+                raise ValueError(f"type_caps.{t}: must be >= 0, got {n}")
+        if self.dev_fraction + self.test_fraction >= 1:
+            raise ValueError("dev_fraction: pairs.dev_fraction + pairs.test_fraction must be < 1")
+        if not self.types:
+            raise ValueError("types: empty; name at least one pair type")
+        return self
+
 
 TRAIN_LOSSES = ("mnrl", "cached_mnrl", "gist", "cosine", "contrastive", "online_contrastive", "triplet")
+IN_BATCH_LOSSES = ("mnrl", "cached_mnrl", "gist")   # losses whose negatives are the other rows of the batch
 
 
 class TrainParams(Section):
@@ -198,6 +212,20 @@ class TrainParams(Section):
     dev_max_queries: Int | None = spec(500, min=1, doc="random cap on dev queries; null = all")
     dev_corpus_size: Int | None = spec(3000, min=1,
                                        doc="dev corpus: the dev concepts' documents plus random distractors up to this many; null = all")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "TrainParams":
+        if self.save_steps % self.eval_steps:
+            raise ValueError(f"save_steps: {self.save_steps} must be a multiple of train.eval_steps "
+                             f"({self.eval_steps}) to keep the best checkpoint")
+        if self.negatives == "none" and self.loss in TRAIN_LOSSES and self.loss not in IN_BATCH_LOSSES:
+            raise ValueError(f"negatives: loss {self.loss!r} needs negatives (random or sibling)")
+        if self.loss == "gist" and not self.guide_model:
+            raise ValueError("guide_model: required when train.loss is gist")
+        bad = [d for d in self.matryoshka_dims if d < 1]
+        if bad:
+            raise ValueError(f"matryoshka_dims: {bad} must be >= 1")
+        return self
 
 
 _QUANT_OPS = ("MatMul", "Attention", "Gather", "EmbedLayerNormalization", "Transpose", "Conv", "LSTM")
@@ -250,6 +278,13 @@ class QuantizeParams(Section):
                               doc="English corpus document format for the agreement retrieval")
     seed: Int = spec(0, doc="seed of the measurement/query samples")
 
+    @model_validator(mode="after")
+    def _consistent(self) -> "QuantizeParams":
+        if self.method == "auto" and not self.candidates:
+            raise ValueError("candidates: empty with quantize.method auto; name at least one candidate "
+                             "(or set quantize.method to one method)")
+        return self
+
 
 class BenchmarkParams(Section):
     corpus_format: str = spec("label",
@@ -288,6 +323,17 @@ class BenchmarkParams(Section):
     max_seq_length: Int | None = spec(64, min=8, doc="token limit applied to every model (fair "
                                       "comparison when models differ; labels, synonyms and the phentrieve "
                                       "cases fit in 64); null = each model's own")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "BenchmarkParams":
+        if not self.retrieval:
+            raise ValueError("retrieval: empty; name single, multi or both")
+        if self.headline_retrieval not in self.retrieval:
+            raise ValueError(f"headline_retrieval: {self.headline_retrieval!r} is not in benchmark.retrieval "
+                             f"({', '.join(self.retrieval)})")
+        if not self.models and not self.extra_models:
+            raise ValueError("models: benchmark.models and benchmark.extra_models are both empty")
+        return self
 
 
 # --------------------------------------------------------------------------- mine (issue 15)
@@ -484,6 +530,15 @@ class Params(BaseModel):
             return {k: ({} if k in SECTIONS and v is None else v) for k, v in data.items()}
         return data
 
+    @model_validator(mode="after")
+    def _across_sections(self) -> "Params":
+        known = ["en", *self.translate.languages]
+        absent = [lang for lang in self.benchmark.languages if lang not in known]
+        if absent:
+            raise ValueError(f"benchmark.languages: {', '.join(absent)} is not a language of this run "
+                             f"(en + translate.languages: {', '.join(known)}), so it has no held-out queries")
+        return self
+
 
 # --------------------------------------------------------------------------- messages
 
@@ -530,7 +585,7 @@ def _declared(loc: tuple) -> tuple[str, Any, list[str], Any]:
     return key, tp, known, decl
 
 
-def _one_line(exc: ValidationError) -> UserError:
+def _one_line(exc: ValidationError, origin: str = "params.yaml") -> UserError:
     err = exc.errors()[0]
     loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and ("[" in p or p in ("int", "float", "str", "bool",
                                                                                        "list", "dict", "none"))))
@@ -538,18 +593,24 @@ def _one_line(exc: ValidationError) -> UserError:
     kind, value, ctx = err["type"], err.get("input"), err.get("ctx") or {}
     if kind == "extra_forbidden":
         where = "top-level keys: " if len(loc) == 1 else ""
-        return UserError(f"params.yaml: {key}: unknown parameter (known: {where}{', '.join(known) or 'none'})")
-    if kind == "value_error" and len(loc) == 1 and loc[0] in SECTIONS:   # a section's cross-field check (model_validator)
-        return UserError(f"params.yaml: {key}: {err['msg'].removeprefix('Value error, ')}")
+        return UserError(f"{origin}: {key}: unknown parameter (known: {where}{', '.join(known) or 'none'})")
+    if kind == "value_error" and (not loc or (len(loc) == 1 and loc[0] in SECTIONS)):
+        # a cross-field check (a section's or the whole file's model_validator): its message
+        # starts with the key it is about, relative to the section
+        msg = err["msg"].removeprefix("Value error, ")
+        head, sep, rest = msg.partition(": ")
+        if sep and loc and head.split(".")[0] in SECTIONS[loc[0]].model_fields:
+            return UserError(f"{origin}: {loc[0]}.{head}: {rest}")
+        return UserError(f"{origin}: {key + ': ' if key else ''}{msg}")
     if kind in ("greater_than", "greater_than_equal", "less_than_equal", "less_than"):
         op, bound = {"greater_than": (">", "gt"), "greater_than_equal": (">=", "ge"),
                      "less_than_equal": ("<=", "le"), "less_than": ("<", "lt")}[kind]
         declared = next((getattr(m, bound) for m in getattr(decl, "metadata", []) if hasattr(m, bound)), ctx[bound])
-        return UserError(f"params.yaml: {key}: must be {op} {declared}, got {value}")
-    return UserError(f"params.yaml: {key}: expected {_describe(tp)}, got {value!r}")
+        return UserError(f"{origin}: {key}: must be {op} {declared}, got {value}")
+    return UserError(f"{origin}: {key}: expected {_describe(tp)}, got {value!r}")
 
 
-def _check_choices(model: BaseModel, prefix: str) -> None:
+def _check_choices(model: BaseModel, prefix: str, origin: str = "params.yaml") -> None:
     for name, f in type(model).model_fields.items():
         choices = (f.json_schema_extra or {}).get("choices") if isinstance(f.json_schema_extra, dict) else None
         value, key = getattr(model, name), f"{prefix}.{name}"
@@ -559,10 +620,10 @@ def _check_choices(model: BaseModel, prefix: str) -> None:
         if isinstance(value, list):
             dup = next((v for i, v in enumerate(value) if v in value[:i]), None)
             if dup is not None:
-                raise UserError(f"params.yaml: {key}: {dup!r} is listed twice")
+                raise UserError(f"{origin}: {key}: {dup!r} is listed twice")
         for v in items:
             if v not in choices:
-                raise UserError(f"params.yaml: {key}: {v!r} is not one of: {', '.join(map(str, choices))}")
+                raise UserError(f"{origin}: {key}: {v!r} is not one of: {', '.join(map(str, choices))}")
 
 
 # --------------------------------------------------------------------------- loading
@@ -576,9 +637,9 @@ def parse_params(raw: Any, origin: str = "params.yaml") -> Params:
     try:
         params = Params.model_validate(raw)
     except ValidationError as exc:
-        raise _one_line(exc) from None
+        raise _one_line(exc, origin) from None
     for name in SECTIONS:
-        _check_choices(getattr(params, name), name)
+        _check_choices(getattr(params, name), name, origin)
     return params
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from hpo_embed.common import UserError, atomic_write_text, run_stage, write_json
+from hpo_embed.common import UserError, atomic_write_text, publish_dir, run_stage, write_json
 from stages import parser
 
 log = logging.getLogger("hpo_embed.rerank")
@@ -49,8 +49,7 @@ def write_plots(folder: Path, rows: dict[str, list[dict]]) -> None:
         lines = ["confidence,accuracy,count,bin"] + [f"{r['confidence']:.6f},{r['accuracy']:.6f},{r['count']},{r['bin']}"
                                                       for r in rs]
         atomic_write_text(tmp / f"{name}.csv", "\n".join(lines) + "\n")
-    shutil.rmtree(folder, ignore_errors=True)
-    tmp.rename(folder)
+    publish_dir(tmp, folder)
 
 
 def main(argv=None) -> None:

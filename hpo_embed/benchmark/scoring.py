@@ -51,6 +51,7 @@ import hashlib
 import io
 import json
 import math
+import os
 import shutil
 import time
 import unicodedata
@@ -66,7 +67,7 @@ import torch
 from tqdm.auto import tqdm
 
 from hpo_embed.retrieval import metrics as rm
-from hpo_embed.common import UserError, atomic_write_bytes, atomic_write_text, log, write_json, write_parquet
+from hpo_embed.common import UserError, atomic_write_bytes, atomic_write_text, log, publish_dir, write_json, write_parquet
 from hpo_embed.retrieval.corpus import build_corpus, load_terms
 from hpo_embed.schemas import read_table
 from hpo_embed.pairs.external_sets import QuerySet, _sanitize, external_files, load_external_set  # noqa: F401 (re-exported)
@@ -173,8 +174,6 @@ def model_specs(bp: BenchmarkParams, base_model: str, paths: Paths) -> list[Mode
                             "(write it as name=spec)")
         specs.append(ModelSpec(name, resolve_model(spec.strip(), f"benchmark.extra_models[{i}]"),
                                source=spec.strip()))
-    if not specs:
-        raise UserError("params.yaml: benchmark.models and benchmark.extra_models are both empty")
     for s in specs:
         s.max_seq_length = bp.max_seq_length
     return specs
@@ -461,12 +460,7 @@ def case_splits(qs: QuerySet, split_of: dict[str, str]) -> list[str]:
 # --------------------------------------------------------------------------- the stage
 
 def run(bp: BenchmarkParams, base_model: str, paths: Paths) -> dict[str, Any]:
-    modes = [m for m in RETRIEVALS if m in bp.retrieval]
-    if not modes:
-        raise UserError("params.yaml: benchmark.retrieval: empty; name single, multi or both")
-    if bp.headline_retrieval not in modes:
-        raise UserError(f"params.yaml: benchmark.headline_retrieval: {bp.headline_retrieval!r} is not in "
-                        f"benchmark.retrieval ({', '.join(modes)})")
+    modes = [m for m in RETRIEVALS if m in bp.retrieval]   # non-empty, with the headline (hpo_embed/params.py)
     all_terms = load_terms(paths.terms, selected_only=False)
     terms = all_terms[all_terms["selected"]].reset_index(drop=True)
     corpus_ids = sorted(terms["id"])
@@ -607,9 +601,9 @@ def run(bp: BenchmarkParams, base_model: str, paths: Paths) -> dict[str, Any]:
 def write_curves(per_query: pd.DataFrame, sets: list[QuerySet], models: list[str], folder: Path,
                  mode: str) -> None:
     """One CSV per query set (``k,model,hit_rate``; retrieval ``mode``), drawn by dvc plots
-    as HR@K per model."""
-    if folder.exists():
-        shutil.rmtree(folder)
+    as HR@K per model. Written into a temporary sibling and published whole."""
+    final, folder = folder, folder.with_name(f".{folder.name}.tmp-{os.getpid()}")
+    shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
     for qs in sets:
         sub = _subset(per_query, mode, qs)
@@ -619,6 +613,7 @@ def write_curves(per_query: pd.DataFrame, sets: list[QuerySet], models: list[str
             if ranks.size:
                 lines += [f"{k},{m},{hr:.6f}" for k, hr in zip(CURVE_KS, hit_rate_curve(ranks))]
         atomic_write_text(folder / f"{qs.key}.csv", "\n".join(lines) + "\n")
+    publish_dir(folder, final)
 
 
 # --------------------------------------------------------------------------- the report

@@ -25,10 +25,10 @@ from sentence_transformers.sentence_transformer import losses
 
 from hpo_embed.common import UserError
 from hpo_embed.models.loader import load_sentence_transformer, resolve_model
-from hpo_embed.params import TrainParams
+from hpo_embed.params import IN_BATCH_LOSSES, TrainParams
 from hpo_embed.training.sampling import row_keys, sample_negatives
 
-IN_BATCH = ("mnrl", "cached_mnrl", "gist")
+IN_BATCH = IN_BATCH_LOSSES
 TRIPLET = ("triplet",)
 PAIR_LABEL = ("cosine", "contrastive", "online_contrastive")
 
@@ -38,8 +38,6 @@ def negatives_for(p: TrainParams) -> str:
     neg = p.negatives
     if neg == "auto":
         return "none" if p.loss in IN_BATCH else "random"
-    if neg == "none" and p.loss not in IN_BATCH:
-        raise UserError(f"params.yaml: train.negatives: loss {p.loss!r} needs negatives (random or sibling)")
     return neg
 
 
@@ -109,9 +107,7 @@ def build_loss(model: SentenceTransformer, p: TrainParams, guide: SentenceTransf
         loss = CachedMNRL(model, mini_batch_size=p.mini_batch_size, gather_across_devices=multi,
                           show_progress_bar=False)
     elif p.loss == "gist":
-        if guide is None:
-            if not p.guide_model:
-                raise UserError("params.yaml: train.guide_model: required when train.loss is gist")
+        if guide is None:   # train.guide_model is required with gist (hpo_embed/params.py)
             guide = load_model(p.guide_model, "train.guide_model", device=str(model.device))
         loss = losses.GISTEmbedLoss(model, guide=guide)
     elif p.loss == "cosine":

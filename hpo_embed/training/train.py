@@ -275,9 +275,6 @@ def _base_section(spec: str, base: dict) -> str:
 def run(params, a: TrainPaths) -> dict | None:  # noqa: C901 - one linear recipe
     t0 = time.time()
     p = params.train
-    if p.save_steps % p.eval_steps:
-        raise UserError(f"params.yaml: train.save_steps: {p.save_steps} must be a multiple of "
-                        f"train.eval_steps ({p.eval_steps}) to keep the best checkpoint")
     all_pairs = read_table(a.pairs / "train.parquet", "pairs")
     queries = read_table(a.pairs / "queries.parquet", "queries")
     from hpo_embed.negatives.anchors import select_training_rows   # shared with the mine stage
