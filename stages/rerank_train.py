@@ -14,8 +14,9 @@ import shutil
 import time
 from pathlib import Path
 
-import pandas as pd
 
+from hpo_embed.checkpoints import fingerprint
+from hpo_embed.checkpoints import prepare as prepare_checkpoints
 from hpo_embed.common import UserError, run_stage, write_json, publish_dir
 from stages import parser
 
@@ -82,11 +83,11 @@ def main(argv=None) -> None:
     init = a.finetuned if p.init == "finetuned" else a.base
     if not (init / "config.json").is_file():
         raise UserError(f"{init}: no transformer (config.json) for rerank.init = {p.init}; run its stage first")
-    fp = M.fingerprint({**p.model_dump(exclude={"resume", "save_total_limit", "test_queries", "target_precision",
+    fp = fingerprint({**p.model_dump(exclude={"resume", "save_total_limit", "test_queries", "target_precision",
                                                  "min_branch_examples", "calibration", "min_dev_examples",
                                                  "batch_size_predict", "bootstrap_resamples"}),
                         "pos_weight": pos_weight}, [a.candidates, a.terms, init / "model.safetensors"])
-    last = M.prepare_checkpoints(a.checkpoints, fp, p.resume)
+    last = prepare_checkpoints(a.checkpoints, fp, p.resume, "rerank.resume")
     model = M.load_cross_encoder(str(init), p.max_length, p.seed)
     frozen = M.freeze_word_embeddings(model) if p.freeze_embeddings else 0
     log.info("%d examples (%d queries, pos_weight %.2f), %d dev queries; %s frozen embedding weights; resume: %s",

@@ -13,6 +13,8 @@ import yaml
 from hpo_embed.rerank import calibration as K
 from hpo_embed.rerank import candidates as C
 from hpo_embed.rerank import model as M
+from hpo_embed.checkpoints import last_complete_checkpoint
+from hpo_embed.checkpoints import prepare as prepare_checkpoints
 from hpo_embed.params import RerankParams, parse_params
 from hpo_embed.common import UserError
 
@@ -189,7 +191,7 @@ def test_tiny_cross_encoder_trains_and_reorders_a_candidate_list(tiny_model_dir,
     rr = M.rerank(cands, logits)
     assert rr["rr_rank"].tolist() == [1, 1]
     assert rr["rr_ids"][0][0] == "C" and rr["rr_ids"][1][0] == "B"
-    assert M.last_complete_checkpoint(tmp_path / "ckpt", clean=False) is not None
+    assert last_complete_checkpoint(tmp_path / "ckpt", clean=False) is not None
 
 
 def test_prepare_checkpoints_drops_another_runs_checkpoints(tmp_path):
@@ -198,10 +200,10 @@ def test_prepare_checkpoints_drops_another_runs_checkpoints(tmp_path):
     (ck / "checkpoint-10" / "trainer_state.json").write_text("{}")
     (ck / "checkpoint-20").mkdir()          # killed while saving: no trainer_state.json
     (ck / "run.json").write_text('{"fingerprint": "fp1"}')
-    assert M.prepare_checkpoints(ck, "fp1", resume=True).name == "checkpoint-10"
+    assert prepare_checkpoints(ck, "fp1", True, "rerank.resume").name == "checkpoint-10"
     assert not (ck / "checkpoint-20").exists()
-    assert M.prepare_checkpoints(ck, "fp1", resume=True).name == "checkpoint-10"
-    assert M.prepare_checkpoints(ck, "fp2", resume=True) is None       # params or inputs changed
+    assert prepare_checkpoints(ck, "fp1", True, "rerank.resume").name == "checkpoint-10"
+    assert prepare_checkpoints(ck, "fp2", True, "rerank.resume") is None       # params or inputs changed
     assert not list(ck.glob("checkpoint-*"))
 
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import logging
+import shutil
 import os
 import signal
 import subprocess
@@ -480,8 +482,8 @@ def test_dvc_stage_declaration():
     # otherwise make `dvc repro` retrain (DVC compares a cache: false out's hash too)
     assert "models/finetuned" in outs and "models/checkpoints" not in outs
     assert "--checkpoints models/checkpoints " in stage["cmd"]
-    assert stage["metrics"] == [{"metrics/train.json": {"cache": False}}]
-    assert {"reports/train.json": {"cache": False}} in stage["outs"]
+    assert stage["metrics"] == [{"metrics/train.json": {"persist": True, "cache": False}}]
+    assert {"reports/train.json": {"persist": True, "cache": False}} in stage["outs"]
     assert "dvclive/plots/metrics" in stage["plots"][0]
     for profile in ("embedded", "gpu"):
         prof = yaml.safe_load((REPO / "profiles" / f"{profile}.yaml").read_text())["train"]
@@ -493,7 +495,7 @@ def test_dvc_stage_declaration():
 
 
 def test_last_complete_checkpoint_skips_and_removes_an_incomplete_one(tmp_path):
-    from hpo_embed.training.train import last_complete_checkpoint
+    from hpo_embed.checkpoints import last_complete_checkpoint
     for n, state in [(5, "{}"), (10, "{}"), (15, "{cut short")]:   # 15: killed while saving
         (tmp_path / f"checkpoint-{n}").mkdir()
         (tmp_path / f"checkpoint-{n}" / "trainer_state.json").write_text(state)
@@ -502,3 +504,91 @@ def test_last_complete_checkpoint_skips_and_removes_an_incomplete_one(tmp_path):
     assert not (tmp_path / "checkpoint-15").exists() and (tmp_path / "checkpoint-5").exists()
     assert last_complete_checkpoint(tmp_path, clean=False) == tmp_path / "checkpoint-10"
     assert last_complete_checkpoint(tmp_path / "absent", clean=True) is None
+
+
+def test_a_damaged_checkpoint_is_skipped_with_one_warning_and_the_run_resumes(tiny_model, tmp_path, caplog):
+    """Issue #26 (2): truncating optimizer.pt of the newest checkpoint (trainer_state.json
+    intact) made resume crash inside transformers (`PytorchStreamReader failed reading zip
+    archive`). Now the checkpoint is recognised as incomplete, removed with one warning,
+    and the run resumes from the previous complete one."""
+    from hpo_embed.checkpoints import checkpoint_problem, checkpoints
+    inputs = write_inputs(tmp_path)
+    params = write_params(tmp_path / "p.yaml", tiny_model, epochs=2, eval_steps=4, save_steps=4,
+                          save_total_limit=3, dev_corpus_size=20, max_train_pairs=64)
+    first = run_inprocess(tmp_path, inputs, params)
+    kept = checkpoints(tmp_path / "checkpoints")
+    assert len(kept) >= 2 and all(checkpoint_problem(d) is None for d in kept)
+    newest, previous = kept[0], kept[1]
+    opt = newest / "optimizer.pt"
+    opt.write_bytes(opt.read_bytes()[: opt.stat().st_size // 2])
+    assert checkpoint_problem(newest).startswith("optimizer.pt: not a complete torch archive")
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="hpo_embed"):
+        again = run_inprocess(tmp_path, inputs, params)
+    warnings = [r.getMessage() for r in caplog.records if "incomplete" in r.getMessage()]
+    assert len(warnings) == 1 and newest.name in warnings[0] and "optimizer.pt" in warnings[0]
+    assert again["resumed_from_step"] == int(previous.name.split("-")[1])
+    assert again["steps"] == first["steps"]
+
+
+@pytest.mark.parametrize("damage", ["truncate_safetensors", "corrupt_zip_member", "truncate_json", "drop_state"])
+def test_checkpoint_problem_names_the_damaged_file(tmp_path, damage):
+    import torch
+    from safetensors.torch import save_file
+    from hpo_embed.checkpoints import checkpoint_problem, last_complete_checkpoint
+    for n in (4, 8):
+        d = tmp_path / f"checkpoint-{n}"
+        d.mkdir()
+        (d / "trainer_state.json").write_text(json.dumps({"global_step": n}))
+        torch.save({"state": {0: torch.arange(1000.0)}}, d / "optimizer.pt")
+        save_file({"w": torch.ones(64, 64)}, d / "model.safetensors")
+        (d / "config.json").write_text("{}")
+    d = tmp_path / "checkpoint-8"
+    assert checkpoint_problem(d) is None
+    if damage == "truncate_safetensors":
+        f = d / "model.safetensors"
+        f.write_bytes(f.read_bytes()[:-10])
+    elif damage == "corrupt_zip_member":   # same length, flipped bytes inside the tensor data
+        f = d / "optimizer.pt"
+        b = bytearray(f.read_bytes())
+        b[len(b) // 2: len(b) // 2 + 8] = b"\xff" * 8
+        f.write_bytes(bytes(b))
+    elif damage == "truncate_json":
+        (d / "config.json").write_text("{")
+    else:
+        (d / "trainer_state.json").unlink()
+    expected = {"truncate_safetensors": "model.safetensors:", "corrupt_zip_member": "optimizer.pt:",
+                "truncate_json": "config.json: unreadable", "drop_state": "trainer_state.json: missing"}[damage]
+    assert checkpoint_problem(d).startswith(expected)
+    assert last_complete_checkpoint(tmp_path, clean=False) is None   # other ranks: none
+    assert last_complete_checkpoint(tmp_path, clean=True) == tmp_path / "checkpoint-4"
+    assert not d.exists()
+
+
+def _without_pooler(src: Path, dst: Path) -> Path:
+    """A copy of the tiny model saved without its (unused) BERT pooler, as the base_model
+    stage saves e5-small: loading it for training adds a randomly initialised pooler."""
+    from safetensors.torch import load_file, save_file
+    shutil.copytree(src, dst)
+    for f in dst.rglob("model.safetensors"):
+        weights = {k: v for k, v in load_file(f).items() if not k.startswith("pooler.")}
+        save_file(weights, f, metadata={"format": "pt"})
+    return dst
+
+
+def test_two_retrains_with_the_same_params_publish_byte_identical_models(tiny_model, tmp_path):
+    """Issue #26 (6): the randomly initialised, unused pooler made every retrain publish
+    different bytes, so quantize and benchmark always reran."""
+    base = _without_pooler(tiny_model, tmp_path / "base")
+    inputs = write_inputs(tmp_path)
+    published = []
+    for run_dir in ("a", "b"):
+        tmp = tmp_path / run_dir
+        tmp.mkdir()
+        params = write_params(tmp / "p.yaml", base, max_train_pairs=48, dev_corpus_size=20)
+        run_inprocess(tmp, inputs, params)
+        published.append({str(f.relative_to(tmp / "finetuned")): f.read_bytes()
+                          for f in sorted((tmp / "finetuned").rglob("*")) if f.is_file()})
+    assert published[0].keys() == published[1].keys() and "model.safetensors" in published[0]
+    differ = [name for name in published[0] if published[0][name] != published[1][name]]
+    assert differ == []

@@ -69,7 +69,7 @@ def cuda_problem() -> str | None:
     if torch.version.cuda is None:
         return (f"torch {torch.__version__} is a CPU-only build; install the CUDA build "
                 f"(pip install torch=={torch.__version__.split('+')[0]} --index-url https://download.pytorch.org/whl/cu130)")
-    why = " ".join(str(w.message).split()) if caught else ""
+    why = " ".join(str(caught[-1].message).split()) if caught else ""
     driver = _driver()
     return (f"torch {torch.__version__} (built for CUDA {torch.version.cuda}) sees no usable GPU"
             + (f": {why[:200]}" if why else "")

@@ -25,6 +25,7 @@ import pandas as pd
 from hpo_embed.negatives.mining import Corpus, build_corpus, concept_texts, mine
 from hpo_embed.negatives.ontology import Ontology
 from hpo_embed.params import MineParams
+from hpo_embed.checkpoints import last_complete_checkpoint
 from hpo_embed.common import UserError, atomic_write_bytes, write_json
 
 log = logging.getLogger("hpo_embed.negatives")
@@ -191,7 +192,6 @@ def round_one(negs: pd.DataFrame, hn: MineParams, p, fingerprint: str, folder: P
         model = load_model()
         ds, keys, _ = build_examples(negs.iloc[r1_rows].reset_index(drop=True), p, hn)
         ckpt = folder / "checkpoints"
-        from hpo_embed.training.train import last_complete_checkpoint
         last = last_complete_checkpoint(ckpt, clean=True) if p.resume and ckpt.is_dir() else None
         trainer = SentenceTransformerTrainer(model=model, args=make_args(str(ckpt), keys), train_dataset=ds,
                                              loss=build_loss(model, p, hn))

@@ -60,7 +60,6 @@ from pathlib import Path
 
 import pandas as pd
 import pyarrow as pa
-import pyarrow.parquet as pq
 from tqdm import tqdm
 
 from hpo_embed.common import ROOT, UserError, log, publish_dir, write_json, write_parquet

@@ -7,10 +7,7 @@ bi-encoder's top-k (label 0) and ``random_negatives`` random concepts (label 0).
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -64,52 +61,6 @@ def reranking_samples(cands: pd.DataFrame, docs: dict[str, str], top: int = 10) 
     missed it; MRR@10 needs no more than 10, and each evaluation costs queries x top pairs)."""
     return [{"query": r.query, "positive": [docs[h] for h in r.expected],
              "documents": [docs[c] for c in list(r.cand_ids)[:top]]} for r in cands.itertuples(index=False)]
-
-
-def fingerprint(params: dict, files: list[Path]) -> str:
-    """Identity of a training run (params that change the model + input files); checkpoints
-    of another fingerprint are never resumed."""
-    h = hashlib.sha256(json.dumps(params, sort_keys=True, default=str).encode())
-    for f in files:
-        h.update(f.name.encode())
-        h.update(hashlib.sha256(f.read_bytes()).digest() if f.is_file() else b"-")
-    return h.hexdigest()[:16]
-
-
-def last_complete_checkpoint(folder: Path, clean: bool) -> Path | None:
-    """The newest ``checkpoint-N`` whose trainer_state.json (written last) parses; newer
-    incomplete ones are removed when ``clean``."""
-    def step(d: Path) -> int:
-        tail = d.name.rsplit("-", 1)[-1]
-        return int(tail) if tail.isdigit() else -1
-
-    for d in sorted(folder.glob("checkpoint-*"), key=step, reverse=True):
-        try:
-            json.loads((d / "trainer_state.json").read_text())
-            return d
-        except (OSError, ValueError):
-            if clean:
-                log.warning("removing incomplete checkpoint %s", d)
-                shutil.rmtree(d, ignore_errors=True)
-    return None
-
-
-def prepare_checkpoints(folder: Path, fp: str, resume: bool) -> Path | None:
-    """Remove checkpoints of another run (or all when not ``resume``) and incomplete ones;
-    return the checkpoint to resume from (None = start fresh)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    run_file = folder / "run.json"
-    prev = json.loads(run_file.read_text()).get("fingerprint") if run_file.is_file() else None
-    stale = sorted(folder.glob("checkpoint-*"))
-    if stale and (not resume or prev != fp):
-        log.warning("removing %d checkpoint(s) in %s: %s", len(stale), folder,
-                    "rerank.resume is false" if not resume else "params or inputs changed")
-        for d in stale:
-            shutil.rmtree(d)
-    if prev != fp:
-        run_file.write_text(json.dumps({"fingerprint": fp}) + "\n")
-    last = last_complete_checkpoint(folder, clean=True)
-    return last if resume else None
 
 
 def load_cross_encoder(path: str, max_length: int, seed: int = 0, **kw):

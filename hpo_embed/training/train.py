@@ -13,7 +13,6 @@ only rank 0 writes the outputs.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import logging
 import os
@@ -23,6 +22,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from hpo_embed.checkpoints import discard_other_runs, fingerprint, last_complete_checkpoint
 from hpo_embed.common import UserError, publish_dir, write_json
 from hpo_embed.pairs.dev_set import dev_eval_set
 from hpo_embed.schemas import read_table
@@ -60,38 +60,15 @@ def pick_precision(requested: str, device: str = "auto") -> str:
     return requested
 
 
-def fingerprint(params, files: list[Path]) -> str:
+def run_fingerprint(params, files: list[Path]) -> str:
     """Identity of a training run: params that change what is trained, and the inputs.
-    Checkpoints of another fingerprint are not resumed."""
+    Checkpoints of another fingerprint are not resumed (hpo_embed.checkpoints)."""
     train = {k: v for k, v in params.train.model_dump().items()
              if k not in ("resume", "logging_steps", "save_total_limit")}
     ident = {"lr": params.lr, "train": train}
     if params.train.negatives == "mined":   # mine.* (rounds, easy mix, hardness) shape the run
         ident["mine"] = params.mine.model_dump()
-    h = hashlib.sha256(json.dumps(ident, sort_keys=True).encode())
-    for f in files:
-        h.update(f.name.encode())
-        h.update(hashlib.sha256(f.read_bytes()).digest() if f.is_file() else b"-")
-    return h.hexdigest()[:16]
-
-
-def last_complete_checkpoint(folder: Path, clean: bool) -> Path | None:
-    """The newest ``checkpoint-N`` (``transformers.trainer_utils.get_last_checkpoint``) when
-    it is complete: its trainer_state.json, written last by the Trainer, parses. A newer
-    incomplete one (a run killed while saving) is removed when ``clean`` and the next newest
-    tried; without ``clean`` (the other ranks, after rank 0 has cleaned) it means none."""
-    from transformers.trainer_utils import get_last_checkpoint
-
-    while folder.is_dir() and (last := get_last_checkpoint(str(folder))) is not None:
-        try:
-            json.loads((Path(last) / "trainer_state.json").read_text())
-            return Path(last)
-        except (OSError, ValueError):
-            if not clean:
-                return None
-            log.warning("removing incomplete checkpoint %s", last)
-            shutil.rmtree(last)
-    return None
+    return fingerprint(ident, files)
 
 
 def freeze_word_embeddings(model) -> int:
@@ -292,7 +269,7 @@ def run(params, a: TrainPaths) -> dict | None:  # noqa: C901 - one linear recipe
 
     import torch
     from sentence_transformers import SentenceTransformerTrainer, SentenceTransformerTrainingArguments
-    from transformers import TrainerCallback
+    from transformers import TrainerCallback, set_seed
 
     from hpo_embed.training.losses import build_examples, build_loss, load_model, negatives_for, set_precision
     from hpo_embed.training.sampling import concept_batch_sampler, load_siblings
@@ -303,21 +280,16 @@ def run(params, a: TrainPaths) -> dict | None:  # noqa: C901 - one linear recipe
         raise UserError(f"{a.base}: no base model; run the base_model stage first (dvc repro base_model)")
     base_info_file = a.base / "base_model.json"   # written by the base_model stage (weights checksum, prompt)
     base_id = base_info_file if base_info_file.is_file() else a.base / "config_sentence_transformers.json"
-    fp = fingerprint(params, [a.pairs / "train.parquet", a.pairs / "queries.parquet", a.terms, base_id]
+    fp = run_fingerprint(params, [a.pairs / "train.parquet", a.pairs / "queries.parquet", a.terms, base_id]
                      + ([a.edges] if negatives_for(p) == "sibling" else [])
                      + ([a.negatives / "negatives.parquet"] if negatives_for(p) == "mined" else []))
-    run_file = ckpt / "run.json"
     if rank == 0:
-        prev = json.loads(run_file.read_text()) if run_file.is_file() else {}
-        stale = sorted(ckpt.glob("checkpoint-*"))
-        if stale and (not p.resume or prev.get("fingerprint") != fp):
-            why = "train.resume is false" if not p.resume else "params or inputs changed"
-            log.warning("removing %d checkpoint(s) in %s: %s", len(stale), ckpt, why)
-            for d in stale:
-                shutil.rmtree(d)
-        if prev.get("fingerprint") != fp:
-            write_json(run_file, {"fingerprint": fp})
+        discard_other_runs(ckpt, fp, p.resume, "train.resume")
 
+    # seeded before loading: weights the base folder lacks (e5-small is saved without its
+    # unused BERT pooler) are initialised the same way every run, so an unchanged retrain
+    # publishes the same bytes and nothing downstream reruns
+    set_seed(p.seed)
     model = load_model(str(a.base), "train.base_model")
     model.max_seq_length = p.max_seq_length
     # train with the prompt a plain encode() applies (saved by the base_model stage), so the
@@ -349,6 +321,7 @@ def run(params, a: TrainPaths) -> dict | None:  # noqa: C901 - one linear recipe
         train_df = hn.load_negatives(a.negatives, train_df)
         if params.mine.rounds == 2:
             def fresh():
+                set_seed(p.seed)
                 m = load_model(str(a.base), "train.base_model")
                 m.max_seq_length = p.max_seq_length
                 if p.freeze_embeddings:
