@@ -59,7 +59,7 @@ def build_models(work: Path, base: str) -> None:
     ft, onnx = work / "models" / "finetuned", work / "models" / "onnx"
     if not ft.is_dir():
         shutil.copytree(base, ft)
-    if not (onnx / "onnx" / "model_int8.onnx").is_file():
+    if not (onnx / "onnx" / "model.onnx").is_file():
         shutil.rmtree(onnx, ignore_errors=True)
         shutil.copytree(base, onnx)
         m = SentenceTransformer(str(onnx), backend="onnx", device="cpu")
@@ -88,7 +88,7 @@ def sample_throughput(work: Path, n: int) -> dict:
     terms = terms[terms["selected"]]
     models = {"fp32_torch": (work / "models" / "finetuned", {}),
               "int8_onnx": (work / "models" / "onnx", {"backend": "onnx", "model_kwargs": {
-                  "file_name": "onnx/model_int8.onnx", "session_options": so}})}
+                  "file_name": "onnx/model.onnx", "session_options": so}})}
     out = {}
     for fmt in ("label", "label_synonyms", "label_synonyms_definition"):
         docs = list(build_corpus(terms, fmt).values())

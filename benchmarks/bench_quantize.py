@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import dataclasses
 import json
 import logging
 import os
@@ -30,10 +29,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from stages import quantize as Q  # noqa: E402
-from stages.corpus import TERMS, load_terms  # noqa: E402
-from stages.models import resolve_model  # noqa: E402
-from stages.params import load_params  # noqa: E402
+from hpo_embed.common import ROOT  # noqa: E402
+from hpo_embed.export import quantize as Q  # noqa: E402
+from hpo_embed.models.loader import resolve_model  # noqa: E402
+from hpo_embed.params import load_params  # noqa: E402
+
+TERMS = ROOT / "data" / "hpo" / "terms.parquet"
 
 
 def profile(folder: Path, file_name: str, texts: list[str], threads: int, batch_size: int,
@@ -98,7 +99,7 @@ def main() -> None:
                      ("gate_corpus", args.gate_corpus), ("repeats", args.repeats)):
         if val is not None:
             over[key] = val
-    p = dataclasses.replace(p, **over)
+    p = type(p).model_validate({**p.model_dump(), **over})   # params models are frozen pydantic models
     import torch
     torch.set_num_threads(args.threads)
     src = Path(resolve_model(args.model, "--model"))
@@ -108,11 +109,12 @@ def main() -> None:
     print((args.out / "reports" / "quantize.md").read_text())
     print(json.dumps(Q.headline(rep)), f"stage {time.time() - t0:.0f}s")
     if args.profile:
-        texts = json.loads((out / Q.TEXTS_FILE).read_text())["texts"]
+        build = Q.default_build_dir(out)   # the fp32 export and the candidates
+        texts = json.loads((build / Q.TEXTS_FILE).read_text())["texts"]
         prof = {}
         for name in args.profile.split(","):
             fname = Q.FP32_FILE if name == "onnx_fp32" else f"{Q.CANDIDATE_DIR}/{name}.onnx"
-            prof[name] = profile(out, fname, texts, args.threads, p.batch_size)
+            prof[name] = profile(build, fname, texts, args.threads, p.batch_size)
             print(name, json.dumps(prof[name]))
         rep["profile"] = prof
         (args.out / "reports" / "quantize.json").write_text(json.dumps(rep, indent=2, default=str))

