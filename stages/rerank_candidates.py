@@ -14,6 +14,7 @@ from pathlib import Path
 import pandas as pd
 
 from hpo_embed.common import UserError, atomic_write_bytes, run_stage, write_json
+from hpo_embed.models.loader import load_sentence_transformer
 from stages import parser
 
 log = logging.getLogger("hpo_embed.rerank")
@@ -72,8 +73,7 @@ def main(argv=None) -> None:
     log.info("queries: %s", meta.groupby(["set", "lang"]).size().to_dict())
     if not (a.model / "modules.json").is_file():
         raise UserError(f"{a.model}: no SentenceTransformer model; run the train stage first (dvc repro train)")
-    from sentence_transformers import SentenceTransformer
-    model = SentenceTransformer(str(a.model), device="cpu", local_files_only=True)
+    model = load_sentence_transformer(a.model, str(a.model), device="cpu", local_files_only=True)
     model.max_seq_length = params.benchmark.max_seq_length or model.max_seq_length
     t1 = time.time()
     files = [f for f in a.model.rglob("*") if f.is_file() and f.suffix in (".json", ".safetensors")]

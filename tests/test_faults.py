@@ -595,3 +595,44 @@ def test_a_second_concurrent_dvc_repro_is_refused(tmp_path):
         (tmp_path / "release").touch()
         first.wait(timeout=120)
     assert first.returncode == 0 and (tmp_path / "out.txt").read_text() == "done"
+
+
+# =========================================================================== 26. smaller items
+
+@pytest.mark.parametrize("model_type, dropped", [("bert", True), ("xlm-roberta", True), ("mistral", False)])
+def test_mistral_regex_warning_is_dropped_for_known_good_tokenizers_only(tmp_path, caplog, model_type, dropped):
+    """transformers 4.57.3+ warns "incorrect regex pattern" on every load of a large-vocabulary
+    tokenizer it saved (every e5 load here); only Mistral-family models are affected."""
+    from transformers.utils import logging as hf_logging
+    from hpo_embed.models.loader import known_good_tokenizer
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": model_type}))
+    hf_logging.enable_propagation()
+    msg = "The tokenizer you are loading from 'x' with an incorrect regex pattern: https://..."
+    with caplog.at_level(logging.WARNING), known_good_tokenizer(tmp_path):
+        logging.getLogger("transformers.tokenization_utils_base").warning(msg)
+        logging.getLogger("transformers.tokenization_utils_base").warning("another warning")
+    got = [r.getMessage() for r in caplog.records]
+    assert "another warning" in got and (msg in got) is not dropped
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):   # outside the context nothing is filtered
+        logging.getLogger("transformers.tokenization_utils_base").warning(msg)
+    assert [r.getMessage() for r in caplog.records] == [msg]
+
+
+def test_params_errors_name_the_file_that_was_checked(tmp_path):
+    """`make params` / `python -m hpo_embed.params other.yaml` named params.yaml whatever it checked."""
+    other = tmp_path / "sweep.yaml"
+    other.write_text("lr: abc\n")
+    proc = subprocess.run([sys.executable, "-m", "hpo_embed.params", str(other)], cwd=REPO, capture_output=True,
+                          text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == f"error: {other}: lr: expected a number, got 'abc'"
+    with pytest.raises(UserError, match=r"^profile gpu: train.save_steps: 7 must be a multiple"):
+        parse_params({"train": {"save_steps": 7}}, "profile gpu")
+
+
+def test_empty_quantize_candidates_with_method_auto_is_rejected_by_the_validator():
+    """Issue #26 (3): it passed validation, exported fp32 for a minute, then FileNotFoundError."""
+    with pytest.raises(UserError, match=r"^params.yaml: quantize.candidates: empty with quantize.method auto"):
+        parse_params({"quantize": {"candidates": []}})
+    assert parse_params({"quantize": {"candidates": [], "method": "dynamic"}}).quantize.method == "dynamic"

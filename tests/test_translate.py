@@ -602,4 +602,9 @@ def test_end_to_end_shared_official_files(tmp_path, hpo_terms, shared_translatio
         assert got[lang]["label"] == len(ref["label"] & selected) == m["languages"][lang]["labels"]["official"]
         assert got[lang]["definition"] == len(ref["definition"] & selected)
         assert m["languages"][lang]["characters_sent"] == 0
+        # rows of ids that are no selected term of this hp.obo are counted, not silently dropped
+        off = translate.babelon.read_language(shared_translations, lang, p.accepted_statuses)
+        unused = (set(off.labels) | set(off.definitions) | set(off.synonyms)) - selected
+        assert m["languages"][lang]["official_ids_unused"] == len(unused)
+    assert m["languages"]["de"]["official_ids_unused"] > 0   # the shared files hold ids outside HP:0000118
     assert schema.load(out / "HP_0001369.json")["languages"]["fr"]["label"]["text"] == "Arthrite"

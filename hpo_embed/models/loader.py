@@ -10,7 +10,10 @@ Accepted forms:
 """
 from __future__ import annotations
 
+import contextlib
 import importlib
+import json
+import logging
 import re
 from pathlib import Path
 
@@ -70,6 +73,38 @@ def load_errors() -> tuple[type[BaseException], ...]:
     return tuple(errors)
 
 
+# transformers 4.57.3+ warns on every load of a local tokenizer with a vocabulary over 100k
+# (e5, bge-m3: XLM-R's) saved by those versions that it *may* be a Mistral tokenizer with a
+# wrong regex. Only Mistral-family models are affected; for any other model type the line
+# is noise, so it is dropped there (and kept for the Mistral family).
+MISTRAL_TYPES = frozenset({"mistral", "mistral3", "voxtral", "ministral", "pixtral"})
+_MISTRAL_REGEX_WARNING = "with an incorrect regex pattern"
+
+
+class _DropMistralRegexWarning(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return _MISTRAL_REGEX_WARNING not in record.getMessage()
+
+
+@contextlib.contextmanager
+def known_good_tokenizer(path: str | Path):
+    """Silence transformers' "incorrect regex pattern" warning while loading ``path`` when
+    its config.json names a model type outside the Mistral family."""
+    try:
+        model_type = json.loads((Path(path) / "config.json").read_text(encoding="utf-8")).get("model_type")
+    except (OSError, ValueError):
+        model_type = None
+    if model_type is None or model_type in MISTRAL_TYPES:
+        yield
+        return
+    logger, drop = logging.getLogger("transformers.tokenization_utils_base"), _DropMistralRegexWarning()
+    logger.addFilter(drop)
+    try:
+        yield
+    finally:
+        logger.removeFilter(drop)
+
+
 def load_sentence_transformer(path: str | Path, what: str, max_seq_length: int | None = None, **kwargs):
     """``SentenceTransformer(path, **kwargs)``; bad model files become one line
     ``<what>: does not load as a SentenceTransformer (<error>)`` naming the parameter or
@@ -77,7 +112,8 @@ def load_sentence_transformer(path: str | Path, what: str, max_seq_length: int |
     from sentence_transformers import SentenceTransformer
 
     try:
-        model = SentenceTransformer(str(path), **kwargs)
+        with known_good_tokenizer(path):
+            model = SentenceTransformer(str(path), **kwargs)
     except load_errors() as exc:
         first = (str(exc).strip().splitlines() or [""])[0][:200]
         raise UserError(f"{what}: does not load as a SentenceTransformer ({type(exc).__name__}: {first})") from None

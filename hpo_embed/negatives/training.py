@@ -27,6 +27,7 @@ from hpo_embed.negatives.ontology import Ontology
 from hpo_embed.params import MineParams
 from hpo_embed.checkpoints import last_complete_checkpoint
 from hpo_embed.common import UserError, atomic_write_bytes, write_json
+from hpo_embed.models.loader import load_sentence_transformer
 
 log = logging.getLogger("hpo_embed.negatives")
 
@@ -166,7 +167,7 @@ def round_one(negs: pd.DataFrame, hn: MineParams, p, fingerprint: str, folder: P
     ``negatives_round2.parquet`` (written atomically: never mined again)."""
     import os
 
-    from sentence_transformers import SentenceTransformer, SentenceTransformerTrainer
+    from sentence_transformers import SentenceTransformerTrainer
 
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise UserError("params.yaml: mine.rounds: 2 runs in one process; launch without torchrun/accelerate "
@@ -206,7 +207,7 @@ def round_one(negs: pd.DataFrame, hn: MineParams, p, fingerprint: str, folder: P
         write_json(done, {k: v for k, v in info.items() if k.startswith("round1_")})
         shutil.rmtree(ckpt, ignore_errors=True)
         del trainer, model
-    r1_model = SentenceTransformer(str(model_dir))
+    r1_model = load_sentence_transformer(model_dir, str(model_dir))
     mined_file = folder / "negatives_round2.parquet"
     part = negs.iloc[r2_rows].reset_index(drop=True)
     if mined_file.is_file():

@@ -491,9 +491,17 @@ def _dry_run(params, jobs, chosen) -> dict:
     return {"dry_run": True, "languages": report, "cost_usd": round(total, 2)}
 
 
+def unused_official_ids(off: babelon.OfficialLanguage | None, selected: set[str]) -> int:
+    """Ids with an accepted official label, definition or synonym that are not in ``selected``."""
+    if off is None:
+        return 0
+    return len((set(off.labels) | set(off.definitions) | set(off.synonyms)) - selected)
+
+
 def _metrics(params, terms, states, chosen, built, sent, corrupt, moved, stale, budget_hit,
              official, official_dir) -> dict:
     out = {}
+    selected = {t["id"] for t in terms}
     for lang in params.languages:
         c = {f: collections.Counter() for f in FIELDS}
         unknown = 0
@@ -527,6 +535,12 @@ def _metrics(params, terms, states, chosen, built, sent, corrupt, moved, stale, 
         entry["retries"] = stats.get("retries", 0)
         entry["mt_texts_with_unknown_words"] = unknown   # Apertium marked words it did not know
         entry["official_files"] = official[lang].files if official.get(lang) else []
+        # official rows of ids that are no selected term here (not in this hp.obo, obsolete,
+        # or outside hpo.roots): never used, but counted so a mismatched release shows
+        entry["official_ids_unused"] = unused_official_ids(official.get(lang), selected)
+        if entry["official_ids_unused"]:
+            log.info("%s: %d ids of the official files are no selected term of this HPO (not used)",
+                     lang, entry["official_ids_unused"])
         out[lang] = entry
     return {
         "terms": len(terms),
