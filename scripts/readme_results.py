@@ -83,8 +83,7 @@ def section(report: dict, train: dict, quant: dict, base: dict, quant_report: di
                      f"{quant.get('speed_ratio_b32')}× PyTorch fp32 sentences/s at batch 32 (2 threads), "
                      f"MRR Δ {quant.get('mrr_delta')}, HR@1 Δ {quant.get('hr1_delta')}, "
                      f"gate passed: {quant.get('gate_passed')}, {quant.get('size_mb')} MB"
-                     + (f"; the published folder `models/onnx` (what the CPU server copies; "
-                        f"`SentenceTransformer(path, backend=\"onnx\")` loads the INT8): {folder_mb} MB"
+                     + (f"; `models/onnx` (the CPU server's folder, INT8 its only ONNX file): {folder_mb} MB"
                         if folder_mb else "") + ".")
     return "\n".join(lines).rstrip() + "\n"
 

@@ -515,7 +515,7 @@ def test_multi_vector_ranks_a_concept_by_its_best_synonym(tmp_path, tiny_model_d
     row = pq_[(pq_["retrieval"] == "multi") & (pq_["set"] == "phentrieve.x")].iloc[0]
     assert row["retrieved"][0] == "HP:0000010" and row["scores"][0] == pytest.approx(1.0, abs=1e-5)
     with pytest.raises(UserError, match="benchmark.headline_retrieval: 'multi' is not in"):
-        bm.run(BenchmarkParams(models=["base"], extra_models=[], retrieval=["single"]), str(tiny_model_dir), paths)
+        parse_params({"benchmark": {"models": ["base"], "extra_models": [], "retrieval": ["single"]}})
 
 
 def test_interrupted_encoding_resumes(tmp_path, tiny_model_dir, monkeypatch):

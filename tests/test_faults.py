@@ -600,23 +600,30 @@ def test_a_second_concurrent_dvc_repro_is_refused(tmp_path):
 # =========================================================================== 26. smaller items
 
 @pytest.mark.parametrize("model_type, dropped", [("bert", True), ("xlm-roberta", True), ("mistral", False)])
-def test_mistral_regex_warning_is_dropped_for_known_good_tokenizers_only(tmp_path, caplog, model_type, dropped):
+def test_mistral_regex_warning_is_dropped_for_known_good_tokenizers_only(tmp_path, model_type, dropped):
     """transformers 4.57.3+ warns "incorrect regex pattern" on every load of a large-vocabulary
     tokenizer it saved (every e5 load here); only Mistral-family models are affected."""
-    from transformers.utils import logging as hf_logging
     from hpo_embed.models.loader import known_good_tokenizer
     (tmp_path / "config.json").write_text(json.dumps({"model_type": model_type}))
-    hf_logging.enable_propagation()
-    msg = "The tokenizer you are loading from 'x' with an incorrect regex pattern: https://..."
-    with caplog.at_level(logging.WARNING), known_good_tokenizer(tmp_path):
-        logging.getLogger("transformers.tokenization_utils_base").warning(msg)
-        logging.getLogger("transformers.tokenization_utils_base").warning("another warning")
-    got = [r.getMessage() for r in caplog.records]
-    assert "another warning" in got and (msg in got) is not dropped
-    caplog.clear()
-    with caplog.at_level(logging.WARNING):   # outside the context nothing is filtered
-        logging.getLogger("transformers.tokenization_utils_base").warning(msg)
-    assert [r.getMessage() for r in caplog.records] == [msg]
+    logger = logging.getLogger("transformers.tokenization_utils_base")
+    seen: list[str] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record):
+            seen.append(record.getMessage())
+    handler = Keep(logging.WARNING)
+    logger.addHandler(handler)
+    try:
+        msg = "The tokenizer you are loading from 'x' with an incorrect regex pattern: https://..."
+        with known_good_tokenizer(tmp_path):
+            logger.warning(msg)
+            logger.warning("another warning")
+        assert "another warning" in seen and (msg in seen) is not dropped
+        seen.clear()
+        logger.warning(msg)   # outside the context nothing is filtered
+        assert seen == [msg]
+    finally:
+        logger.removeHandler(handler)
 
 
 def test_params_errors_name_the_file_that_was_checked(tmp_path):

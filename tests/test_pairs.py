@@ -192,10 +192,15 @@ def test_caps_per_concept_and_per_type(tmp_path):
 
 
 def test_type_caps_param_errors():
-    with pytest.raises(UserError, match=r"pairs\.type_caps\.bogus: unknown pair type"):
-        run(PairsParams(type_caps={"bogus": 3}), [], Path("/nonexistent"), Path("/no/terms"), Path("/no/out"), Path("/no/m.json"))
-    with pytest.raises(UserError, match=r"pairs\.dev_fraction"):
-        run(PairsParams(dev_fraction=0.5, test_fraction=0.5), [], Path("/nonexistent"), Path("/no/terms"), Path("/no/out"), Path("/no/m.json"))
+    # cross-field rules live in the one validator (hpo_embed/params.py), checked before any stage runs
+    with pytest.raises(UserError, match=r"^params.yaml: pairs\.type_caps\.bogus: unknown pair type"):
+        parse_params({"pairs": {"type_caps": {"bogus": 3}}})
+    with pytest.raises(UserError, match=r"^params.yaml: pairs\.type_caps\.xl_term: must be >= 0, got -1"):
+        parse_params({"pairs": {"type_caps": {"xl_term": -1}}})
+    with pytest.raises(UserError, match=r"^params.yaml: pairs\.dev_fraction: pairs.dev_fraction \+ pairs.test_fraction"):
+        parse_params({"pairs": {"dev_fraction": 0.5, "test_fraction": 0.5}})
+    with pytest.raises(UserError, match=r"^params.yaml: pairs\.types: empty"):
+        parse_params({"pairs": {"types": []}})
     with pytest.raises(UserError, match=r"pairs\.language_pairs: 'some'"):
         parse_params({"pairs": {"language_pairs": "some"}})
     with pytest.raises(UserError, match=r"pairs\.types\[0\]|pairs\.types: 'x'"):

@@ -59,7 +59,7 @@ def test_cli_reports_bad_file_in_one_line(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "hpo_embed.params", str(bad)], cwd=REPO,
                           capture_output=True, text=True)
     assert proc.returncode == 2
-    assert proc.stderr.strip() == "error: params.yaml: lr: must be > 0, got -0.1"
+    assert proc.stderr.strip() == f"error: {bad}: lr: must be > 0, got -0.1"   # the file it checked
 
     broken = tmp_path / "broken.yaml"
     broken.write_text("lr: 1\nhpo: [\n")

@@ -273,8 +273,10 @@ def test_build_loss_variants(tiny_model):
     assert type(gist) is L.GISTEmbedLoss
     with pytest.raises(UserError, match="train.matryoshka_dims"):
         build_loss(m, TrainParams(matryoshka_dims=[64]))        # tiny model has 32 dims
-    with pytest.raises(UserError, match="train.guide_model"):
-        build_loss(m, TrainParams(loss="gist"))
+    with pytest.raises(UserError, match="^params.yaml: train.guide_model: required when train.loss is gist"):
+        parse_params({"train": {"loss": "gist"}})   # the validator, before any stage runs
+    with pytest.raises(UserError, match="^params.yaml: train.negatives: loss 'triplet' needs negatives"):
+        parse_params({"train": {"loss": "triplet", "negatives": "none"}})
 
 
 # --------------------------------------------------------------------------- params and errors
