@@ -1,19 +1,35 @@
-"""Benchmark of the train stage on the real HPO with the embedded defaults (params.yaml).
+"""Training throughput of the train stage's recipe on this CPU: variants side by side.
 
-Uses data/pairs/ when the pairs stage has produced it; otherwise (``--english``, or no
-data/pairs) it writes English-only inputs in the pairs contract to a temporary folder:
-EXACT synonym -> label pairs of train concepts, English synonyms of dev/test concepts as
-queries (10 % / 10 % of concepts by a hash of the id; texts of several concepts dropped).
-Then it runs ``python -m stages.train`` in a child process on private output folders and
-prints wall time, pairs/s and baseline -> best dev MRR@10 / NDCG@10 / Accuracy@1.
-Target (issue 5): the default run within ~15 min on 2 CPU cores, dev metrics moved.
+On the default data and model (the rows the train stage selects from data/pairs/train.parquet
+with params.yaml's train section, models/base, its saved prompt, MNRL, AdamW, frozen word
+embeddings), each variant trains ``--steps`` timed steps (after ``--warmup``) from the same
+weights and the same batches, tokenisation included:
 
-    .venv/bin/python benchmarks/bench_train.py [--english] [-S train.max_train_pairs=3200 ...] [--keep DIR]
+- ``fp32``: today's default (random concept batches, ``train.max_seq_length``, torch's threads);
+- ``bf16``: ``torch.autocast("cpu", dtype=torch.bfloat16)``, what the Trainer's ``bf16=True``
+  does on CPU (accelerate's autocast; weights and optimizer state stay fp32);
+- ``+len``: batches grouped by token length (chunks of 64 batches sorted by length, batch
+  order shuffled), so little is padding;
+- ``+seq``: ``max_seq_length`` = the 99.9th percentile of the training texts' token
+  lengths, rounded up to 8, instead of the fixed value;
+- ``1thread``: one intra-op thread (how much the second core adds);
+- ``compile`` (``--compile``): ``torch.compile`` of the transformer (inductor, dynamic shapes).
+
+For each it prints pairs/s, the ratio to ``fp32``, the share of pad tokens, the achieved
+GFLOP/s (matrix-multiply FLOPs of the tokens computed, pad included:
+``hpo_embed.hardware.encoder_flops``) and its share of the CPU's peak for that precision
+and of the fp32 peak (``hpo_embed.hardware.peak_flops``: FLOP/cycle/core table x clock x
+threads). ``--parity`` then runs the real train stage (``python -m stages.train``) with
+``train.precision`` fp32 and bf16 at the default steps and seed and prints both dev MRRs.
+Run it alone: a second CPU-heavy job on 2 cores changes every number.
+
+    .venv/bin/python benchmarks/bench_train.py [--steps 24] [--parity] [--compile] [--json out.json]
 """
 from __future__ import annotations
 
 import argparse
-import hashlib
+import contextlib
+import copy
 import json
 import subprocess
 import sys
@@ -21,77 +37,159 @@ import tempfile
 import time
 from pathlib import Path
 
-import pandas as pd
+import numpy as np
+import torch
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from hpo_embed.hardware import cpu_info, encoder_flops, native_bf16, peak_flops  # noqa: E402
+from hpo_embed.negatives.anchors import select_training_rows  # noqa: E402
+from hpo_embed.params import load_params  # noqa: E402
+from hpo_embed.schemas import read_table  # noqa: E402
+from hpo_embed.training.losses import load_model  # noqa: E402
+from hpo_embed.training.train import freeze_word_embeddings  # noqa: E402
 
 
-def english_inputs(terms_path: Path, out: Path) -> None:
-    t = pd.read_parquet(terms_path)
-    t = t[t["selected"]]
+def batches(n: int, batch_size: int, seed: int, lengths: np.ndarray | None) -> list[np.ndarray]:
+    """Random batches of row indices; with ``lengths``: grouped by length (chunks of 64
+    batches sorted by length, then the batch order shuffled)."""
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(n)
+    if lengths is not None:
+        chunk = 64 * batch_size
+        order = np.concatenate([c[np.argsort(lengths[c], kind="stable")] for c in np.array_split(
+            order, max(1, -(-n // chunk)))])
+    out = [order[i:i + batch_size] for i in range(0, n - batch_size + 1, batch_size)]
+    if lengths is not None:
+        out = [out[i] for i in rng.permutation(len(out))]
+    return out
 
-    def split(i: str) -> str:
-        h = int(hashlib.sha256(i.encode()).hexdigest(), 16) % 10
-        return "dev" if h == 0 else "test" if h == 1 else "train"
 
-    owners: dict[str, set[str]] = {}
-    for r in t.itertuples():
-        for s in r.synonyms if r.synonyms is not None else []:
-            owners.setdefault(s["text"].lower(), set()).add(r.id)
-    pairs, queries = [], []
-    for r in t.itertuples():
-        sp = split(r.id)
-        for s in r.synonyms if r.synonyms is not None else []:
-            if s["scope"] != "EXACT" or len(owners[s["text"].lower()]) > 1 or s["text"] == r.label:
-                continue
-            if sp == "train":
-                pairs.append(dict(anchor=s["text"], positive=r.label, hpo_id=r.id, pair_type="term_syn",
-                                  lang_anchor="en", lang_positive="en", source="official", branch=r.branch,
-                                  synonym_type=s["type"]))
-            else:
-                queries.append(dict(text=s["text"], hpo_id=r.id, lang="en", kind="synonym",
-                                    synonym_type=s["type"], source="official", split=sp))
-    out.mkdir(parents=True, exist_ok=True)
-    p = pd.DataFrame(pairs)
-    for name in ("train", "dev", "test"):
-        (p if name == "train" else p.iloc[:0]).to_parquet(out / f"{name}.parquet")
-    pd.DataFrame(queries).to_parquet(out / "queries.parquet")
-    pd.DataFrame({"hpo_id": t["id"], "split": [split(i) for i in t["id"]], "branch": t["branch"]}).to_parquet(
-        out / "concepts.parquet")
+def token_lengths(tokenizer, texts: list[str]) -> np.ndarray:
+    return np.array([len(ids) for ids in tokenizer(texts, add_special_tokens=True)["input_ids"]])
+
+
+def run_variant(base, anchors, positives, plan, *, precision: str, max_len: int, threads: int,
+                compile_: bool, warmup: int, lr: float) -> dict:
+    from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
+
+    torch.set_num_threads(threads)
+    model = copy.deepcopy(base)
+    model.max_seq_length = max_len
+    freeze_word_embeddings(model)
+    if compile_:
+        model[0].auto_model = torch.compile(model[0].auto_model, dynamic=True)
+    loss = MultipleNegativesRankingLoss(model)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
+    model.train()
+    cast = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if precision == "bf16" else contextlib.nullcontext
+    padded = useful = 0
+    seq_sum = seq_n = 0
+    t0 = None
+    for i, idx in enumerate(plan):
+        if i == warmup:
+            t0, padded, useful, seq_sum, seq_n = time.perf_counter(), 0, 0, 0, 0
+        feats = [model.tokenize([anchors[j] for j in idx]), model.tokenize([positives[j] for j in idx])]
+        for f in feats:
+            padded += f["attention_mask"].numel()
+            useful += int(f["attention_mask"].sum())
+            seq_sum += f["attention_mask"].shape[1]
+            seq_n += 1
+        with cast():
+            value = loss(feats, None)
+        value.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    seconds = time.perf_counter() - t0
+    steps = len(plan) - warmup
+    cfg = model[0].auto_model.config
+    flops = encoder_flops(cfg, padded, seq_sum / max(1, seq_n))
+    return {"pairs_per_s": steps * len(plan[0]) / seconds, "seconds": seconds, "steps": steps,
+            "pad_share": 1 - useful / padded, "gflops": flops / seconds / 1e9,
+            "peak_share": flops / seconds / peak_flops(precision, threads),
+            "fp32_peak_share": flops / seconds / peak_flops("fp32", threads)}
+
+
+def parity(params_path: Path, work: Path) -> dict:
+    """The real train stage at the default steps and seed, fp32 and bf16: best dev MRR."""
+    out = {}
+    for precision in ("fp32", "bf16"):
+        raw = yaml.safe_load(params_path.read_text())
+        raw["train"]["precision"] = precision
+        d = work / precision
+        d.mkdir(parents=True, exist_ok=True)
+        (d / "params.yaml").write_text(yaml.safe_dump(raw))
+        cmd = [sys.executable, "-m", "stages.train", "--params", str(d / "params.yaml"), "--pairs", "data/pairs",
+               "--terms", "data/hpo/terms.parquet", "--edges", "data/hpo/edges.parquet", "--negatives", "data/negatives",
+               "--hpo-metrics", "metrics/hpo.json", "--base", "models/base", "--out", str(d / "finetuned"),
+               "--checkpoints", str(d / "checkpoints"), "--metrics", str(d / "train.json"),
+               "--report", str(d / "report.json"), "--live", str(d / "dvclive")]
+        subprocess.run(cmd, cwd=ROOT, check=True)
+        m = json.loads((d / "report.json").read_text())
+        out[precision] = {k: m[k] for k in ("precision", "pairs_per_s", "train_time_s", "steps", "best_step")}
+        out[precision]["dev_mrr_best"] = m["best"]["mrr"]
+    out["dev_mrr_delta"] = round(out["bf16"]["dev_mrr_best"] - out["fp32"]["dev_mrr_best"], 6)
+    return out
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--english", action="store_true", help="generate English-only pairs even if data/pairs exists")
-    ap.add_argument("-S", dest="overrides", action="append", default=[], help="train.KEY=VALUE (like dvc exp run -S)")
-    ap.add_argument("--keep", type=Path, help="work folder to keep (default: a temporary one)")
+    ap.add_argument("--steps", type=int, default=24, help="timed steps per variant")
+    ap.add_argument("--warmup", type=int, default=3, help="untimed steps first")
+    ap.add_argument("--compile", action="store_true", help="add the torch.compile variant")
+    ap.add_argument("--parity", action="store_true", help="also run the train stage in fp32 and bf16 (dev MRR)")
+    ap.add_argument("--json", type=Path, help="write the results here too")
     a = ap.parse_args()
-    work = a.keep or Path(tempfile.mkdtemp(prefix="bench_train_"))
-    work.mkdir(parents=True, exist_ok=True)
-    pairs = ROOT / "data" / "pairs"
-    if a.english or not (pairs / "train.parquet").is_file():
-        pairs = work / "pairs"
-        english_inputs(ROOT / "data" / "hpo" / "terms.parquet", pairs)
-    params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    for o in a.overrides:
-        key, _, value = o.partition("=")
-        section, _, name = key.partition(".")
-        if name:
-            params[section][name] = yaml.safe_load(value)
-        else:
-            params[section] = yaml.safe_load(value)
-    (work / "params.yaml").write_text(yaml.safe_dump(params))
-    cmd = [sys.executable, "-m", "stages.train", "--params", str(work / "params.yaml"), "--pairs", str(pairs),
-           "--out", str(work / "finetuned"), "--checkpoints", str(work / "checkpoints"),
-           "--metrics", str(work / "train.json"), "--live", str(work / "dvclive")]
-    t0 = time.time()
-    subprocess.run(cmd, cwd=ROOT, check=True)
-    m = json.loads((work / "train.json").read_text())
-    print(json.dumps({"wall_s": round(time.time() - t0, 1), "pairs": m["pairs"], "steps": m["steps"],
-                      "pairs_per_s": m["pairs_per_s"], "train_time_s": m["train_time_s"],
-                      "eval_time_s": m["eval_time_s"], "dev": m["dev"], "baseline": m["baseline"],
-                      "best": m["best"], "best_step": m["best_step"]}, indent=2))
+    params = load_params(ROOT / "params.yaml")
+    p = params.train
+    rows, _ = select_training_rows(read_table(ROOT / "data/pairs/train.parquet", "pairs"), p.pair_types,
+                                   p.max_train_pairs, p.seed)
+    base = load_model(str(ROOT / "models/base"), "train.base_model", device="cpu")
+    prompt = base.prompts.get(base.default_prompt_name, "") if base.default_prompt_name else ""
+    anchors = [prompt + t for t in rows["anchor"]]
+    positives = [prompt + t for t in rows["positive"]]
+    lens = np.maximum(token_lengths(base.tokenizer, anchors), token_lengths(base.tokenizer, positives))
+    derived = int(-(-np.percentile(np.concatenate([token_lengths(base.tokenizer, anchors),
+                                                   token_lengths(base.tokenizer, positives)]), 99.9) // 8) * 8)
+    n = (a.warmup + a.steps) * p.batch_size
+    plan_random = batches(len(rows), p.batch_size, p.seed, None)[: a.warmup + a.steps]
+    plan_len = batches(len(rows), p.batch_size, p.seed, lens)[: a.warmup + a.steps]
+    threads = torch.get_num_threads()
+    info = cpu_info()
+    print(f"CPU: {info.model} ({info.vendor}, {info.kind[1]}, native bf16: {native_bf16(info)}, "
+          f"{info.mhz:.0f} MHz, {info.cores} cores); torch {torch.__version__}, {threads} threads; "
+          f"{len(rows)} rows, {n} pairs per variant; max_seq_length {p.max_seq_length}, derived {derived}")
+    print(f"peak: fp32 {peak_flops('fp32', threads) / 1e9:.0f} GFLOP/s, bf16 {peak_flops('bf16', threads) / 1e9:.0f} "
+          f"GFLOP/s (FLOP/cycle/core x clock x threads; hpo_embed/hardware.py)")
+    variants = [("fp32", "fp32", plan_random, p.max_seq_length, threads, False),
+                ("bf16", "bf16", plan_random, p.max_seq_length, threads, False),
+                ("fp32+len", "fp32", plan_len, p.max_seq_length, threads, False),
+                ("fp32+seq", "fp32", plan_random, derived, threads, False),
+                ("bf16+len+seq", "bf16", plan_len, derived, threads, False),
+                ("fp32 1thread", "fp32", plan_random, p.max_seq_length, 1, False)]
+    if a.compile:
+        variants.append(("bf16+len compile", "bf16", plan_len, p.max_seq_length, threads, True))
+    results = {}
+    for name, precision, plan, max_len, th, comp in variants:
+        r = run_variant(base, anchors, positives, plan, precision=precision, max_len=max_len, threads=th,
+                        compile_=comp, warmup=a.warmup, lr=params.lr)
+        r["ratio"] = r["pairs_per_s"] / results["fp32"]["pairs_per_s"] if results else 1.0
+        results[name] = r
+        print(f"{name:18s} {r['pairs_per_s']:7.1f} pairs/s  x{r['ratio']:.2f}  pad {r['pad_share']:.0%}  "
+              f"{r['gflops']:6.1f} GFLOP/s  {r['peak_share']:.1%} of {precision} peak  "
+              f"({r['fp32_peak_share']:.1%} of fp32 peak)", flush=True)
+    torch.set_num_threads(threads)
+    out = {"cpu": {"model": info.model, "vendor": info.vendor, "kind": info.kind[1], "mhz": info.mhz,
+                   "native_bf16": native_bf16(info)}, "threads": threads, "derived_max_seq_length": derived,
+           "variants": results}
+    if a.parity:
+        with tempfile.TemporaryDirectory(prefix="bench_train_") as work:
+            out["parity"] = parity(ROOT / "params.yaml", Path(work))
+        print(json.dumps(out["parity"], indent=2))
+    if a.json:
+        a.json.write_text(json.dumps(out, indent=2) + "\n")
 
 
 if __name__ == "__main__":

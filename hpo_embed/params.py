@@ -206,7 +206,9 @@ class TrainParams(Section):
     logging_steps: Int = spec(10, min=1, doc="loss / learning-rate logging interval")
     resume: bool = spec(True, doc="continue from the last checkpoint of the same configuration")
     precision: str = spec("auto", choices=("auto", "fp32", "fp16", "bf16"),
-                          doc="auto = bf16 on GPUs that support it, fp16 on other GPUs, fp32 on CPU")
+                          doc="auto = bf16 on GPUs that support it, fp16 on other GPUs; on CPU bf16 when the CPU "
+                              "has native bf16 (AMX / AVX-512 BF16) and a short speed + dev-MRR check "
+                              "passes (hpo_embed/training/precision.py), else fp32")
     corpus_format: str = spec("label", choices=("label", "label_synonyms", "label_synonyms_definition"),
                               doc="dev corpus document format (hpo_embed/retrieval/corpus.py)")
     dev_max_queries: Int | None = spec(500, min=1, doc="random cap on dev queries; null = all")

@@ -77,7 +77,16 @@ def test_auto_builds_every_candidate_and_publishes_the_selected_one(built):
     for name in CANDS:
         assert (build / f"onnx/candidates/{name}.onnx").is_file(), name
         assert name in rep["rows"]
-    assert len(rep["rows"]) == len(CANDS) + 2  # + PyTorch fp32 and ONNX fp32
+    # + PyTorch fp32 and ONNX fp32, + PyTorch bf16 (a reference row, never published) where bf16 is native
+    from hpo_embed.hardware import native_bf16
+    assert (Q.BF16_ROW in rep["rows"]) == native_bf16()
+    assert len(rep["rows"]) == len(CANDS) + 2 + native_bf16()
+    if native_bf16():
+        ref = rep["rows"][Q.BF16_ROW]
+        assert ref["reference"] and "gate" not in ref and rep["chosen"] != Q.BF16_ROW
+        assert ref["mrr_delta_ci"][0] <= ref["mrr_delta"] <= ref["mrr_delta_ci"][1] and ref["sps_b32"] > 0
+    for r in rep["rows"].values():   # the share of the CPU's fp32 peak, from the padded tokens of a pass
+        assert 0 < r["peak_share_b32"] < 1 and r["gflops_b32"] > 0
     chosen = rep["chosen"]
     # the published folder: the chosen INT8 as its one and only ONNX file
     assert [p.relative_to(out).as_posix() for p in out.rglob("*.onnx")] == ["onnx/model.onnx"]

@@ -92,7 +92,7 @@ def tiny_model(tmp_path_factory) -> Path:
 
 def write_params(path: Path, model: Path, **train) -> Path:
     t = {"base_model": str(model), "max_train_pairs": None, "batch_size": 8, "epochs": 1, "eval_steps": 4,
-         "save_steps": 4, "logging_steps": 1, "max_seq_length": 16, **train}
+         "save_steps": 4, "logging_steps": 1, "max_seq_length": 16, "precision": "fp32", **train}
     path.write_text(yaml.safe_dump({"lr": 5e-4, "train": t}))
     return path
 
@@ -355,7 +355,8 @@ def test_stage_end_to_end(tiny_model, tmp_path):
     headline = json.loads((tmp_path / "train.json").read_text())
     assert headline == {"dev_mrr_base": m["baseline"]["mrr"], "dev_mrr_best": m["best"]["mrr"],
                         "dev_hr@1_best": m["best"]["hr@1"], "gain_mrr": m["gain_mrr"], "best_step": m["best_step"],
-                        "train_time_s": m["train_time_s"], "pairs_per_s": m["pairs_per_s"]}
+                        "train_time_s": m["train_time_s"], "pairs_per_s": m["pairs_per_s"],
+                        "precision": "fp32", "peak_share": m["peak_share"]}
     # 80 of 96 pairs, batch 8, concept-disjoint batches: 10 steps (+ at most a few deferred tails)
     assert m["pairs"] == 80 and m["pairs_available"] == 96 and m["concepts"] == 24
     assert 10 <= m["steps"] <= 12 and m["epochs"] == 1.0 and m["resumed_from_step"] == 0
@@ -593,4 +594,98 @@ def test_two_retrains_with_the_same_params_publish_byte_identical_models(tiny_mo
                           for f in sorted((tmp / "finetuned").rglob("*")) if f.is_file()})
     assert published[0].keys() == published[1].keys() and "model.safetensors" in published[0]
     differ = [name for name in published[0] if published[0][name] != published[1][name]]
-    assert differ == []
+    import difflib
+    assert differ == [], "".join(difflib.unified_diff(*(p[differ[0]].decode(errors="replace").splitlines(True)
+                                                       for p in published)))
+
+
+# --------------------------------------------------------------------------- precision on CPU (issue #24)
+
+XEON_AMX = ("vendor_id\t: GenuineIntel\nmodel name\t: Intel(R) Xeon(R) Platinum 8488C\ncpu MHz\t\t: 2400.000\n"
+            "flags\t\t: fpu avx2 avx512f avx512_vnni avx512_bf16 amx_bf16 amx_tile amx_int8\n")
+EPYC_NO_BF16 = ("vendor_id\t: AuthenticAMD\nmodel name\t: AMD EPYC 7R13 Processor\ncpu MHz\t\t: 2650.000\n"
+                "flags\t\t: fpu avx2 fma\n")
+EPYC_ZEN4 = ("vendor_id\t: AuthenticAMD\nmodel name\t: AMD EPYC 9R14\ncpu MHz\t\t: 3700.000\n"
+             "flags\t\t: fpu avx2 avx512f avx512_vnni avx512_bf16\n")
+
+
+def _decide(monkeypatch, tmp_path, cpuinfo, step_s=None, mrr=(0.80, 0.799), fp="fp1"):
+    from hpo_embed import hardware
+    from hpo_embed.training import precision as P
+    monkeypatch.setattr(P, "cpu_info", lambda: hardware.cpu_info.__wrapped__(cpuinfo))
+    measured = []
+
+    def fake_steps(*args):
+        measured.append(True)
+        return step_s
+    monkeypatch.setattr(P, "step_seconds", fake_steps)
+    calls = []
+
+    def dev(value, tag):
+        def f():
+            calls.append(tag)
+            return value
+        return f
+    got = P.decide(tmp_path, fp, model=type("M", (), {"eval": lambda self: None})(), loss=None, dataset=None,
+                   batch_size=32, prompt=None, fp32_dev_mrr=dev(mrr[0], "fp32"), dev_mrr=dev(mrr[1], "bf16"))
+    return got, bool(measured), calls
+
+
+def test_cpu_precision_auto_on_both_kinds_of_cpu(monkeypatch, tmp_path):
+    """Detection mocked: no native bf16 -> fp32 without measuring; AMX (or Zen 4's AVX-512
+    BF16) -> bf16 only when it is measured faster and the dev MRR holds."""
+    (precision, info), measured, calls = _decide(monkeypatch, tmp_path / "a", EPYC_NO_BF16)
+    assert precision == "fp32" and not measured and calls == [] and "no native bf16" in info["reason"]
+    (precision, info), measured, calls = _decide(monkeypatch, tmp_path / "b", XEON_AMX, {"fp32": 1.2, "bf16": 0.3})
+    assert precision == "bf16" and measured and calls == ["fp32", "bf16"] and info["speedup"] == 4.0
+    (precision, _), _, _ = _decide(monkeypatch, tmp_path / "c", EPYC_ZEN4, {"fp32": 1.2, "bf16": 0.9})
+    assert precision == "bf16"   # 1.33x
+    (precision, _), _, _ = _decide(monkeypatch, tmp_path / "d", EPYC_ZEN4, {"fp32": 1.0, "bf16": 0.95})
+    assert precision == "fp32"   # 1.05x: not worth it
+    (precision, info), _, _ = _decide(monkeypatch, tmp_path / "e", XEON_AMX, {"fp32": 1.2, "bf16": 0.3},
+                                      mrr=(0.80, 0.79))
+    assert precision == "fp32" and info["dev_mrr"] == {"fp32": 0.8, "bf16": 0.79}   # parity fails
+    # the decision is kept for the run (a resumed run does not measure again) ...
+    (precision, _), measured, _ = _decide(monkeypatch, tmp_path / "b", EPYC_NO_BF16)
+    assert precision == "bf16" and not measured
+    # ... but not for another run
+    (precision, _), _, _ = _decide(monkeypatch, tmp_path / "b", EPYC_NO_BF16, fp="fp2")
+    assert precision == "fp32"
+
+
+def test_peak_table_and_encoder_flops():
+    from transformers import BertConfig
+    from hpo_embed import hardware
+    amx, zen3, zen4 = (hardware.cpu_info.__wrapped__(s) for s in (XEON_AMX, EPYC_NO_BF16, EPYC_ZEN4))
+    assert amx.kind == ("intel", "amx") and zen3.kind == ("any", "avx2") and zen4.kind == ("amd", "avx512")
+    assert hardware.peak_flops("fp32", 2, amx) == 64 * 2400e6 * min(2, amx.cores)
+    assert hardware.peak_flops("bf16", 2, amx) == 16 * hardware.peak_flops("fp32", 2, amx)
+    assert hardware.peak_flops("bf16", 1, zen3) == hardware.peak_flops("fp32", 1, zen3)   # no native bf16
+    cfg = BertConfig(hidden_size=384, intermediate_size=1536, num_hidden_layers=12)
+    # e5-small: 21.3M non-embedding parameters -> ~2 x 21.2M FLOPs per token forward at short lengths
+    per_token = hardware.encoder_flops(cfg, 1, 16, train=False)
+    assert per_token == 12 * (2 * (4 * 384 ** 2 + 2 * 384 * 1536) + 4 * 16 * 384)
+    assert hardware.encoder_flops(cfg, 10, 16) == 30 * per_token
+
+
+def test_stage_records_precision_and_peak_share_and_trains_in_bf16_when_chosen(tiny_model, tmp_path, monkeypatch):
+    from hpo_embed import hardware
+    from hpo_embed.training import precision as P
+    monkeypatch.setattr(P, "cpu_info", lambda: hardware.cpu_info.__wrapped__(XEON_AMX))
+    monkeypatch.setattr(P, "step_seconds", lambda *a: {"fp32": 1.0, "bf16": 0.5})
+    seen = []
+    real = P.autocast
+
+    def spy(precision):
+        seen.append(precision)
+        return real(precision)
+    monkeypatch.setattr(P, "autocast", spy)
+    inputs = write_inputs(tmp_path)
+    params = write_params(tmp_path / "p.yaml", tiny_model, max_train_pairs=48, dev_corpus_size=20, precision="auto")
+    m = run_inprocess(tmp_path, inputs, params)
+    assert m["precision"] == "bf16" and m["precision_check"]["speedup"] == 2.0 and seen == ["bf16"]
+    assert abs(m["precision_check"]["dev_mrr"]["bf16"] - m["baseline"]["mrr"]) <= 0.005
+    assert m["precision_check"]["dev_mrr"]["fp32"] == pytest.approx(m["baseline"]["mrr"], abs=1e-6)
+    assert 0 < m["peak_share"] < 1
+    headline = json.loads((tmp_path / "train.json").read_text())
+    assert headline["precision"] == "bf16" and headline["peak_share"] == m["peak_share"]

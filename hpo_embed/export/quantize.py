@@ -55,12 +55,14 @@ from typing import Any
 import numpy as np
 
 from hpo_embed.common import ROOT, UserError, atomic_write_text, log, publish_dir, write_json
+from hpo_embed.hardware import encoder_flops, native_bf16, peak_flops
 from hpo_embed.models.loader import load_sentence_transformer
 from hpo_embed.params import QuantizeParams
 
 FP32_FILE = "onnx/model.onnx"        # in the build folder: the plain fp32 export
 PUBLISHED_FILE = "onnx/model.onnx"   # in the published folder: the chosen INT8 graph, the only ONNX file
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+BF16_ROW = "pytorch_bf16"   # measured beside the candidates where the CPU has native bf16; never published
 
 
 # --------------------------------------------------------------------------- loading
@@ -740,7 +742,8 @@ def machine() -> dict[str, Any]:
 COLUMNS = [("variant", None), ("size MB", "size_mb"), ("sent/s b32", "sps_b32"), ("× PyTorch b32", "ratio_b32"),
            ("sent/s index", "sps_index"), ("× PyTorch index", "ratio_index"), ("b1 p50 ms", "b1_p50_ms"),
            ("b1 p95 ms", "b1_p95_ms"), ("MRR Δ [95% CI]", "mrr_delta"), ("HR@1 Δ [95% CI]", "hr1_delta"),
-           ("top-1 agree", "top1_agreement"), ("gate", "gate")]
+           ("top-1 agree", "top1_agreement"), ("gate", "gate"), ("GFLOP/s b32", "gflops_b32"),
+           ("% fp32 peak", "peak_share_b32")]
 
 
 def report_markdown(rep: dict[str, Any]) -> str:
@@ -753,7 +756,7 @@ def report_markdown(rep: dict[str, Any]) -> str:
         if key in ("mrr_delta", "hr1_delta"):
             lo, hi = r[f"{key}_ci"]
             return f"{v:+.4f} [{lo:+.4f}, {hi:+.4f}]"
-        if key == "top1_agreement":
+        if key in ("top1_agreement", "peak_share_b32"):
             return f"{v:.1%}"
         if key == "gate":
             return "pass" if v else "fail"
@@ -769,7 +772,10 @@ def report_markdown(rep: dict[str, Any]) -> str:
              f"{s['loadavg'][0]} -> {s['loadavg'][1]} (other processes share the CPUs: ratios are measured "
              f"under that load). Quality: {s['n_queries']} held-out queries ({s['query_source']}) against "
              f"{s['n_corpus']} documents, full-rank MRR (pessimistic ties) and HR@1 minus ONNX fp32, paired "
-             f"bootstrap 95% CI; gate MRR Δ ≥ {s['gate_mrr_delta']}, HR@1 Δ ≥ {s['gate_hr1_delta']}.", "",
+             f"bootstrap 95% CI; gate MRR Δ ≥ {s['gate_mrr_delta']}, HR@1 Δ ≥ {s['gate_hr1_delta']}. GFLOP/s: the "
+             f"encoder's matrix-multiply FLOPs of a batch-32 pass (padded tokens) per second; % fp32 peak: over "
+             f"{s.get('fp32_peak_gflops', '?')} GFLOP/s = FLOP/cycle/core x clock x threads "
+             f"(hpo_embed/hardware.py).", "",
              "| " + " | ".join(c for c, _ in COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     for name, r in rep["rows"].items():
         lines.append("| " + " | ".join(cell(r, k, name) for _, k in COLUMNS) + " |")
@@ -805,6 +811,12 @@ def measure_all(folder: Path, src: Path | None, cands: dict[str, dict[str, Any]]
     if src is not None:
         models["pytorch_fp32"] = load_torch(src, p.threads)
         rows["pytorch_fp32"] = {"size_mb": torch_weights_mb(src)}
+        if native_bf16():   # a reference row (never published): what bf16 PyTorch gives on this CPU
+            import torch
+            models[BF16_ROW] = load_torch(src, p.threads).to(torch.bfloat16)
+            rows[BF16_ROW] = {"size_mb": round(torch_weights_mb(src) / 2, 2), "reference": True,
+                              "doc": "reference, not a candidate: the PyTorch model with bf16 weights "
+                                     "(native bf16 on this CPU)"}
     models["onnx_fp32"] = load_onnx(folder, FP32_FILE, p.threads)
     rows["onnx_fp32"] = {"size_mb": file_mb(folder / FP32_FILE)}
     ref = None
@@ -813,6 +825,11 @@ def measure_all(folder: Path, src: Path | None, cands: dict[str, dict[str, Any]]
         log.info("quality: %d queries against %d documents", len(queries), len(docs))
         ref = {"queries": encode(models["onnx_fp32"], queries, p.index_batch_size),
                "corpus": encode(models["onnx_fp32"], docs, p.index_batch_size)}
+        if BF16_ROW in models:
+            m = models[BF16_ROW]
+            rows[BF16_ROW].update(quality(ref, {"queries": encode(m, queries, p.index_batch_size),
+                                                "corpus": encode(m, docs, p.index_batch_size)},
+                                          gold, p.bootstrap_resamples, p.seed))
     for name, info in cands.items():
         m = load_onnx(folder, info["file"], p.threads)
         models[name] = m
@@ -827,9 +844,32 @@ def measure_all(folder: Path, src: Path | None, cands: dict[str, dict[str, Any]]
     log.info("speed: %d models, %d texts, batch %d/%d, %d batch-1 calls, %d rounds", len(models), len(texts),
              p.batch_size, p.index_batch_size, len(latency_texts), p.repeats)
     sp = speed(models, texts, latency_texts, p.batch_size, p.index_batch_size, p.repeats)
+    flops = pass_flops(models["onnx_fp32"], folder, texts, p.batch_size)
+    peak = peak_flops("fp32", p.threads)
     for n in rows:
         rows[n].update(sp[n])
+        if flops:   # matrix-multiply FLOP/s of a batch-32 pass over the CPU's fp32 peak
+            rows[n]["gflops_b32"] = round(flops * sp[n]["sps_b32"] / len(texts) / 1e9, 1)
+            rows[n]["peak_share_b32"] = round(flops * sp[n]["sps_b32"] / len(texts) / peak, 4)
     return rows
+
+
+def pass_flops(model, folder: Path, texts: list[str], batch_size: int) -> float | None:
+    """Matrix-multiply FLOPs of encoding ``texts`` at ``batch_size`` as sentence-transformers
+    does (longest first, each batch padded to its longest text): ``hardware.encoder_flops``
+    over the padded tokens; None without a BERT-style config."""
+    from transformers import AutoConfig
+    try:
+        cfg = AutoConfig.from_pretrained(str(folder))
+    except (OSError, ValueError):
+        return None
+    if not hasattr(cfg, "intermediate_size"):
+        return None
+    lengths = sorted((len(ids) for ids in model.tokenizer(texts, truncation=True, max_length=model.max_seq_length)
+                      ["input_ids"]), reverse=True)
+    padded = sum(max(lengths[i:i + batch_size]) * len(lengths[i:i + batch_size])
+                 for i in range(0, len(lengths), batch_size))
+    return encoder_flops(cfg, padded, padded / max(1, len(lengths)), train=False)
 
 
 QUALITY_KEYS = ("mrr", "hr1", "mrr_delta", "mrr_delta_ci", "hr1_delta", "hr1_delta_ci", "top1_agreement", "cosine_mean")
@@ -841,7 +881,7 @@ def decide_and_write(folder: Path, rows: dict[str, dict[str, Any]], p: QuantizeP
     """Gate, select, write the published folder ``release`` (the chosen candidate of the
     build ``folder`` as its ``onnx/model.onnx``), measure the peak memory of a process
     serving it, write the state file, reports and headline metrics."""
-    cand = {n: r for n, r in rows.items() if "mrr_delta" in r}
+    cand = {n: r for n, r in rows.items() if "mrr_delta" in r and not r.get("reference")}
     baseline = "pytorch_fp32" if "pytorch_fp32" in rows else "onnx_fp32"
     with_ratios(rows, baseline)
     for r in cand.values():
@@ -909,6 +949,7 @@ def run(p: QuantizeParams, src: Path, out: Path, metrics_path: Path,
         load0 = os.getloadavg()[0]
         rows = measure_all(tmp, src, built, p, texts, latency_texts, q_inputs=(queries, docs, gold))
         settings = {"threads": p.threads, "batch_size": p.batch_size, "index_batch_size": p.index_batch_size,
+                "fp32_peak_gflops": round(peak_flops("fp32", p.threads) / 1e9),
                     "n_texts": len(texts), "latency_calls": len(latency_texts) * p.repeats, "repeats": p.repeats,
                     "loadavg": [round(load0, 2), round(os.getloadavg()[0], 2)], "n_queries": len(queries),
                     "n_corpus": len(docs), "query_source": query_source}
@@ -948,6 +989,7 @@ def select_on_this_machine(p: QuantizeParams, src: Path | None, out: Path, metri
     load0 = os.getloadavg()[0]
     rows = measure_all(build, src, cands, p, t["texts"], t["latency_texts"], qual=qual)
     settings = {"threads": p.threads, "batch_size": p.batch_size, "index_batch_size": p.index_batch_size,
+                "fp32_peak_gflops": round(peak_flops("fp32", p.threads) / 1e9),
                 "n_texts": len(t["texts"]), "latency_calls": len(t["latency_texts"]) * p.repeats,
                 "repeats": p.repeats, "loadavg": [round(load0, 2), round(os.getloadavg()[0], 2)],
                 **state.get("quality_settings", {"n_queries": "?", "n_corpus": "?", "query_source": "build run"})}

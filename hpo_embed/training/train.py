@@ -24,6 +24,8 @@ import pandas as pd
 
 from hpo_embed.checkpoints import discard_other_runs, fingerprint, last_complete_checkpoint
 from hpo_embed.common import UserError, publish_dir, write_json
+from hpo_embed.hardware import TokenCounter, encoder_flops, peak_flops
+from hpo_embed.training.precision import decide as choose_cpu_precision
 from hpo_embed.pairs.dev_set import dev_eval_set
 from hpo_embed.schemas import read_table
 
@@ -51,7 +53,9 @@ class TrainPaths:
 
 
 def pick_precision(requested: str, device: str = "auto") -> str:
-    """bf16 only where the GPU has it natively (no emulation), else fp16 on GPUs, fp32 on CPU."""
+    """bf16 only where the GPU has it natively (no emulation), else fp16 on GPUs; on CPU
+    auto is fp32 here and the train stage then measures whether bf16 pays on this CPU
+    (``hpo_embed.training.precision.decide``)."""
     from hpo_embed.gpu.preflight import bf16_native, check_precision, resolve_device
     device = resolve_device(device)
     check_precision(requested, device)
@@ -163,7 +167,19 @@ def headline(report: dict) -> dict:
     return {"dev_mrr_base": report["baseline"]["mrr"], "dev_mrr_best": report["best"]["mrr"],
             "dev_hr@1_best": report["best"]["hr@1"], "gain_mrr": report["gain_mrr"],
             "best_step": report["best_step"], "train_time_s": report["train_time_s"],
-            "pairs_per_s": report["pairs_per_s"]}
+            "pairs_per_s": report["pairs_per_s"], "precision": report["precision"],
+            "peak_share": report["peak_share"]}
+
+
+def peak_share(device: str, precision: str, tokens: TokenCounter, model, seconds: float) -> float | None:
+    """Achieved matrix-multiply FLOP/s of the training steps over the CPU's peak for the
+    precision (``hpo_embed.hardware``); None on GPUs and for models without a BERT config."""
+    import torch
+    cfg = getattr(getattr(model[0], "auto_model", None), "config", None)
+    if device != "cpu" or seconds <= 0 or not tokens.tokens or not hasattr(cfg, "intermediate_size"):
+        return None
+    flops = encoder_flops(cfg, tokens.tokens, tokens.mean_length)
+    return float(f"{flops / seconds / peak_flops(precision, torch.get_num_threads()):.4g}")
 
 
 def write_model(model, out: Path, card: str, langs: list[str], licence: str | None) -> None:
@@ -178,6 +194,9 @@ def write_model(model, out: Path, card: str, langs: list[str], licence: str | No
     data.model_name = "hpo-embed: HPO-specialised multilingual sentence embeddings"
     data.local_files_only = True   # offline: no hub lookups while the card is written
     data.add_tags(["hpo", "human-phenotype-ontology"])
+    # no wall-clock section ("Training Time"): an unchanged retrain must publish the same
+    # bytes (times are in reports/train.json); sentence-transformers prints it when set
+    data._training_start_time = None
     model.save(str(tmp), create_model_card=True)
     generated = (tmp / "README.md").read_text(encoding="utf-8") if (tmp / "README.md").is_file() else ""
     (tmp / "README.md").write_text(generated.rstrip() + "\n\n" + card, encoding="utf-8")
@@ -344,6 +363,25 @@ def run(params, a: TrainPaths) -> dict | None:  # noqa: C901 - one linear recipe
 
     evaluator = dev_evaluator(q, corpus, rel, max(32, p.batch_size), rank == 0)
     TimedIR = type(evaluator)
+    baseline_file = ckpt / "baseline.json"
+
+    def baseline_metrics() -> dict[str, float]:
+        """The untrained model's dev metrics (fp32), once per run fingerprint."""
+        if baseline_file.is_file() and json.loads(baseline_file.read_text()).get("fingerprint") == fp:
+            return json.loads(baseline_file.read_text())["metrics"]
+        log.info("baseline dev evaluation of %s (%d queries, %d documents)", p.base_model,
+                 dev_info["queries"], dev_info["corpus"])
+        m = dev_summary(evaluator(model), "")
+        write_json(baseline_file, {"fingerprint": fp, "metrics": m})
+        return m
+
+    precision_info = None
+    if device == "cpu" and p.precision == "auto" and rank == 0 and int(os.environ.get("WORLD_SIZE", "1")) == 1:
+        precision, precision_info = choose_cpu_precision(
+            ckpt, fp, model, loss, dataset, p.batch_size, prompt, lambda: baseline_metrics()["mrr"],
+            lambda: dev_summary(evaluator(model), "")["mrr"])
+        set_precision(loss, precision)
+    tokens = TokenCounter().attach(model[0])
 
     args = training_args(str(ckpt), keys)
     rank0 = args.process_index == 0
@@ -359,16 +397,9 @@ def run(params, a: TrainPaths) -> dict | None:  # noqa: C901 - one linear recipe
     last = last_complete_checkpoint(ckpt, clean=False) if p.resume else None
     last = str(last) if last else None
 
-    baseline_file = ckpt / "baseline.json"
     baseline = None
     if rank0:
-        if baseline_file.is_file() and json.loads(baseline_file.read_text()).get("fingerprint") == fp:
-            baseline = json.loads(baseline_file.read_text())["metrics"]
-        else:
-            log.info("baseline dev evaluation of %s (%d queries, %d documents)", p.base_model,
-                     dev_info["queries"], dev_info["corpus"])
-            baseline = dev_summary(evaluator(model), "")
-            write_json(baseline_file, {"fingerprint": fp, "metrics": baseline})
+        baseline = baseline_metrics()
         log.info("baseline dev: %s", baseline)
     barrier()
     if round1_state is not None:   # mine.rounds: 2: the baseline is the base model; round 2 starts from round 1
@@ -446,6 +477,8 @@ def run(params, a: TrainPaths) -> dict | None:  # noqa: C901 - one linear recipe
         "resumed_from_step": start["step"], "world_size": world, "device": device, "precision": precision,
         "wall_time_s": round(time.time() - t0, 1), "train_time_s": round(train_s, 1),
         "eval_time_s": round(TimedIR.seconds, 1), "pairs_per_s": round(pairs_per_s, 2),  # steps only
+        "peak_share": peak_share(device, precision, tokens, model, train_s - train_eval_s),
+        "precision_check": precision_info,
         "dev": dev_info, "baseline": baseline, "best": best, "best_step": best_eval["step"],
         "gain_mrr": round(best["mrr"] - baseline["mrr"], 6),
         "data_version": hpo.get("data_version", "unknown"), "base_model": p.base_model,
