@@ -5,11 +5,11 @@ with params.yaml's train section, models/base, its saved prompt, MNRL, AdamW, fr
 embeddings), each variant trains ``--steps`` timed steps (after ``--warmup``) from the same
 weights and the same batches, tokenisation included:
 
-- ``fp32``: today's default (random concept batches, ``train.max_seq_length``, torch's threads);
+- ``fp32``: the default before this benchmark (random batches, ``train.max_seq_length``, torch's threads);
 - ``bf16``: ``torch.autocast("cpu", dtype=torch.bfloat16)``, what the Trainer's ``bf16=True``
   does on CPU (accelerate's autocast; weights and optimizer state stay fp32);
 - ``+len``: batches grouped by token length (chunks of 64 batches sorted by length, batch
-  order shuffled), so little is padding;
+  order shuffled), so little is padding (the train stage's ``train.group_by_length``);
 - ``+seq``: ``max_seq_length`` = the 99.9th percentile of the training texts' token
   lengths, rounded up to 8, instead of the fixed value;
 - ``1thread``: one intra-op thread (how much the second core adds);
@@ -49,7 +49,7 @@ from hpo_embed.negatives.anchors import select_training_rows  # noqa: E402
 from hpo_embed.params import load_params  # noqa: E402
 from hpo_embed.schemas import read_table  # noqa: E402
 from hpo_embed.training.losses import load_model  # noqa: E402
-from hpo_embed.training.train import freeze_word_embeddings  # noqa: E402
+from hpo_embed.models.loader import freeze_word_embeddings  # noqa: E402
 
 
 def batches(n: int, batch_size: int, seed: int, lengths: np.ndarray | None) -> list[np.ndarray]:

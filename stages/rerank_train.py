@@ -18,6 +18,7 @@ from pathlib import Path
 from hpo_embed.checkpoints import fingerprint
 from hpo_embed.checkpoints import prepare as prepare_checkpoints
 from hpo_embed.common import UserError, run_stage, write_json, publish_dir
+from hpo_embed.models.loader import freeze_word_embeddings
 from stages import parser
 
 log = logging.getLogger("hpo_embed.rerank")
@@ -89,7 +90,7 @@ def main(argv=None) -> None:
                         "pos_weight": pos_weight}, [a.candidates, a.terms, init / "model.safetensors"])
     last = prepare_checkpoints(a.checkpoints, fp, p.resume, "rerank.resume")
     model = M.load_cross_encoder(str(init), p.max_length, p.seed)
-    frozen = M.freeze_word_embeddings(model) if p.freeze_embeddings else 0
+    frozen = freeze_word_embeddings(model) if p.freeze_embeddings else 0
     log.info("%d examples (%d queries, pos_weight %.2f), %d dev queries; %s frozen embedding weights; resume: %s",
              len(examples), examples["query"].nunique(), pos_weight, len(dev), f"{frozen:,}", last)
     samples = M.reranking_samples(dev, docs)

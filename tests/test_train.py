@@ -13,6 +13,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import yaml
@@ -157,6 +158,32 @@ def test_concept_sampler_batches_are_concept_disjoint_and_cover_every_row():
     assert list(again) != batches                            # reshuffled per epoch
     dropped = ConceptBatchSampler(ds, batch_size=6, drop_last=True, keys=row_keys([(c,) for c in ids], zip(texts)))
     assert all(len(b) == 6 for b in dropped) and len(list(dropped)) == len(dropped)
+
+
+def test_length_grouped_batches_keep_the_rules_and_cut_the_padding():
+    """train.group_by_length: same rows, still concept-disjoint, far less padding (the
+    collator pads each batch to its longest text), batch order still shuffled."""
+    from datasets import Dataset
+    from hpo_embed.training.sampling import LENGTH_WINDOW, ConceptBatchSampler, row_keys
+    rng = np.random.default_rng(3)
+    n, bs = 4 * LENGTH_WINDOW * 8, 8
+    ids = [f"HP:{i // 3:07d}" for i in range(n)]                          # 3 rows per concept
+    texts = ["x" * int(rng.integers(3, 80)) + str(i) for i in range(n)]
+    ds = Dataset.from_dict({"anchor": texts, "positive": [t[::-1] for t in texts]})
+    keys = row_keys([(c,) for c in ids], zip(texts))
+    plain = list(ConceptBatchSampler(ds, batch_size=bs, drop_last=False, keys=keys))
+    grouped = list(ConceptBatchSampler(ds, batch_size=bs, drop_last=False, keys=keys, group_by_length=True))
+    assert sorted(i for b in grouped for i in b) == list(range(n))
+    assert all(len({ids[i] for i in b}) == len(b) for b in grouped)
+
+    def pad_share(batches):
+        total = sum(len(b) * max(len(texts[i]) for i in b) for b in batches)
+        return 1 - sum(len(texts[i]) for b in batches for i in b) / total
+    assert pad_share(grouped) < pad_share(plain) / 3
+    longest = [max(len(texts[i]) for i in b) for b in grouped]
+    assert longest != sorted(longest) and longest != sorted(longest, reverse=True)   # not one long sweep
+    again = ConceptBatchSampler(ds, batch_size=bs, drop_last=False, keys=keys, group_by_length=True)
+    assert list(again) == grouped                                          # deterministic (every DDP rank)
 
 
 def test_no_duplicates_sampler_would_mix_concepts_but_ours_does_not():

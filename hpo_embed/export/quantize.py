@@ -56,7 +56,7 @@ import numpy as np
 
 from hpo_embed.common import ROOT, UserError, atomic_write_text, log, publish_dir, write_json
 from hpo_embed.hardware import encoder_flops, native_bf16, peak_flops
-from hpo_embed.models.loader import load_sentence_transformer
+from hpo_embed.models.loader import known_good_tokenizer, load_sentence_transformer
 from hpo_embed.params import QuantizeParams
 
 FP32_FILE = "onnx/model.onnx"        # in the build folder: the plain fp32 export
@@ -486,7 +486,8 @@ def model_feeds(folder: Path, onnx_file: str, texts: list[str], batch_size: int 
     """Tokenised batches of ``texts`` as ONNX feeds (the folder's tokenizer and max length)."""
     from transformers import AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(str(folder))
+    with known_good_tokenizer(folder):
+        tok = AutoTokenizer.from_pretrained(str(folder))
     cfg = folder / "sentence_bert_config.json"
     max_len = json.loads(cfg.read_text()).get("max_seq_length", 128) if cfg.is_file() else 128
     names = model_inputs(folder / onnx_file)

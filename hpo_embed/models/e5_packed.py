@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from hpo_embed.common import UserError
+from hpo_embed.models.loader import known_good_tokenizer
 
 MAGIC = b"E5S1"
 BLOCK = 32
@@ -355,8 +356,9 @@ def to_sentence_transformer(m: PackedModel, workdir: Path, tokenizer=None, max_s
     (tokenizer if tokenizer is not None else build_tokenizer(m, m.max_positions)).save_pretrained(hf_dir)
     # no pooler (mean pooling is used): AutoModel would otherwise add a randomly initialised
     # one and the saved weights would differ from run to run
-    transformer = models.Transformer(str(hf_dir), max_seq_length=max_seq_length,
-                                     model_kwargs={"add_pooling_layer": False})
+    with known_good_tokenizer(hf_dir):
+        transformer = models.Transformer(str(hf_dir), max_seq_length=max_seq_length,
+                                         model_kwargs={"add_pooling_layer": False})
     pooling = models.Pooling(m.hidden, pooling_mode="mean")
     return SentenceTransformer(modules=[transformer, pooling, models.Normalize()], device="cpu",
                                prompts=prompts, default_prompt_name=default_prompt_name,

@@ -120,3 +120,17 @@ def load_sentence_transformer(path: str | Path, what: str, max_seq_length: int |
     if max_seq_length:
         model.max_seq_length = max_seq_length
     return model
+
+
+def freeze_word_embeddings(model) -> int:
+    """Stop gradients into the word-embedding matrix of a SentenceTransformer's transformer
+    (``model[0].auto_model``) or a CrossEncoder's (``model.model``); returns the number of
+    frozen parameters (0 if the model has none)."""
+    auto = getattr(model, "model", None)
+    if auto is None and hasattr(model, "__getitem__"):
+        auto = getattr(model[0], "auto_model", None)
+    emb = auto.get_input_embeddings() if auto is not None else None
+    if emb is None:
+        return 0
+    emb.weight.requires_grad_(False)
+    return int(emb.weight.numel())

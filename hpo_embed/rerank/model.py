@@ -76,15 +76,6 @@ def load_cross_encoder(path: str, max_length: int, seed: int = 0, **kw):
     return model
 
 
-def freeze_word_embeddings(model) -> int:
-    """Freeze the input embedding matrix of the CrossEncoder's transformer; returns the count."""
-    emb = model.model.get_input_embeddings() if hasattr(model, "model") else None
-    if emb is None:
-        return 0
-    emb.weight.requires_grad_(False)
-    return int(emb.weight.numel())
-
-
 def train(model, examples: pd.DataFrame, dev_samples: list[dict], out_dir: Path, *, lr: float, epochs: float,
           batch_size: int, warmup_ratio: float, eval_steps: int, save_total_limit: int, pos_weight: float,
           seed: int, resume_from: Path | None, eval_batch_size: int = 64, callbacks: list | None = None):

@@ -25,6 +25,7 @@ import pandas as pd
 from hpo_embed.checkpoints import discard_other_runs, fingerprint, last_complete_checkpoint
 from hpo_embed.common import UserError, publish_dir, write_json
 from hpo_embed.hardware import TokenCounter, encoder_flops, peak_flops
+from hpo_embed.models.loader import freeze_word_embeddings, known_good_tokenizer
 from hpo_embed.training.precision import decide as choose_cpu_precision
 from hpo_embed.pairs.dev_set import dev_eval_set
 from hpo_embed.schemas import read_table
@@ -73,17 +74,6 @@ def run_fingerprint(params, files: list[Path]) -> str:
     if params.train.negatives == "mined":   # mine.* (rounds, easy mix, hardness) shape the run
         ident["mine"] = params.mine.model_dump()
     return fingerprint(ident, files)
-
-
-def freeze_word_embeddings(model) -> int:
-    """Stop gradients into the word-embedding matrix of the model's transformer; returns
-    the number of frozen parameters (0 if the model has none)."""
-    auto = getattr(model[0], "auto_model", None)
-    emb = auto.get_input_embeddings() if auto is not None else None
-    if emb is None:
-        return 0
-    emb.weight.requires_grad_(False)
-    return int(emb.weight.numel())
 
 
 def truncate_live_history(live_dir: Path, step: int) -> int:
@@ -323,7 +313,7 @@ def run(params, a: TrainPaths) -> dict | None:  # noqa: C901 - one linear recipe
             output_dir=out, num_train_epochs=p.epochs, per_device_train_batch_size=p.batch_size,
             per_device_eval_batch_size=p.batch_size, learning_rate=params.lr, warmup_ratio=p.warmup_ratio,
             weight_decay=p.weight_decay, seed=p.seed, fp16=precision == "fp16", bf16=precision == "bf16",
-            batch_sampler=concept_batch_sampler(keys), eval_strategy="steps" if evaluate else "no",
+            batch_sampler=concept_batch_sampler(keys, p.group_by_length), eval_strategy="steps" if evaluate else "no",
             eval_steps=p.eval_steps, save_strategy="steps", save_steps=p.save_steps,
             save_total_limit=p.save_total_limit, load_best_model_at_end=evaluate,
             metric_for_best_model=BEST_METRIC if evaluate else None, greater_is_better=True,
@@ -447,7 +437,8 @@ def run(params, a: TrainPaths) -> dict | None:  # noqa: C901 - one linear recipe
     trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=dataset, loss=loss,
                                          evaluator=evaluator, callbacks=[Flow()])
     try:
-        trainer.train(resume_from_checkpoint=last)
+        with known_good_tokenizer(a.base):   # the trainer reloads the best checkpoint at the end
+            trainer.train(resume_from_checkpoint=last)
     except torch.cuda.OutOfMemoryError:
         from hpo_embed.gpu.preflight import lower_hint
         raise UserError(f"CUDA out of memory at step {trainer.state.global_step}: {lower_hint(p)} "
