@@ -19,11 +19,12 @@ For each it prints pairs/s, the ratio to ``fp32``, the share of pad tokens, the 
 GFLOP/s (matrix-multiply FLOPs of the tokens computed, pad included:
 ``hpo_embed.hardware.encoder_flops``) and its share of the CPU's peak for that precision
 and of the fp32 peak (``hpo_embed.hardware.peak_flops``: FLOP/cycle/core table x clock x
-threads). ``--parity`` then runs the real train stage (``python -m stages.train``) with
-``train.precision`` fp32 and bf16 at the default steps and seed and prints both dev MRRs.
+threads). ``--parity`` then runs the real train stage (``python -m stages.train``) once per
+``--stage`` override set (default: fp32 without length grouping, i.e. the former default;
+fp32; bf16) at the default steps and seed: pairs/s, ratio and dev MRR against the first.
 Run it alone: a second CPU-heavy job on 2 cores changes every number.
 
-    .venv/bin/python benchmarks/bench_train.py [--steps 24] [--parity] [--compile] [--json out.json]
+    .venv/bin/python benchmarks/bench_train.py [--steps 24] [--parity [--stage precision=bf16 ...]] [--compile] [--json out.json]
 """
 from __future__ import annotations
 
@@ -112,13 +113,20 @@ def run_variant(base, anchors, positives, plan, *, precision: str, max_len: int,
             "fp32_peak_share": flops / seconds / peak_flops("fp32", threads)}
 
 
-def parity(params_path: Path, work: Path) -> dict:
-    """The real train stage at the default steps and seed, fp32 and bf16: best dev MRR."""
+DEFAULT_STAGE_RUNS = ["precision=fp32,group_by_length=false", "precision=fp32", "precision=bf16"]
+
+
+def stage_runs(params_path: Path, work: Path, runs: list[str]) -> dict:
+    """The real train stage (``python -m stages.train``) once per entry of ``runs``
+    (``train.KEY=VALUE,...`` overrides of params.yaml), at the default steps and seed:
+    pairs/s, train time and best dev MRR, each against the first run."""
     out = {}
-    for precision in ("fp32", "bf16"):
+    for spec in runs:
         raw = yaml.safe_load(params_path.read_text())
-        raw["train"]["precision"] = precision
-        d = work / precision
+        for item in spec.split(","):
+            key, _, value = item.partition("=")
+            raw["train"][key.strip()] = yaml.safe_load(value)
+        d = work / f"run{len(out)}"
         d.mkdir(parents=True, exist_ok=True)
         (d / "params.yaml").write_text(yaml.safe_dump(raw))
         cmd = [sys.executable, "-m", "stages.train", "--params", str(d / "params.yaml"), "--pairs", "data/pairs",
@@ -128,9 +136,14 @@ def parity(params_path: Path, work: Path) -> dict:
                "--report", str(d / "report.json"), "--live", str(d / "dvclive")]
         subprocess.run(cmd, cwd=ROOT, check=True)
         m = json.loads((d / "report.json").read_text())
-        out[precision] = {k: m[k] for k in ("precision", "pairs_per_s", "train_time_s", "steps", "best_step")}
-        out[precision]["dev_mrr_best"] = m["best"]["mrr"]
-    out["dev_mrr_delta"] = round(out["bf16"]["dev_mrr_best"] - out["fp32"]["dev_mrr_best"], 6)
+        r = {k: m[k] for k in ("precision", "pairs_per_s", "train_time_s", "steps", "best_step", "peak_share")}
+        r["dev_mrr_best"] = m["best"]["mrr"]
+        first = next(iter(out.values()), r)
+        r["ratio"] = round(r["pairs_per_s"] / first["pairs_per_s"], 3)
+        r["dev_mrr_delta"] = round(r["dev_mrr_best"] - first["dev_mrr_best"], 6)
+        out[spec] = r
+        print(f"train stage {spec:42s} {r['pairs_per_s']:6.2f} pairs/s x{r['ratio']:.2f}  dev MRR "
+              f"{r['dev_mrr_best']:.4f} ({r['dev_mrr_delta']:+.4f})  peak share {r['peak_share']}", flush=True)
     return out
 
 
@@ -139,7 +152,9 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=24, help="timed steps per variant")
     ap.add_argument("--warmup", type=int, default=3, help="untimed steps first")
     ap.add_argument("--compile", action="store_true", help="add the torch.compile variant")
-    ap.add_argument("--parity", action="store_true", help="also run the train stage in fp32 and bf16 (dev MRR)")
+    ap.add_argument("--parity", action="store_true",
+                    help=f"also run the train stage per --stage (default: {'; '.join(DEFAULT_STAGE_RUNS)})")
+    ap.add_argument("--stage", action="append", default=[], help="train.KEY=VALUE,... overrides of one train-stage run")
     ap.add_argument("--json", type=Path, help="write the results here too")
     a = ap.parse_args()
     params = load_params(ROOT / "params.yaml")
@@ -186,8 +201,7 @@ def main() -> None:
            "variants": results}
     if a.parity:
         with tempfile.TemporaryDirectory(prefix="bench_train_") as work:
-            out["parity"] = parity(ROOT / "params.yaml", Path(work))
-        print(json.dumps(out["parity"], indent=2))
+            out["stage_runs"] = stage_runs(ROOT / "params.yaml", Path(work), a.stage or DEFAULT_STAGE_RUNS)
     if a.json:
         a.json.write_text(json.dumps(out, indent=2) + "\n")
 
