@@ -29,7 +29,6 @@ Run it alone: a second CPU-heavy job on 2 cores changes every number.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import copy
 import json
 import subprocess
@@ -45,11 +44,12 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from hpo_embed.hardware import cpu_info, encoder_flops, native_bf16, peak_flops  # noqa: E402
+from hpo_embed.hardware import TokenCounter, cpu_info, encoder_flops, native_bf16, peak_flops  # noqa: E402
 from hpo_embed.negatives.anchors import select_training_rows  # noqa: E402
 from hpo_embed.params import load_params  # noqa: E402
 from hpo_embed.schemas import read_table  # noqa: E402
 from hpo_embed.training.losses import load_model  # noqa: E402
+from hpo_embed.training.precision import autocast  # noqa: E402
 from hpo_embed.models.loader import freeze_word_embeddings  # noqa: E402
 
 
@@ -85,30 +85,25 @@ def run_variant(base, anchors, positives, plan, *, precision: str, max_len: int,
     loss = MultipleNegativesRankingLoss(model)
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
     model.train()
-    cast = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if precision == "bf16" else contextlib.nullcontext
-    padded = useful = 0
-    seq_sum = seq_n = 0
+    tokens = TokenCounter().attach(model[0])   # what the train stage counts for its peak share
+    useful = 0
     t0 = None
     for i, idx in enumerate(plan):
         if i == warmup:
-            t0, padded, useful, seq_sum, seq_n = time.perf_counter(), 0, 0, 0, 0
+            t0, useful = time.perf_counter(), 0
+            tokens.reset()
         feats = [model.tokenize([anchors[j] for j in idx]), model.tokenize([positives[j] for j in idx])]
-        for f in feats:
-            padded += f["attention_mask"].numel()
-            useful += int(f["attention_mask"].sum())
-            seq_sum += f["attention_mask"].shape[1]
-            seq_n += 1
-        with cast():
+        useful += sum(int(f["attention_mask"].sum()) for f in feats)
+        with autocast(precision):
             value = loss(feats, None)
         value.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
     seconds = time.perf_counter() - t0
     steps = len(plan) - warmup
-    cfg = model[0].auto_model.config
-    flops = encoder_flops(cfg, padded, seq_sum / max(1, seq_n))
+    flops = encoder_flops(model[0].auto_model.config, tokens.tokens, tokens.mean_length)
     return {"pairs_per_s": steps * len(plan[0]) / seconds, "seconds": seconds, "steps": steps,
-            "pad_share": 1 - useful / padded, "gflops": flops / seconds / 1e9,
+            "pad_share": 1 - useful / tokens.tokens, "gflops": flops / seconds / 1e9,
             "peak_share": flops / seconds / peak_flops(precision, threads),
             "fp32_peak_share": flops / seconds / peak_flops("fp32", threads)}
 

@@ -120,6 +120,15 @@ def write_parquet(path: Path | str, table: Any, compression: str = "snappy") -> 
     atomic_write_bytes(path, sink.getvalue().to_pybytes())
 
 
+def temp_sibling(out: Path | str) -> Path:
+    """An empty path ``.<name>.tmp-<pid>`` beside ``out`` (a leftover of an earlier run of
+    this pid removed) to build a folder in before ``publish_dir`` swaps it into ``out``."""
+    out = Path(out)
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    return tmp
+
+
 def publish_dir(tmp: Path | str, out: Path | str) -> None:
     """Swap the finished folder ``tmp`` into ``out`` (same file system): ``out`` is renamed
     aside, ``tmp`` renamed into place, the old one removed; a reader never sees a

@@ -12,6 +12,7 @@ from this table alone: the callers measure (see ``hpo_embed.training.precision``
 from __future__ import annotations
 
 import functools
+from collections.abc import Mapping
 import os
 import re
 from dataclasses import dataclass
@@ -99,15 +100,18 @@ def encoder_flops(config, tokens: int, seq_len: float, train: bool = True) -> fl
 class TokenCounter:
     """Counts the tokens a module computes while training (pad included): a forward
     pre-hook on a sentence-transformers ``Transformer`` module, whose input is the
-    tokenizer's feature dict."""
+    tokenizer's features (a dict from the collator, a ``BatchEncoding`` from ``tokenize``)."""
 
     def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
         self.tokens = 0
         self.sequences = 0
         self.length_sum = 0
 
     def __call__(self, module, args) -> None:
-        if not module.training or not args or not isinstance(args[0], dict) or "attention_mask" not in args[0]:
+        if not module.training or not args or not isinstance(args[0], Mapping) or "attention_mask" not in args[0]:
             return
         mask = args[0]["attention_mask"]
         self.tokens += int(mask.numel())

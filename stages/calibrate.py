@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import argparse
 import logging
-import shutil
 from pathlib import Path
 
 import numpy as np
 
-from hpo_embed.common import UserError, atomic_write_text, publish_dir, run_stage, write_json
+from hpo_embed.common import UserError, atomic_write_text, publish_dir, run_stage, temp_sibling, write_json
 from stages import parser
 
 log = logging.getLogger("hpo_embed.rerank")
@@ -41,8 +40,7 @@ def top1_table(rr, branch_of: dict[str, str]):
 
 
 def write_plots(folder: Path, rows: dict[str, list[dict]]) -> None:
-    tmp = folder.with_name(folder.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
+    tmp = temp_sibling(folder)
     tmp.mkdir(parents=True)
     rows = {**rows, "ideal": [{"bin": i, "confidence": i / 15, "accuracy": i / 15, "count": 0} for i in range(16)]}
     for name, rs in rows.items():

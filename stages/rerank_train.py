@@ -10,14 +10,13 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import shutil
 import time
 from pathlib import Path
 
 
 from hpo_embed.checkpoints import fingerprint
 from hpo_embed.checkpoints import prepare as prepare_checkpoints
-from hpo_embed.common import UserError, run_stage, write_json, publish_dir
+from hpo_embed.common import UserError, publish_dir, run_stage, temp_sibling, write_json
 from hpo_embed.models.loader import freeze_word_embeddings
 from stages import parser
 
@@ -44,8 +43,7 @@ def documents(terms_path: Path, fmt: str) -> dict[str, str]:
 
 def publish(model, out: Path) -> None:
     """Save beside ``out`` and swap it in (never half-written)."""
-    tmp = out.with_name(f".{out.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
+    tmp = temp_sibling(out)
     if model is None:
         tmp.mkdir(parents=True)
         (tmp / "DISABLED.txt").write_text("rerank.enabled is false: no reranker was trained\n", encoding="utf-8")

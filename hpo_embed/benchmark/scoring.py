@@ -51,7 +51,6 @@ import hashlib
 import io
 import json
 import math
-import os
 import shutil
 import time
 import unicodedata
@@ -66,7 +65,8 @@ import torch
 from tqdm.auto import tqdm
 
 from hpo_embed.retrieval import metrics as rm
-from hpo_embed.common import UserError, atomic_write_bytes, atomic_write_text, log, publish_dir, write_json, write_parquet
+from hpo_embed.common import (UserError, atomic_write_bytes, atomic_write_text, log, publish_dir, temp_sibling,
+                              write_json, write_parquet)
 from hpo_embed.retrieval.corpus import build_corpus, load_terms
 from hpo_embed.schemas import read_table
 from hpo_embed.pairs.external_sets import QuerySet, _sanitize, external_files, load_external_set  # noqa: F401 (re-exported)
@@ -603,8 +603,7 @@ def write_curves(per_query: pd.DataFrame, sets: list[QuerySet], models: list[str
                  mode: str) -> None:
     """One CSV per query set (``k,model,hit_rate``; retrieval ``mode``), drawn by dvc plots
     as HR@K per model. Written into a temporary sibling and published whole."""
-    final, folder = folder, folder.with_name(f".{folder.name}.tmp-{os.getpid()}")
-    shutil.rmtree(folder, ignore_errors=True)
+    final, folder = folder, temp_sibling(folder)
     folder.mkdir(parents=True)
     for qs in sets:
         sub = _subset(per_query, mode, qs)

@@ -55,7 +55,7 @@ from typing import Any
 import numpy as np
 
 from hpo_embed.common import ROOT, UserError, atomic_write_text, log, publish_dir, write_json
-from hpo_embed.hardware import encoder_flops, native_bf16, peak_flops
+from hpo_embed.hardware import cpu_info, encoder_flops, native_bf16, peak_flops
 from hpo_embed.models.loader import known_good_tokenizer, load_sentence_transformer
 from hpo_embed.params import QuantizeParams
 
@@ -725,19 +725,11 @@ def select(rows: dict[str, dict[str, Any]], mrr_min: float, hr1_min: float) -> t
 # --------------------------------------------------------------------------- report
 
 def machine() -> dict[str, Any]:
-    cpu = "unknown"
-    flags: set[str] = set()
-    info = Path("/proc/cpuinfo")
-    if info.is_file():
-        for line in info.read_text().splitlines():
-            if line.startswith("model name") and cpu == "unknown":
-                cpu = line.split(":", 1)[1].strip()
-            elif line.startswith("flags") and not flags:
-                flags = set(line.split(":", 1)[1].split())
     import onnxruntime
 
-    return {"cpu": cpu, "cpu_count": os.cpu_count(), "onnxruntime": onnxruntime.__version__,
-            "isa": sorted(flags & {"avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8", "asimd"})}
+    cpu = cpu_info()
+    return {"cpu": cpu.model, "cpu_count": os.cpu_count(), "onnxruntime": onnxruntime.__version__,
+            "isa": sorted(cpu.flags & {"avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8", "asimd"})}
 
 
 COLUMNS = [("variant", None), ("size MB", "size_mb"), ("sent/s b32", "sps_b32"), ("× PyTorch b32", "ratio_b32"),

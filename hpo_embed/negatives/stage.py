@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from hpo_embed.common import UserError, publish_dir, write_json, write_parquet
+from hpo_embed.common import UserError, publish_dir, temp_sibling, write_json, write_parquet
 from hpo_embed.negatives.anchors import select_training_rows
 from hpo_embed.negatives.training import mining_inputs
 from hpo_embed.schemas import read_table
@@ -47,10 +47,7 @@ def model_key(folder: Path, max_seq_length: int) -> str:
 
 def publish(out: Path, df: pd.DataFrame) -> None:
     """negatives.parquet in a fresh folder swapped into ``out`` (never half-written)."""
-    tmp = out.with_name(f".{out.name}.tmp")
-    if tmp.exists():
-        import shutil
-        shutil.rmtree(tmp)
+    tmp = temp_sibling(out)
     tmp.mkdir(parents=True)
     import pyarrow as pa
     write_parquet(tmp / "negatives.parquet", pa.Table.from_pandas(df, preserve_index=False))

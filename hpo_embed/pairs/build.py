@@ -50,8 +50,6 @@ from __future__ import annotations
 import collections
 import gc
 import hashlib
-import os
-import shutil
 import time
 import unicodedata
 import zlib
@@ -62,7 +60,7 @@ import pandas as pd
 import pyarrow as pa
 from tqdm import tqdm
 
-from hpo_embed.common import ROOT, UserError, log, publish_dir, write_json, write_parquet
+from hpo_embed.common import ROOT, UserError, log, publish_dir, temp_sibling, write_json, write_parquet
 from hpo_embed.retrieval.corpus import load_terms
 from hpo_embed.schemas import CONCEPTS_SCHEMA, PAIRS_SCHEMA, QUERIES_SCHEMA, SHARED_SCHEMA
 from hpo_embed.params import PAIR_TYPES, PairsParams
@@ -516,8 +514,7 @@ def _run(params: PairsParams, languages: list[str] | None, translations_dir: Pat
 
     # the tables are written into a temporary sibling and the folder published whole: a
     # failed or killed run leaves the previous data/pairs as it was (no stale split file either)
-    final_dir, out_dir = out_dir, out_dir.with_name(f".{out_dir.name}.tmp-{os.getpid()}")
-    shutil.rmtree(out_dir, ignore_errors=True)
+    final_dir, out_dir = out_dir, temp_sibling(out_dir)
     out_dir.mkdir(parents=True)
     metrics: dict = {"languages": lang_order, "concepts": {}, "pairs": {}, "queries": {}}
     for split in SPLITS:

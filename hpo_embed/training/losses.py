@@ -28,7 +28,6 @@ from hpo_embed.models.loader import load_sentence_transformer, resolve_model
 from hpo_embed.params import IN_BATCH_LOSSES, TrainParams
 from hpo_embed.training.sampling import row_keys, sample_negatives
 
-IN_BATCH = IN_BATCH_LOSSES
 TRIPLET = ("triplet",)
 PAIR_LABEL = ("cosine", "contrastive", "online_contrastive")
 
@@ -37,7 +36,7 @@ def negatives_for(p: TrainParams) -> str:
     """The effective negative sampler: ``none``, ``random`` or ``sibling``."""
     neg = p.negatives
     if neg == "auto":
-        return "none" if p.loss in IN_BATCH else "random"
+        return "none" if p.loss in IN_BATCH_LOSSES else "random"
     return neg
 
 

@@ -16,14 +16,13 @@ import dataclasses
 import json
 import logging
 import os
-import shutil
 import time
 from pathlib import Path
 
 import pandas as pd
 
 from hpo_embed.checkpoints import discard_other_runs, fingerprint, last_complete_checkpoint
-from hpo_embed.common import UserError, publish_dir, write_json
+from hpo_embed.common import UserError, publish_dir, temp_sibling, write_json
 from hpo_embed.hardware import TokenCounter, encoder_flops, peak_flops
 from hpo_embed.models.loader import freeze_word_embeddings, known_good_tokenizer
 from hpo_embed.training.precision import decide as choose_cpu_precision
@@ -176,8 +175,7 @@ def write_model(model, out: Path, card: str, langs: list[str], licence: str | No
     """Save into a temporary folder beside ``out`` and publish it, so ``out`` is never
     half-written. The model card is sentence-transformers' own (the trainer's record of
     datasets, loss, hyperparameters and evaluation, generated offline) followed by ours."""
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
+    tmp = temp_sibling(out)
     data = model.model_card_data
     data.language = langs or data.language
     data.license = licence.lower() if isinstance(licence, str) else data.license
