@@ -2,7 +2,7 @@
 against the full corpus in <= 2 minutes on 2 cores), and the end-to-end run of the mine
 stage it measures.
 
-Runs the real stage (``hpo_embed.negatives.stage.run``) on data/pairs, data/hpo and models/base with the
+Runs the real stage (``hpo_embed.negatives.run.run``) on data/pairs, data/hpo and models/base with the
 params.yaml ``mine:`` section and ``train.negatives`` forced to ``mined``, torch pinned to
 ``--threads``, writing into ``--out`` (default: a temporary folder, not data/negatives).
 Prints the stage's breakdown (guard construction, encoding of corpus + anchors + positives
@@ -43,7 +43,7 @@ def main() -> None:
     torch.set_num_threads(a.threads)
 
     from hpo_embed.negatives.mining import model_candidates
-    from hpo_embed.negatives.stage import run
+    from hpo_embed.negatives.run import run
     from hpo_embed.params import load_params
 
     out = a.out or Path(tempfile.mkdtemp(prefix="mine_speed_"))

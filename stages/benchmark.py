@@ -11,7 +11,8 @@ import dataclasses
 import sys
 from pathlib import Path
 
-from hpo_embed.benchmark.scoring import Paths, fetch_phentrieve, run
+from hpo_embed.benchmark.inputs import Paths, fetch_phentrieve
+from hpo_embed.benchmark.run import run
 from hpo_embed.common import run_stage
 from hpo_embed.params import load_params
 from stages import parser

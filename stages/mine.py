@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 
 from hpo_embed.common import run_stage
-from hpo_embed.negatives.stage import run
+from hpo_embed.negatives.run import run
 from hpo_embed.params import load_params
 from stages import parser
 

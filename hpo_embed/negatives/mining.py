@@ -18,7 +18,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from hpo_embed.negatives.ontology import Ontology
+from hpo_embed.embedding import cache_file, encode_cached
+from hpo_embed.ontology.graph import IsAGraph
 from hpo_embed.params import MiningParams
 
 log = logging.getLogger("hpo_embed.negatives")
@@ -29,6 +30,25 @@ GUARD_REASONS = ("same_concept", "same_text", "family")
 def norm(text: str) -> str:
     """The identity of a text for the guard: stripped, whitespace collapsed, case-folded."""
     return " ".join(str(text).split()).casefold()
+
+
+def relatives(graph: IsAGraph, c: str, relations: list[str], family: bool) -> dict[str, str]:
+    """``{concept: relation}`` of ``c`` for the requested relations (siblings, cousins; first
+    relation wins). Without ``family`` the lineage (ancestors/descendants, e.g. a sibling
+    that is also a grandchild in the DAG) is left out; with it, parents and children are added."""
+    out: dict[str, str] = {}
+    if family:
+        for r in sorted(graph.parents.get(c, ())):
+            out.setdefault(r, "parent")
+        for r in sorted(graph.children.get(c, ())):
+            out.setdefault(r, "child")
+    for rel in relations:
+        for r in sorted(graph.siblings(c) if rel == "siblings" else graph.cousins(c)):
+            out.setdefault(r, rel.rstrip("s"))
+    if not family:
+        lineage = graph.lineage(c)
+        out = {k: v for k, v in out.items() if k not in lineage}
+    return out
 
 
 @dataclass
@@ -91,7 +111,7 @@ def concept_texts(terms: pd.DataFrame, pairs: pd.DataFrame) -> dict[str, set[str
 
 
 def guard_indices(anchor: str, positive: str, concept: str, corpus: Corpus, texts: dict[str, set[str]],
-                  ontology: Ontology | None, family_allowed: bool) -> dict[str, np.ndarray]:
+                  ontology: IsAGraph | None, family_allowed: bool) -> dict[str, np.ndarray]:
     """Corpus indices that may never be a negative of this row, by reason: ``same_concept``
     (a text of the anchor's concept), ``same_text`` (another concept's text identical to the
     anchor, the positive or any text of the anchor's concept) and ``family`` (ancestors and
@@ -173,7 +193,7 @@ def model_candidates(scores, pos_scores: np.ndarray, guards: list[dict[str, np.n
 
 
 def ontology_candidates(concepts: list[str], guards: list[dict[str, np.ndarray]], corpus: Corpus,
-                        ontology: Ontology, p: MiningParams, score_fn=None,
+                        ontology: IsAGraph, p: MiningParams, score_fn=None,
                         pos_scores: np.ndarray | None = None) -> tuple[list[np.ndarray], list[np.ndarray], dict]:
     """Per anchor: corpus indices of its relatives' texts (relations of ``p``) minus the
     guard; with ``score_fn(row, idx) -> scores`` sorted best first and margin-filtered."""
@@ -182,7 +202,7 @@ def ontology_candidates(concepts: list[str], guards: list[dict[str, np.ndarray]]
     cache: dict[str, np.ndarray] = {}
     for row, c in enumerate(concepts):
         if c not in cache:
-            rel = ontology.relatives(c, list(p.ontology_relations), p.ontology_family)
+            rel = relatives(ontology, c, list(p.ontology_relations), p.ontology_family)
             parts = [corpus.by_concept[r] for r in sorted(rel) if r in corpus.by_concept]
             cache[c] = np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
         idx = cache[c]
@@ -263,39 +283,9 @@ def easy_negatives(guards: list[dict[str, np.ndarray]], corpus: Corpus, n: int, 
     return out
 
 
-def embed(model, texts: list[str], batch_size: int, progress: bool = False) -> np.ndarray:
-    """L2-normalised float32 embeddings with the model's own default prompt (plain encode)."""
-    return np.asarray(model.encode(list(texts), batch_size=batch_size, normalize_embeddings=True,
-                                   convert_to_numpy=True, show_progress_bar=progress), dtype=np.float32)
-
-
-def embed_cached(model, texts: list[str], batch_size: int, cache: Path | None, model_key: str | None,
-                 progress: bool = False) -> np.ndarray:
-    """``embed`` with an on-disk cache ``cache/<sha256(model_key, texts)>.npy`` (no cache
-    when ``cache`` or ``model_key`` is None). The key must identify the weights, the prompt
-    and the token limit; a stale file cannot be hit because the texts are in the key."""
-    if cache is None or model_key is None:
-        return embed(model, texts, batch_size, progress)
-    import hashlib
-    import io
-
-    from hpo_embed.common import atomic_write_bytes
-    h = hashlib.sha256(model_key.encode())
-    for t in texts:
-        h.update(t.encode() + b"\0")
-    f = Path(cache) / f"{h.hexdigest()[:32]}.npy"
-    if f.is_file():
-        return np.load(f)
-    emb = embed(model, texts, batch_size, progress)
-    buf = io.BytesIO()
-    np.save(buf, emb)
-    atomic_write_bytes(f, buf.getvalue())
-    return emb
-
-
-def mine(rows: pd.DataFrame, corpus: Corpus, texts: dict[str, set[str]], ontology: Ontology | None,
+def mine(rows: pd.DataFrame, corpus: Corpus, texts: dict[str, set[str]], ontology: IsAGraph | None,
          p: MiningParams, model=None, corpus_emb: np.ndarray | None = None, round_no: int = 1,
-         progress: bool = False, cache: Path | None = None, model_key: str | None = None) -> tuple[pd.DataFrame, dict]:
+         cache: Path | None = None, model_key: str | None = None) -> tuple[pd.DataFrame, dict]:
     """Hard (``negative_k``) and easy (``easy_k``) negatives for every row of ``rows``
     (columns anchor, positive, hpo_id), in row order, with ``negative_k_id``,
     ``negative_k_source`` (ontology | model | fill) and ``negative_k_score`` (NaN when
@@ -316,12 +306,14 @@ def mine(rows: pd.DataFrame, corpus: Corpus, texts: dict[str, set[str]], ontolog
         t = time.time()
         corpus_emb_given = corpus_emb is not None
         if corpus_emb is None:
-            corpus_emb = embed_cached(model, corpus.texts, p.batch_size, cache, model_key, progress)
+            corpus_emb = encode_cached(model, corpus.texts, cache_file(cache, model_key, corpus.texts, "mine") if model_key
+                                       else None, p.batch_size, "mine: corpus")
         # anchors and positives that are corpus texts (term_syn anchors, xl_term positives are
         # English labels) reuse the corpus embedding; the rest is encoded once, deduplicated
         text_row = {tx: i for i, tx in enumerate(corpus.texts)}
         missing = sorted({x for x in anchors + positives if x not in text_row})
-        extra = embed_cached(model, missing, p.batch_size, cache, model_key, progress) if missing \
+        extra = encode_cached(model, missing, cache_file(cache, model_key, missing, "mine") if model_key else None,
+                              p.batch_size, "mine: anchors") if missing \
             else np.zeros((0, corpus_emb.shape[1]), np.float32)
         a_emb = _lookup(anchors, text_row, corpus_emb, missing, extra)
         q_emb = _lookup(positives, text_row, corpus_emb, missing, extra)

@@ -27,6 +27,8 @@ from collections.abc import Iterable, Mapping, Sequence
 import numpy as np
 import torch
 
+from hpo_embed.ontology.graph import IsAGraph
+
 ROOT_ID = "HP:0000001"
 HR_KS = (1, 3, 5, 10)
 NDCG_K = 10
@@ -186,54 +188,25 @@ class OntologySimilarity:
     (the pipeline's earlier definition; 0 when only the root is shared).
     """
 
-    def __init__(self, edges: Iterable[tuple[str, str]], root: str = ROOT_ID, formula: str = "hybrid"):
+    def __init__(self, graph: IsAGraph | Iterable[tuple[str, str]], root: str = ROOT_ID,
+                 formula: str = "hybrid"):
         if formula not in ONTSIM_FORMULAS:
             raise ValueError(f"formula must be one of {ONTSIM_FORMULAS}")
-        parents: dict[str, set[str]] = {}
-        children: dict[str, set[str]] = {}
-        for child, parent in edges:
-            parents.setdefault(child, set()).add(parent)
-            parents.setdefault(parent, set())
-            children.setdefault(parent, set()).add(child)
-        parents.setdefault(root, set())
-        self.parents = parents
+        self.graph = graph if isinstance(graph, IsAGraph) else IsAGraph(graph)
+        self.parents = self.graph.parents
+        self.known = set(self.graph.parents) | set(self.graph.children) | {root}
         self.root = root
         self.formula = formula
         self._anc: dict[str, frozenset[str]] = {}
         self._depth: dict[str, int] = {}
-        # shortest-path depths: breadth-first from the root (unreached terms: 0)
-        self._bfs: dict[str, int] = {root: 0}
-        frontier = [root]
-        while frontier:
-            nxt = []
-            for t in frontier:
-                for c in sorted(children.get(t, ())):
-                    if c not in self._bfs:
-                        self._bfs[c] = self._bfs[t] + 1
-                        nxt.append(c)
-            frontier = nxt
+        self._bfs = self.graph.breadth_first_depths(root)   # shortest-path depths (unreached terms: 0)
         self.max_depth = max(self._bfs.values()) or 1
         self.sim = functools.lru_cache(maxsize=500_000)(self._sim)
 
     def ancestors(self, term: str) -> frozenset[str]:
-        """``term`` and everything above it (iterative, memoised)."""
-        if term in self._anc:
-            return self._anc[term]
-        stack = [term]
-        while stack:
-            t = stack[-1]
-            if t in self._anc:
-                stack.pop()
-                continue
-            todo = [p for p in self.parents.get(t, ()) if p not in self._anc]
-            if todo:
-                stack.extend(todo)
-                continue
-            stack.pop()
-            anc = {t}
-            for p in self.parents.get(t, ()):
-                anc |= self._anc[p]
-            self._anc[t] = frozenset(anc)
+        """``term`` and everything above it (memoised)."""
+        if term not in self._anc:
+            self._anc[term] = self.graph.ancestors(term) | {term}
         return self._anc[term]
 
     def shortest_depth(self, term: str) -> int:
@@ -263,7 +236,7 @@ class OntologySimilarity:
     def _sim(self, a: str, b: str) -> float:
         if a == b:
             return 1.0
-        if a not in self.parents or b not in self.parents:
+        if a not in self.known or b not in self.known:
             return 0.0
         common = self.ancestors(a) & self.ancestors(b)
         if not common:

@@ -19,16 +19,19 @@ import os
 from typing import Any
 
 import pandas as pd
+import torch
 from datasets import Dataset
 from sentence_transformers import SentenceTransformer
 from sentence_transformers.sentence_transformer import losses
 
 from hpo_embed.common import UserError
 from hpo_embed.models.loader import load_sentence_transformer, resolve_model
-from hpo_embed.params import IN_BATCH_LOSSES, TrainParams
+from hpo_embed.ontology.graph import IsAGraph
+from hpo_embed.params import IN_BATCH_LOSSES, MineParams, TrainParams
 from hpo_embed.training.sampling import row_keys, sample_negatives
 
 TRIPLET = ("triplet",)
+MINED_LOSSES = ("mnrl", "cached_mnrl", "gist", "triplet")   # losses that take mined negative columns
 PAIR_LABEL = ("cosine", "contrastive", "online_contrastive")
 
 
@@ -41,7 +44,7 @@ def negatives_for(p: TrainParams) -> str:
 
 
 def build_examples(pairs: pd.DataFrame, p: TrainParams,
-                   siblings: dict[str, set[str]] | None = None) -> tuple[Dataset, list[tuple[str, ...]], dict[str, Any]]:
+                   graph: IsAGraph | None = None) -> tuple[Dataset, list[tuple[str, ...]], dict[str, Any]]:
     """The training ``Dataset`` (only the loss's input columns, in order), the sampler keys
     per row and a few counts for the metrics."""
     neg = negatives_for(p)
@@ -53,7 +56,7 @@ def build_examples(pairs: pd.DataFrame, p: TrainParams,
     pool: dict[str, list[str]] = {}
     for c, t in zip(ids, positives):
         pool.setdefault(c, []).append(t)
-    neg_texts, neg_ids, n_sib = sample_negatives(ids, pool, neg, p.seed, siblings)
+    neg_texts, neg_ids, n_sib = sample_negatives(ids, pool, neg, p.seed, graph)
     info["negatives_from_sibling"] = n_sib
     if p.loss in PAIR_LABEL:
         n = len(anchors)
@@ -77,14 +80,12 @@ class CachedMNRL(losses.CachedMultipleNegativesRankingLoss):
     def embed_minibatch(self, *args, **kwargs):
         if self.autocast_dtype is None:
             return super().embed_minibatch(*args, **kwargs)
-        import torch
         with torch.autocast(device_type=self.model.device.type, dtype=self.autocast_dtype):
             return super().embed_minibatch(*args, **kwargs)
 
 
 def set_precision(loss, precision: str) -> None:
     """Tell a cached loss (also inside MatryoshkaLoss) the training precision (fp32 | fp16 | bf16)."""
-    import torch
     target = loss if isinstance(loss, CachedMNRL) else getattr(loss, "loss", None)
     if isinstance(target, CachedMNRL):
         target.autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
@@ -94,17 +95,26 @@ def load_model(spec: str, param: str, device: str | None = None) -> SentenceTran
     return load_sentence_transformer(resolve_model(spec, param), f"params.yaml: {param}: {spec}", device=device)
 
 
-def build_loss(model: SentenceTransformer, p: TrainParams, guide: SentenceTransformer | None = None):
+def build_loss(model: SentenceTransformer, p: TrainParams, mined: MineParams | None = None,
+               guide: SentenceTransformer | None = None):
+    """The loss of ``train.loss``. With ``mined`` (``train.negatives: mined``) the dataset's
+    negative columns are extra negatives: MNRL / CachedMNRL take ``mine.hardness_*``, the
+    triplet loss ``mine.triplet_distance``, and only ``MINED_LOSSES`` are allowed."""
     def margin(name: str) -> dict:
         return {} if p.margin is None else {name: p.margin}
 
+    if mined is not None and p.loss not in MINED_LOSSES:
+        raise UserError(f"params.yaml: train.negatives: mined needs train.loss in {', '.join(MINED_LOSSES)}, "
+                        f"got {p.loss!r}")
+    hard = {} if mined is None or mined.hardness_mode is None else {
+        "hardness_mode": mined.hardness_mode, "hardness_strength": mined.hardness_strength}
     if p.loss == "mnrl":
-        loss = losses.MultipleNegativesRankingLoss(model)
+        loss = losses.MultipleNegativesRankingLoss(model, **hard)
     elif p.loss == "cached_mnrl":
         # under torchrun / accelerate launch: negatives from every device's batch
         multi = int(os.environ.get("WORLD_SIZE", "1")) > 1
         loss = CachedMNRL(model, mini_batch_size=p.mini_batch_size, gather_across_devices=multi,
-                          show_progress_bar=False)
+                          show_progress_bar=False, **hard)
     elif p.loss == "gist":
         if guide is None:   # train.guide_model is required with gist (hpo_embed/params.py)
             guide = load_model(p.guide_model, "train.guide_model", device=str(model.device))
@@ -115,6 +125,11 @@ def build_loss(model: SentenceTransformer, p: TrainParams, guide: SentenceTransf
         loss = losses.ContrastiveLoss(model, **margin("margin"))
     elif p.loss == "online_contrastive":
         loss = losses.OnlineContrastiveLoss(model, **margin("margin"))
+    elif p.loss == "triplet" and mined is not None:
+        cosine = mined.triplet_distance == "cosine"
+        metric = losses.TripletDistanceMetric.COSINE if cosine else losses.TripletDistanceMetric.EUCLIDEAN
+        loss = losses.TripletLoss(model, distance_metric=metric,
+                                  triplet_margin=p.margin if p.margin is not None else (0.1 if cosine else 5.0))
     elif p.loss == "triplet":
         loss = losses.TripletLoss(model, **margin("triplet_margin"))
     else:  # guarded by params choices

@@ -28,14 +28,13 @@ from __future__ import annotations
 import functools
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
-from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import torch
 from sentence_transformers.base.sampler import DefaultBatchSampler
 
 from hpo_embed.common import UserError
+from hpo_embed.ontology.graph import IsAGraph
 
 
 class ConceptBatchSampler(DefaultBatchSampler):
@@ -153,27 +152,8 @@ def row_keys(concepts: Sequence[Sequence[str]], texts: Sequence[Sequence[str]]) 
 
 # --------------------------------------------------------------------------- negatives
 
-def load_siblings(edges_path: Path | str) -> dict[str, set[str]]:
-    """``{concept: concepts sharing at least one parent}`` from edges.parquet (child, parent)."""
-    path = Path(edges_path)
-    if not path.is_file():
-        raise UserError(f"{path}: missing (needed by train.negatives=sibling); run dvc repro parse_hpo")
-    from hpo_embed.schemas import read_table
-    edges = read_table(path, "edges", ["child", "parent"])
-    children: dict[str, set[str]] = defaultdict(set)
-    for child, parent in zip(edges["child"], edges["parent"]):
-        children[parent].add(child)
-    sib: dict[str, set[str]] = defaultdict(set)
-    for kids in children.values():
-        for c in kids:
-            sib[c] |= kids
-    for c in sib:
-        sib[c].discard(c)
-    return dict(sib)
-
-
 def sample_negatives(hpo_ids: Sequence[str], pool: dict[str, list[str]], strategy: str, seed: int,
-                     siblings: dict[str, set[str]] | None = None) -> tuple[list[str], list[str], int]:
+                     graph: IsAGraph | None = None) -> tuple[list[str], list[str], int]:
     """For each anchor concept, draw a negative concept and one of its texts from ``pool``
     (``{concept: candidate texts}``, the training positives). Returns
     ``(negative_texts, negative_concepts, n_sibling)``: how many came from a sibling."""
@@ -187,9 +167,9 @@ def sample_negatives(hpo_ids: Sequence[str], pool: dict[str, list[str]], strateg
     texts, negs, n_sib = [], [], 0
     for c in hpo_ids:
         neg = None
-        if strategy == "sibling" and siblings is not None:
+        if strategy == "sibling" and graph is not None:
             if c not in in_pool_sibs:
-                in_pool_sibs[c] = sorted(s for s in siblings.get(c, ()) if s in pool)
+                in_pool_sibs[c] = sorted(s for s in graph.siblings(c) if s in pool)
             cands = in_pool_sibs[c]
             if cands:
                 neg = cands[rng.integers(len(cands))]

@@ -26,7 +26,9 @@ from hpo_embed.common import UserError, publish_dir, temp_sibling, write_json
 from hpo_embed.hardware import TokenCounter, encoder_flops, peak_flops
 from hpo_embed.models.loader import freeze_word_embeddings, known_good_tokenizer
 from hpo_embed.training.precision import decide as choose_cpu_precision
+from hpo_embed.negatives.dataset import build_examples as build_mined_examples, load_negatives, mining_inputs
 from hpo_embed.pairs.dev_set import dev_eval_set
+from hpo_embed.training.iterative import round_one
 from hpo_embed.schemas import read_table
 
 log = logging.getLogger("hpo_embed.train")
@@ -279,7 +281,8 @@ def run(params, a: TrainPaths) -> dict | None:  # noqa: C901 - one linear recipe
     from transformers import TrainerCallback, set_seed
 
     from hpo_embed.training.losses import build_examples, build_loss, load_model, negatives_for, set_precision
-    from hpo_embed.training.sampling import concept_batch_sampler, load_siblings
+    from hpo_embed.ontology.graph import load_graph
+    from hpo_embed.training.sampling import concept_batch_sampler
 
     rank = int(os.environ.get("RANK", "0"))
     ckpt = a.checkpoints
@@ -324,8 +327,7 @@ def run(params, a: TrainPaths) -> dict | None:  # noqa: C901 - one linear recipe
 
     round1_state = None
     if negatives_for(p) == "mined":   # data/negatives (+ mine.rounds: 2 round 1, resumable)
-        from hpo_embed.negatives import training as hn
-        train_df = hn.load_negatives(a.negatives, train_df)
+        train_df = load_negatives(a.negatives, train_df)
         if params.mine.rounds == 2:
             def fresh():
                 set_seed(p.seed)
@@ -334,18 +336,18 @@ def run(params, a: TrainPaths) -> dict | None:  # noqa: C901 - one linear recipe
                 if p.freeze_embeddings:
                     freeze_word_embeddings(m)
                 return m
-            train_df, round1_state, round_info = hn.round_one(
+            train_df, round1_state, round_info = round_one(
                 train_df, params.mine, p, fp, ckpt / "round1", fresh, lambda out, k: training_args(out, k, False),
-                lambda: hn.mining_inputs(read_table(a.terms, "terms"), read_table(a.edges, "edges"),
+                lambda: mining_inputs(read_table(a.terms, "terms"), read_table(a.edges, "edges"),
                                          read_table(a.pairs / "concepts.parquet", "concepts"), all_pairs,
                                          params.mine.corpus_format))
-        dataset, keys, ex_info = hn.build_examples(train_df, p, params.mine)
-        loss = hn.build_loss(model, p, params.mine)
+        dataset, keys, ex_info = build_mined_examples(train_df, p, params.mine)
+        loss = build_loss(model, p, mined=params.mine)
         if params.mine.rounds == 2:
             ex_info["iterative"] = round_info
     else:
-        siblings = load_siblings(a.edges) if negatives_for(p) == "sibling" else None
-        dataset, keys, ex_info = build_examples(train_df, p, siblings)
+        graph = load_graph(a.edges, "train.negatives=sibling") if negatives_for(p) == "sibling" else None
+        dataset, keys, ex_info = build_examples(train_df, p, graph)
         loss = build_loss(model, p)
     set_precision(loss, precision)  # cached_mnrl: its gradient pass in the training precision too
 

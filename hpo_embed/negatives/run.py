@@ -8,7 +8,6 @@ pays almost nothing for the stage.
 """
 from __future__ import annotations
 
-import hashlib
 import logging
 import time
 from pathlib import Path
@@ -17,7 +16,10 @@ import pandas as pd
 
 from hpo_embed.common import UserError, publish_dir, temp_sibling, write_json, write_parquet
 from hpo_embed.negatives.anchors import select_training_rows
-from hpo_embed.negatives.training import mining_inputs
+from hpo_embed.embedding import model_hash
+from hpo_embed.models.loader import load_sentence_transformer
+from hpo_embed.negatives.dataset import mining_inputs
+from hpo_embed.negatives.mining import mine
 from hpo_embed.schemas import read_table
 from hpo_embed.training.losses import negatives_for
 
@@ -31,18 +33,6 @@ def headline(report: dict) -> dict:
     return {"negatives_per_anchor": report["negatives_per_anchor"],
             "from_ontology": report["by_source"].get("ontology", 0), "from_model": report["by_source"].get("model", 0),
             "guard_removed": sum(report["guard_removed"].values()), "mining_s": report["seconds"]["total_s"]}
-
-
-def model_key(folder: Path, max_seq_length: int) -> str:
-    """Identity of the encoder for the embedding cache: every file's bytes (weights, config,
-    prompts, tokenizer) and the token limit."""
-    h = hashlib.sha256(str(max_seq_length).encode())
-    for f in sorted(p for p in folder.rglob("*") if p.is_file()):
-        h.update(str(f.relative_to(folder)).encode())
-        with f.open("rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                h.update(chunk)
-    return h.hexdigest()
 
 
 def publish(out: Path, df: pd.DataFrame) -> None:
@@ -65,21 +55,18 @@ def run(params, pairs_dir: Path, terms: Path, edges: Path, model_dir: Path, out:
         publish(out, rows[["anchor", "positive", "hpo_id"]])
         report = {"skipped": True, "reason": f"train.negatives is {p.negatives!r}", "anchors": len(rows)}
     else:
-        from hpo_embed.negatives.mining import mine
         concepts = read_table(pairs_dir / "concepts.parquet", "concepts")
         corpus, texts, onto = mining_inputs(read_table(terms, "terms"), read_table(edges, "edges"), concepts, pairs,
                                             m.corpus_format)
         model = None
         if "model" in m.sources or m.sampling == "top" or m.relative_margin is not None \
                 or m.absolute_margin is not None:
-            from hpo_embed.models.loader import load_sentence_transformer
             if not model_dir.is_dir():
                 raise UserError(f"{model_dir}: no base model; run the base_model stage first (dvc repro base_model)")
             model = load_sentence_transformer(str(model_dir), "train.base_model")
             model.max_seq_length = p.max_seq_length
         df, report = mine(rows[["anchor", "positive", "hpo_id"]], corpus, texts, onto, m.mining(), model=model,
-                          progress=True, cache=cache,
-                          model_key=model_key(model_dir, p.max_seq_length) if cache else None)
+                          cache=cache, model_key=model_hash(model_dir, p.max_seq_length) if cache else None)
         publish(out, df)
         report |= {"rows_available": available, "params": m.mining().model_dump(),
                    "examples": df.head(20)[["anchor", "positive", "negative_1", "negative_1_source"]]
