@@ -66,6 +66,13 @@ def cache_file(folder: Path | str | None, model_key: str, texts: list[str], tag:
     return Path(folder) / f"{model_key[:16]}-{tag}-{text_hash(texts)[:16]}.npy"
 
 
+def prune(folder: Path | str, keep: set[str]) -> None:
+    """Remove the cache files in ``folder`` not named in ``keep`` (older models or texts)."""
+    for f in Path(folder).glob("*.npy") if Path(folder).is_dir() else []:
+        if f.name not in keep:
+            f.unlink(missing_ok=True)
+
+
 def encode(model, texts: list[str], batch_size: int, progress: bool = False) -> np.ndarray:
     """L2-normalised float32 embeddings by a plain ``model.encode``."""
     if not texts:

@@ -8,20 +8,14 @@ models/reranker/model --terms data/hpo/terms.parquet --out models/reranker/calib
 """
 from __future__ import annotations
 
-import argparse
-import logging
-from pathlib import Path
-
-import numpy as np
-
-from hpo_embed.common import UserError, atomic_write_text, publish_dir, run_stage, temp_sibling, write_json
+from hpo_embed.common import run_stage
+from hpo_embed.params import load_params
+from hpo_embed.rerank.calibrate import run
 from stages import parser
 
-log = logging.getLogger("hpo_embed.rerank")
 
-
-def parse_args(argv=None) -> argparse.Namespace:
-    return parser("calibrate", __doc__, {
+def main(argv=None) -> None:
+    a = parser("calibrate", __doc__, {
         "candidates": "candidates",
         "model": "the rerank_train stage's CrossEncoder folder",
         "terms": "terms",
@@ -29,73 +23,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         "plots": "folder of reliability-diagram CSVs",
         "metrics": "metrics",
     }).parse_args(argv)
-
-
-def top1_table(rr, branch_of: dict[str, str]):
-    """(logit, correct, branch of the predicted concept) of each reranked query."""
-    s = rr["top_logit"].to_numpy(dtype=float)
-    y = np.asarray([1.0 if ids and ids[0] in set(e) else 0.0 for ids, e in zip(rr["rr_ids"], rr["expected"])])
-    br = [branch_of.get(ids[0], "") if ids else "" for ids in rr["rr_ids"]]
-    return s, y, br
-
-
-def write_plots(folder: Path, rows: dict[str, list[dict]]) -> None:
-    tmp = temp_sibling(folder)
-    tmp.mkdir(parents=True)
-    rows = {**rows, "ideal": [{"bin": i, "confidence": i / 15, "accuracy": i / 15, "count": 0} for i in range(16)]}
-    for name, rs in rows.items():
-        lines = ["confidence,accuracy,count,bin"] + [f"{r['confidence']:.6f},{r['accuracy']:.6f},{r['count']},{r['bin']}"
-                                                      for r in rs]
-        atomic_write_text(tmp / f"{name}.csv", "\n".join(lines) + "\n")
-    publish_dir(tmp, folder)
-
-
-def main(argv=None) -> None:
-    a = parse_args(argv)
-    from hpo_embed.params import load_params
-    p = load_params(a.params).rerank
-    if not p.enabled:
-        write_json(a.out, {"format": "disabled", "note": "rerank.enabled is false"})
-        write_plots(a.plots, {})
-        write_json(a.metrics, {"enabled": False})
-        return
-    from hpo_embed.rerank import calibration as K
-    from hpo_embed.rerank.model import load_cross_encoder, rerank, score_candidates
-    from hpo_embed.retrieval.corpus import build_corpus, load_terms
-    from hpo_embed.schemas import read_table
-
-    cands = read_table(a.candidates, "candidates")
-    dev = cands[cands["set"] == "dev"].reset_index(drop=True)
-    try:
-        K.check_size(len(dev), p.min_dev_examples, str(a.candidates))
-    except ValueError as exc:
-        raise UserError(str(exc)) from None
-    if not (a.model / "config.json").is_file():
-        raise UserError(f"{a.model}: no reranker; run the rerank_train stage first (dvc repro rerank_train)")
-    terms = load_terms(a.terms)
-    docs = build_corpus(terms, p.document)
-    model = load_cross_encoder(str(a.model), p.max_length)
-    rr = rerank(dev, score_candidates(model, dev, docs, p.batch_size_predict))
-    s, y, br = top1_table(rr, dict(zip(terms["id"], terms["branch"])))
-    try:
-        cals = K.fit_all(s, y, p.min_dev_examples, str(a.candidates))
-    except ValueError as exc:
-        raise UserError(str(exc)) from None
-    quality = K.calibration_report(cals, s, y)
-    th = K.branch_thresholds(s, y, br, p.target_precision, p.min_branch_examples)
-    info = {"target_precision": p.target_precision, "min_branch_examples": p.min_branch_examples,
-            "dev_queries": len(dev), "dev_top1_accuracy": float(y.mean()), "dev_quality": quality,
-            "k": p.k, "retrieval": p.retrieval, "document": p.document, "max_length": p.max_length}
-    write_json(a.out, K.to_json(cals, p.calibration, th, info))
-    write_plots(a.plots, {m: K.reliability(c.predict(s), y) for m, c in cals.items()})
-    metrics = {"enabled": True, "dev_queries": len(dev), "dev_top1_accuracy": round(float(y.mean()), 4),
-               **{f"{m}.{q}": round(v, 4) for m, d in quality.items() for q, v in d.items()},
-               "global_threshold": th["global"]["threshold"], "global_coverage": round(th["global"]["coverage"], 4),
-               "branches_own_threshold": sum(v["source"] == "branch" for v in th["branches"].values())}
-    write_json(a.metrics, metrics)
-    log.info("dev ECE none %.3f -> platt %.3f / isotonic %.3f; global threshold %s (coverage %.2f at precision >= %.2f)",
-             quality["none"]["ece"], quality["platt"]["ece"], quality["isotonic"]["ece"], th["global"]["threshold"],
-             th["global"]["coverage"], p.target_precision)
+    run(load_params(a.params).rerank, a.candidates, a.model, a.terms, a.out, a.plots, a.metrics)
 
 
 if __name__ == "__main__":

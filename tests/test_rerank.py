@@ -12,6 +12,7 @@ import yaml
 
 from hpo_embed.rerank import calibration as K
 from hpo_embed.rerank import candidates as C
+from hpo_embed.retrieval.index import build_index
 from hpo_embed.rerank import model as M
 from hpo_embed.checkpoints import last_complete_checkpoint
 from hpo_embed.checkpoints import prepare as prepare_checkpoints
@@ -128,7 +129,7 @@ def _terms():
 
 
 def test_training_queries_come_from_train_concepts_only_and_skip_self_matches():
-    index = C.build_index(_terms(), "multi")
+    index = build_index(_terms(), "multi")
     pairs = pd.DataFrame([
         ("Seizure", "Krampfanfall", "HP:0000001", "xl_term", "en", "de"),
         ("epileptic seizure", "Crise épileptique", "HP:0000001", "term_syn", "en", "fr"),

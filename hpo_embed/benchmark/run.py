@@ -62,7 +62,7 @@ from hpo_embed.benchmark.inputs import (RETRIEVALS, SPLIT_ORDER, ModelSpec, Path
 from hpo_embed.benchmark.report import report_markdown
 from hpo_embed.benchmark.score import branch_summary, headline, headline_sets, score_set, summarize, write_curves
 from hpo_embed.common import UserError, atomic_write_text, log, write_json, write_parquet
-from hpo_embed.embedding import cache_file, encode_cached, text_hash
+from hpo_embed.embedding import cache_file, encode_cached, prune, text_hash
 from hpo_embed.ontology.graph import load_graph
 from hpo_embed.pairs.external_sets import QuerySet, external_files, load_external_set
 from hpo_embed.params import BenchmarkParams
@@ -234,9 +234,7 @@ def run(bp: BenchmarkParams, base_model: str, paths: Paths) -> dict[str, Any]:
     labels = dict(zip(corpus.all_terms["id"], corpus.all_terms["label"]))
     atomic_write_text(paths.reports / "benchmark.md",
                       report_markdown(report, sets, specs, modes, bp, base_model, duplicates, labels))
-    for f in paths.cache.glob("*.npy") if paths.cache.is_dir() else []:
-        if f.name not in used_cache:   # embeddings of older models / corpora
-            f.unlink(missing_ok=True)
+    prune(paths.cache, used_cache)
     log_headline(metrics, sets, names, bp.headline_retrieval)
     return {"metrics": metrics, "report": report, "timings": timings, "per_query": per_query}
 

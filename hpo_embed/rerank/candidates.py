@@ -8,75 +8,29 @@ text of its own expected concept would find itself; it is dropped (the benchmark
 """
 from __future__ import annotations
 
-import unicodedata
-from dataclasses import dataclass
+import logging
+import time
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import torch
 from tqdm.auto import tqdm
 
+from hpo_embed.common import UserError, write_json, write_parquet
+from hpo_embed.embedding import cache_file, encode, encode_cached, model_hash, prune
+from hpo_embed.models.loader import load_sentence_transformer
+from hpo_embed.pairs.external_sets import external_files, load_external_set
 from hpo_embed.retrieval import metrics as rm
+from hpo_embed.retrieval.corpus import load_terms
+from hpo_embed.retrieval.index import Index, build_index, self_matches
+from hpo_embed.schemas import read_table
+
+log = logging.getLogger("hpo_embed.rerank")
 
 QUERY_BATCH = 256
 COLUMNS = ("set", "lang", "query", "expected", "branch", "gold_rank", "cand_ids", "cand_scores")
-
-
-def case_key(text: str) -> str:
-    """NFC, whitespace-collapsed, case-folded text (the benchmark's self-match key)."""
-    return " ".join(unicodedata.normalize("NFC", text).split()).casefold()
-
-
-@dataclass
-class Index:
-    """``texts[j]`` is a vector of concept ``corpus_ids[vec_concept[j]]``; ``own[i]`` the
-    case keys of concept i's English label and EXACT synonyms."""
-    mode: str
-    corpus_ids: list[str]
-    texts: list[str]
-    vec_concept: torch.Tensor
-    own: list[set[str]]
-
-
-def build_index(terms: pd.DataFrame, mode: str) -> Index:
-    """Index of the selected concepts of ``terms`` (id order): labels (single) or labels +
-    EXACT synonyms (multi)."""
-    rows = terms.sort_values("id").to_dict("records")
-    ids, texts, owner, own = [], [], [], []
-    for ci, r in enumerate(rows):
-        ids.append(r["id"])
-        syns = r.get("synonyms") if r.get("synonyms") is not None else []
-        names = [r["label"]] + [s["text"] for s in syns if s["scope"] == "EXACT"]
-        keys: set[str] = set()
-        for n in names if mode == "multi" else names[:1]:
-            k = case_key(n)
-            if k and k not in keys:
-                keys.add(k)
-                texts.append(n)
-                owner.append(ci)
-        own.append(keys | {case_key(n) for n in names})
-    return Index(mode, ids, texts, torch.as_tensor(owner, dtype=torch.long), own)
-
-
-def self_matches(index: Index, texts: list[str], expected: list[list[str]], always: bool = False) -> np.ndarray:
-    """True where a query is the English label or an EXACT synonym of one of its expected
-    concepts: multi mode (or ``always``, for training queries) only; single-mode queries are
-    all kept, as in the benchmark."""
-    if index.mode != "multi" and not always:
-        return np.zeros(len(texts), dtype=bool)
-    pos = {c: i for i, c in enumerate(index.corpus_ids)}
-    return np.asarray([any(case_key(t) in index.own[pos[h]] for h in e if h in pos)
-                       for t, e in zip(texts, expected)], dtype=bool)
-
-
-def encode(model, texts: list[str], batch_size: int = 64, desc: str = "encode") -> torch.Tensor:
-    """L2-normalised embeddings by a plain ``model.encode`` (the model's saved prompt applies,
-    as in the benchmark)."""
-    if not texts:
-        return torch.zeros((0, model.get_sentence_embedding_dimension()))
-    emb = model.encode(texts, batch_size=batch_size, show_progress_bar=len(texts) > batch_size,
-                       convert_to_numpy=True, normalize_embeddings=True)
-    return torch.from_numpy(np.asarray(emb, dtype=np.float32))
 
 
 def retrieve(index: Index, corpus_emb: torch.Tensor, query_emb: torch.Tensor, expected: list[list[str]],
@@ -130,33 +84,6 @@ def sample_by_lang(df: pd.DataFrame, n: int, seed: int) -> pd.DataFrame:
     rest = df.drop(first.index)
     fill = rest.sample(n=n - len(first), random_state=seed) if n > len(first) else rest.iloc[:0]
     return pd.concat([first, fill]).sample(frac=1.0, random_state=seed)
-
-
-def cached_encode(model, texts: list[str], cache_dir, model_files: list, batch_size: int, desc: str) -> torch.Tensor:
-    """``encode`` with a float32 .npy cache keyed by the model's files and the texts (the
-    corpus is the expensive part on a CPU; a rerun after a params change reuses it)."""
-    import hashlib
-    from pathlib import Path
-
-    h = hashlib.sha256()
-    for f in sorted(model_files):
-        h.update(Path(f).name.encode())
-        h.update(hashlib.sha256(Path(f).read_bytes()).digest())
-    h.update("\x00".join(texts).encode())
-    cache = Path(cache_dir) / f"{h.hexdigest()[:24]}.npy"
-    if cache.is_file():
-        arr = np.load(cache, allow_pickle=False)
-        if arr.shape[0] == len(texts):
-            return torch.from_numpy(arr)
-    emb = encode(model, texts, batch_size, desc)
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    for old in cache.parent.glob("*.npy"):
-        old.unlink()
-    tmp = cache.with_name(f".{cache.name}.tmp")
-    with open(tmp, "wb") as fh:
-        np.save(fh, emb.numpy(), allow_pickle=False)
-    tmp.replace(cache)
-    return emb
 
 
 TRAIN_PAIR_TYPES = ("term_syn", "xl_term")   # short label/synonym texts (no definitions)
@@ -215,3 +142,64 @@ def external_queries(sets: list, index: Index, lang: str = "de") -> pd.DataFrame
         rows += [{"set": qs.set, "lang": lang, "query": t, "expected": list(e)}
                  for t, e, k in zip(qs.texts, qs.expected, keep) if k]
     return pd.DataFrame(rows, columns=["set", "lang", "query", "expected"])
+
+
+def write_table(df: pd.DataFrame, path: Path) -> None:
+    write_parquet(path, pa.Table.from_pandas(df, preserve_index=False))
+
+
+def query_table(params, index: Index, pairs: Path, all_terms: pd.DataFrame) -> pd.DataFrame:
+    """Every query the reranker stages use: train, dev (two samples), held-out, external."""
+    p = params.rerank
+    replaced_by = {r["id"]: r["replaced_by"] for r in all_terms[["id", "replaced_by"]].to_dict("records")
+                   if r["replaced_by"]}
+    queries = read_table(pairs / "queries.parquet", "queries")
+    concepts = read_table(pairs / "concepts.parquet", "concepts")
+    split_of = dict(zip(concepts["hpo_id"], concepts["split"]))
+    ext = [load_external_set(path, set(index.corpus_ids), replaced_by)
+           for _, path in external_files(params.benchmark.external_sets)]
+    meta = pd.concat([train_queries(read_table(pairs / "train.parquet", "pairs"), split_of, index, p.train_queries,
+                                    p.seed),
+                      dev_queries(queries, index, p.dev_queries, p.seed),
+                      heldout_queries(queries, index, p.test_queries, p.seed),
+                      external_queries(ext, index)], ignore_index=True)
+    if (meta["set"] == "train").sum() == 0:
+        raise UserError(f"{pairs / 'train.parquet'}: no label/synonym texts of train-split concepts")
+    log.info("queries: %s", meta.groupby(["set", "lang"]).size().to_dict())
+    return meta
+
+
+def run(params, model_dir: Path, pairs: Path, terms_path: Path, out: Path, info: Path) -> None:
+    """The rerank_candidates stage: an empty table when ``rerank.enabled`` is false."""
+    p = params.rerank
+    if not p.enabled:
+        write_table(pd.DataFrame(columns=list(COLUMNS)), out)
+        write_json(info, {"enabled": False, "note": "rerank.enabled is false; set it to true and dvc repro"})
+        log.info("rerank.enabled is false: wrote an empty %s", out)
+        return
+    t0 = time.time()
+    all_terms = load_terms(terms_path, selected_only=False)
+    terms = all_terms[all_terms["selected"]].reset_index(drop=True)
+    index = build_index(terms, p.retrieval)
+    meta = query_table(params, index, pairs, all_terms)
+    if not (model_dir / "modules.json").is_file():
+        raise UserError(f"{model_dir}: no SentenceTransformer model; run the train stage first (dvc repro train)")
+    model = load_sentence_transformer(model_dir, str(model_dir), device="cpu", local_files_only=True)
+    model.max_seq_length = params.benchmark.max_seq_length or model.max_seq_length
+    bs, t1 = params.benchmark.batch_size, time.time()
+    c_file = cache_file(out.parent / "cache", model_hash(model_dir, model.max_seq_length), index.texts, "corpus")
+    corpus_emb = torch.from_numpy(encode_cached(model, index.texts, c_file, bs, "corpus"))
+    prune(c_file.parent, {c_file.name})
+    t2 = time.time()
+    query_emb = torch.from_numpy(encode(model, meta["query"].tolist(), bs, progress=len(meta) > bs))
+    t3 = time.time()
+    table = candidate_table(index, corpus_emb, query_emb, meta, p.k, dict(zip(terms["id"], terms["branch"])))
+    write_table(table, out)
+    counts = {f"{s}.{lang}": int(n) for (s, lang), n in table.groupby(["set", "lang"]).size().items()}
+    write_json(info, {"enabled": True, "retrieval": p.retrieval, "k": p.k, "vectors": len(index.texts),
+                      "queries": counts, "gold_in_top_k": {s: round(float((g["gold_rank"] <= p.k).mean()), 4)
+                                                           for s, g in table.groupby("set")},
+                      "encode_corpus_s": round(t2 - t1, 1), "encode_queries_s": round(t3 - t2, 1),
+                      "wall_s": round(time.time() - t0, 1)})
+    log.info("%d queries x top-%d -> %s (corpus %d vectors encoded in %.0fs)", len(table), p.k, out,
+             len(index.texts), t2 - t1)

@@ -8,10 +8,20 @@ model's INT8 file has too); load it with
 """
 from __future__ import annotations
 
+import logging
 import shutil
+import time
 from pathlib import Path
 
 import numpy as np
+import torch
+
+from hpo_embed.common import UserError, write_json
+from hpo_embed.rerank.model import load_cross_encoder, score_candidates
+from hpo_embed.retrieval.corpus import build_corpus, load_terms
+from hpo_embed.schemas import read_table
+
+log = logging.getLogger("hpo_embed.rerank")
 
 
 INT8_FILE = "onnx/model_int8.onnx"
@@ -79,3 +89,33 @@ def agreement(a: list[np.ndarray], b: list[np.ndarray]) -> dict[str, float]:
     top = np.mean([int(np.argmax(x) == np.argmax(y)) for x, y in zip(a, b)]) if a else float("nan")
     return {"spearman": float(spearmanr(fa, fb).statistic), "top1_agreement": float(top),
             "mean_abs_diff": float(np.mean(np.abs(fa - fb))), "pairs": int(fa.size)}
+
+
+def run(params, model_dir: Path, candidates: Path, terms: Path, out: Path, metrics: Path) -> None:
+    """The rerank_export stage: ``out`` holds the INT8 reranker, ``metrics`` its agreement
+    with the PyTorch model on 100 dev candidate lists."""
+    p, preset = params.rerank, params.quantize.preset
+    if not p.enabled:
+        shutil.rmtree(out, ignore_errors=True)
+        out.mkdir(parents=True)
+        (out / "DISABLED.txt").write_text("rerank.enabled is false: nothing exported\n", encoding="utf-8")
+        write_json(metrics, {"enabled": False})
+        return
+    if not (model_dir / "config.json").is_file():
+        raise UserError(f"{model_dir}: no reranker; run the rerank_train stage first (dvc repro rerank_train)")
+    t0 = time.time()
+    export_int8(model_dir, out, preset)
+    size_mb = (out / int8_file(preset)).stat().st_size / 1e6
+    dev = read_table(candidates, "candidates").query("set == 'dev'").head(100)
+    docs = build_corpus(load_terms(terms), p.document)
+    torch.set_num_threads(2)
+    fp32 = load_cross_encoder(str(model_dir), p.max_length)
+    int8 = load_int8(out, preset, 2, p.max_length)
+    agree = agreement(score_candidates(fp32, dev, docs, p.batch_size_predict),
+                      score_candidates(int8, dev, docs, p.batch_size_predict))
+    write_json(metrics, {"enabled": True, "file": int8_file(preset), "size_mb": round(size_mb, 1),
+                         "dev_queries": len(dev), **{k: round(v, 4) if isinstance(v, float) else v
+                                                     for k, v in agree.items()},
+                         "wall_time_s": round(time.time() - t0, 1)})
+    log.info("INT8 reranker %s (%.0f MB): Spearman %.4f, top-1 agreement %.3f vs PyTorch", out / int8_file(preset),
+             size_mb, agree["spearman"], agree["top1_agreement"])
