@@ -30,7 +30,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from hpo_embed.common import ROOT  # noqa: E402
-from hpo_embed.export import quantize as Q  # noqa: E402
+from hpo_embed.export import candidates as QC, measure as QM, onnx as QO, quantize as Q, report as QR  # noqa: E402
 from hpo_embed.models.loader import resolve_model  # noqa: E402
 from hpo_embed.params import load_params  # noqa: E402
 
@@ -43,8 +43,8 @@ def profile(folder: Path, file_name: str, texts: list[str], threads: int, batch_
     of ``texts`` at ``batch_size``; and tokenisation vs model time of encode()."""
     import onnxruntime as ort
 
-    feeds = Q.model_feeds(folder, file_name, texts, batch_size)
-    so = Q.ort_session_options(threads)
+    feeds = QO.model_feeds(folder, file_name, texts, batch_size)
+    so = QO.ort_session_options(threads)
     so.enable_profiling = True
     so.profile_file_prefix = str(folder / f"profile_{Path(file_name).stem}")
     sess = ort.InferenceSession(str(folder / file_name), so, providers=["CPUExecutionProvider"])
@@ -78,7 +78,7 @@ def main() -> None:
     ap.add_argument("--model", default="models/finetuned")
     ap.add_argument("--terms", type=Path, default=TERMS)
     ap.add_argument("--candidates", default="params", help="params (quantize.candidates) | all | a,b,...: "
-                    + ", ".join(Q.CANDIDATES))
+                    + ", ".join(QC.CANDIDATES))
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--size", type=int, help="texts in the throughput set (default: quantize.measure_size)")
     ap.add_argument("--queries", type=int, help="held-out queries (default: quantize.agreement_queries)")
@@ -92,7 +92,7 @@ def main() -> None:
     p = load_params().quantize
     over = {"method": "auto", "threads": args.threads}
     if args.candidates == "all":
-        over["candidates"] = list(Q.CANDIDATES)
+        over["candidates"] = list(QC.CANDIDATES)
     elif args.candidates != "params":
         over["candidates"] = args.candidates.split(",")
     for key, val in (("measure_size", args.size), ("agreement_queries", args.queries),
@@ -107,13 +107,13 @@ def main() -> None:
     t0 = time.time()
     rep = Q.run(p, src, out, args.out / "metrics.json", terms_path=args.terms, reports=args.out / "reports")
     print((args.out / "reports" / "quantize.md").read_text())
-    print(json.dumps(Q.headline(rep)), f"stage {time.time() - t0:.0f}s")
+    print(json.dumps(QR.headline(rep)), f"stage {time.time() - t0:.0f}s")
     if args.profile:
-        build = Q.default_build_dir(out)   # the fp32 export and the candidates
-        texts = json.loads((build / Q.TEXTS_FILE).read_text())["texts"]
+        build = QO.default_build_dir(out)   # the fp32 export and the candidates
+        texts = json.loads((build / QM.TEXTS_FILE).read_text())["texts"]
         prof = {}
         for name in args.profile.split(","):
-            fname = Q.FP32_FILE if name == "onnx_fp32" else f"{Q.CANDIDATE_DIR}/{name}.onnx"
+            fname = QO.FP32_FILE if name == "onnx_fp32" else f"{QC.CANDIDATE_DIR}/{name}.onnx"
             prof[name] = profile(build, fname, texts, args.threads, p.batch_size)
             print(name, json.dumps(prof[name]))
         rep["profile"] = prof

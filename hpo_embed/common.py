@@ -10,6 +10,7 @@ import errno
 import json
 import logging
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -120,13 +121,44 @@ def write_parquet(path: Path | str, table: Any, compression: str = "snappy") -> 
     atomic_write_bytes(path, sink.getvalue().to_pybytes())
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_temp(out: Path) -> list[Path]:
+    """Remove the ``.<out>.tmp-<pid>-*`` / ``.<out>.old-<pid>`` siblings that a killed run
+    left behind (a run that is still alive keeps its own); return what was removed."""
+    removed = []
+    for p in sorted(out.parent.glob(f".{out.name}.tmp-*")) + sorted(out.parent.glob(f".{out.name}.old-*")):
+        m = re.match(rf"^\.{re.escape(out.name)}\.(?:tmp|old)-(\d+)", p.name)
+        if m and int(m.group(1)) != os.getpid() and _pid_alive(int(m.group(1))):
+            continue
+        if p.is_dir():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            p.unlink(missing_ok=True)
+        removed.append(p)
+    if removed:
+        log.info("removed %d temporary folder(s) of an interrupted run: %s", len(removed),
+                 ", ".join(p.name for p in removed))
+    return removed
+
+
 def temp_sibling(out: Path | str) -> Path:
-    """An empty path ``.<name>.tmp-<pid>`` beside ``out`` (a leftover of an earlier run of
-    this pid removed) to build a folder in before ``publish_dir`` swaps it into ``out``."""
+    """An empty path ``.<name>.tmp-<pid>`` beside ``out`` to build a folder in before
+    ``publish_dir`` swaps it into ``out``; temporary folders that killed runs left beside
+    ``out`` are removed first (``remove_stale_temp``)."""
     out = Path(out)
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    return tmp
+    out.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temp(out)
+    return out.with_name(f".{out.name}.tmp-{os.getpid()}")
+
 
 
 def publish_dir(tmp: Path | str, out: Path | str) -> None:

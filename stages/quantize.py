@@ -12,7 +12,8 @@ import logging
 from pathlib import Path
 
 from hpo_embed.common import UserError, run_stage
-from hpo_embed.export.quantize import headline, run, select_on_this_machine
+from hpo_embed.export.quantize import run, select_on_this_machine
+from hpo_embed.export.report import headline
 from hpo_embed.models.loader import resolve_model
 from hpo_embed.params import load_params
 from stages import parser

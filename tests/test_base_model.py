@@ -267,17 +267,17 @@ def test_quantize_feeds_zero_segment_ids_to_bert_with_an_xlmr_tokenizer(tmp_path
     """e5-small is a BERT with an XLM-R tokenizer (no token_type_ids): the quantize stage's
     ONNX feeds (calibration, sensitivity pass) must supply zeros, as PyTorch does."""
     import onnxruntime as ort
-    from hpo_embed.export import quantize
+    from hpo_embed.export import candidates as QC, onnx as QO
     model = e5_packed.to_sentence_transformer(tiny_packed(seed=2), tmp_path / "w", max_seq_length=16)
     model.save(str(tmp_path / "st"))
-    quantize.export_fp32(tmp_path / "st", tmp_path / "onnx")
+    QO.export_fp32(tmp_path / "st", tmp_path / "onnx")
     onnx_file = next(p for p in (tmp_path / "onnx").rglob("model.onnx")).relative_to(tmp_path / "onnx")
-    assert "token_type_ids" in quantize.model_inputs(tmp_path / "onnx" / onnx_file)
-    feeds = quantize.model_feeds(tmp_path / "onnx", str(onnx_file), ["abc", "a b", "bc"], batch_size=2)
+    assert "token_type_ids" in QO.model_inputs(tmp_path / "onnx" / onnx_file)
+    feeds = QO.model_feeds(tmp_path / "onnx", str(onnx_file), ["abc", "a b", "bc"], batch_size=2)
     assert all((f["token_type_ids"] == 0).all() and f["token_type_ids"].shape == f["input_ids"].shape for f in feeds)
     sess = ort.InferenceSession(str(tmp_path / "onnx" / onnx_file), providers=["CPUExecutionProvider"])
     assert all(sess.run(None, f) for f in feeds)
-    assert quantize.matmul_sensitivity(tmp_path / "onnx" / onnx_file, feeds)
+    assert QC.matmul_sensitivity(tmp_path / "onnx" / onnx_file, feeds)
 
 
 def test_rerun_publishes_the_same_folder_bytes(tmp_path, tiny_model_dir):

@@ -358,7 +358,7 @@ def test_babelon_row_with_too_few_fields_is_a_file_line_error(tmp_path):
 # =========================================================================== 6. quantize temp folders
 
 def test_stale_quantize_temp_folders_are_removed_and_ignored_by_git(tmp_path):
-    from hpo_embed.export.quantize import remove_stale_temp
+    from hpo_embed.common import remove_stale_temp
 
     out = tmp_path / "onnx"
     dead = tmp_path / ".onnx.tmp-999999999-abc"        # no such pid

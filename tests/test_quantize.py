@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from hpo_embed.export import quantize as Q
+from hpo_embed.export import candidates as QC, gate as QG, measure as QM, onnx as QO, quantize as Q, report as QR
 from hpo_embed.common import UserError
 from hpo_embed.params import QuantizeParams, parse_params
 
@@ -73,17 +73,17 @@ def _ops(path: Path) -> list[str]:
 
 def test_auto_builds_every_candidate_and_publishes_the_selected_one(built):
     _, out, metrics_path, rep = built
-    build = Q.default_build_dir(out)
+    build = QO.default_build_dir(out)
     for name in CANDS:
         assert (build / f"onnx/candidates/{name}.onnx").is_file(), name
         assert name in rep["rows"]
     # + PyTorch fp32 and ONNX fp32, + PyTorch bf16 (a reference row, never published) where bf16 is native
     from hpo_embed.hardware import native_bf16
-    assert (Q.BF16_ROW in rep["rows"]) == native_bf16()
+    assert (QM.BF16_ROW in rep["rows"]) == native_bf16()
     assert len(rep["rows"]) == len(CANDS) + 2 + native_bf16()
     if native_bf16():
-        ref = rep["rows"][Q.BF16_ROW]
-        assert ref["reference"] and "gate" not in ref and rep["chosen"] != Q.BF16_ROW
+        ref = rep["rows"][QM.BF16_ROW]
+        assert ref["reference"] and "gate" not in ref and rep["chosen"] != QM.BF16_ROW
         assert ref["mrr_delta_ci"][0] <= ref["mrr_delta"] <= ref["mrr_delta_ci"][1] and ref["sps_b32"] > 0
     for r in rep["rows"].values():   # the share of the CPU's fp32 peak, from the padded tokens of a pass
         assert 0 < r["peak_share_b32"] < 1 and r["gflops_b32"] > 0
@@ -93,10 +93,10 @@ def test_auto_builds_every_candidate_and_publishes_the_selected_one(built):
     assert (out / "onnx/model.onnx").read_bytes() == (build / f"onnx/candidates/{chosen}.onnx").read_bytes()
     assert rep["rows"][chosen]["folder_mb"] == pytest.approx(
         sum(f.stat().st_size for f in out.rglob("*") if f.is_file()) / 1e6, abs=0.01)
-    assert not (build / Q.FUSED_FP32_FILE).exists()  # the intermediate fused fp32 graph is not kept
+    assert not (build / QC.FUSED_FP32_FILE).exists()  # the intermediate fused fp32 graph is not kept
     # the selection is the rule applied to the measured rows
     cands = {n: r for n, r in rep["rows"].items() if n in CANDS}
-    assert (chosen, rep["gate_passed"]) == Q.select(cands, PARAMS.gate_mrr_delta, PARAMS.gate_hr1_delta)[:2]
+    assert (chosen, rep["gate_passed"]) == QG.select(cands, PARAMS.gate_mrr_delta, PARAMS.gate_hr1_delta)[:2]
     assert [n for n, r in cands.items() if r["gate"]] == [
         n for n, r in cands.items() if r["mrr_delta"] >= -0.005 and r["hr1_delta"] >= -0.01]
     # each candidate really is the graph it claims
@@ -113,7 +113,7 @@ def test_auto_builds_every_candidate_and_publishes_the_selected_one(built):
 def test_metrics_are_headline_only_and_the_report_has_the_table(built):
     _, out, metrics_path, rep = built
     m = json.loads(metrics_path.read_text())
-    assert m == Q.headline(rep) and len(m) <= 12
+    assert m == QR.headline(rep) and len(m) <= 12
     assert m["reason"] == rep["reason"] and (m["reason"].startswith("fastest of") == m["gate_passed"])
     r = rep["rows"][m["chosen"]]
     assert m["speed_ratio_b32"] == pytest.approx(r["sps_b32"] / rep["rows"]["pytorch_fp32"]["sps_b32"], rel=1e-2)
@@ -143,21 +143,21 @@ def test_int8_loads_with_the_onnx_backend_and_is_close_to_fp32(built, caplog):
     server) gets the published INT8 model, without the "Multiple ONNX files" warning."""
     from sentence_transformers import SentenceTransformer
     _, out, _, rep = built
-    fp32 = _st(Q.default_build_dir(out), "onnx/model.onnx")
+    fp32 = _st(QO.default_build_dir(out), "onnx/model.onnx")
     with caplog.at_level(logging.WARNING):
         int8 = SentenceTransformer(str(out), backend="onnx", device="cpu")
     assert not [r for r in caplog.records if "Multiple ONNX files" in r.getMessage()]
-    chosen = _st(Q.default_build_dir(out), f"onnx/candidates/{rep['chosen']}.onnx")
+    chosen = _st(QO.default_build_dir(out), f"onnx/candidates/{rep['chosen']}.onnx")
     np.testing.assert_array_equal(int8.encode(TINY_CORPUS), chosen.encode(TINY_CORPUS))
     e32, e8 = fp32.encode(TINY_CORPUS), int8.encode(TINY_CORPUS)
     assert e8.shape == (len(TINY_CORPUS), 32)
-    assert Q.cosine_rows(e32, e8).min() > 0.95
+    assert QM.cosine_rows(e32, e8).min() > 0.95
     assert not np.allclose(e32, e8, atol=1e-6)  # it really is a different (quantized) graph
 
 
 def test_fp32_onnx_keeps_pooling_and_normalisation(built):
     src, out, _, _ = built
-    out = Q.default_build_dir(out)
+    out = QO.default_build_dir(out)
     e_pt = _st(src).encode(TINY_CORPUS)
     e_onnx = _st(out, "onnx/model.onnx").encode(TINY_CORPUS)
     np.testing.assert_allclose(e_onnx, e_pt, atol=1e-4)
@@ -174,34 +174,34 @@ def _row(sps: float, mrr: float, hr1: float) -> dict:
 def test_select_fastest_passing_candidate_wins():
     rows = {"fast_bad": _row(900, -0.02, -0.03), "fast_ok": _row(700, -0.004, -0.005),
             "slow_best": _row(400, 0.0, 0.0), "hr1_bad": _row(800, 0.0, -0.011)}
-    name, passed, reason = Q.select(rows, -0.005, -0.01)
+    name, passed, reason = QG.select(rows, -0.005, -0.01)
     assert (name, passed) == ("fast_ok", True)
     assert "2/4" in reason
     # exactly at the thresholds passes
-    assert Q.select({"edge": _row(1, -0.005, -0.01), "x": _row(0.5, 0, 0)}, -0.005, -0.01)[:2] == ("edge", True)
+    assert QG.select({"edge": _row(1, -0.005, -0.01), "x": _row(0.5, 0, 0)}, -0.005, -0.01)[:2] == ("edge", True)
 
 
 def test_select_none_passing_publishes_best_quality_flagged():
     rows = {"fast": _row(900, -0.02, -0.001), "best_mrr": _row(300, -0.006, -0.02), "mid": _row(500, -0.01, 0.0)}
-    name, passed, reason = Q.select(rows, -0.005, -0.01)
+    name, passed, reason = QG.select(rows, -0.005, -0.01)
     assert (name, passed) == ("best_mrr", False)
     assert reason.startswith("NO candidate passes")
     # ties on quality: the faster one
     tie = {"a": _row(100, -0.01, -0.02), "b": _row(200, -0.01, -0.02)}
-    assert Q.select(tie, -0.005, -0.01)[:2] == ("b", False)
+    assert QG.select(tie, -0.005, -0.01)[:2] == ("b", False)
     with pytest.raises(ValueError):
-        Q.select({}, -0.005, -0.01)
+        QG.select({}, -0.005, -0.01)
 
 
 def test_sensitivity_pass_ranks_every_weight_matmul(built):
     _, out, _, _ = built
-    out = Q.default_build_dir(out)
+    out = QO.default_build_dir(out)
     texts = list(TINY_CORPUS)
-    feeds = Q.model_feeds(out, Q.FP32_FILE, texts, 8)
-    sens = Q.matmul_sensitivity(out / Q.FP32_FILE, feeds)
+    feeds = QO.model_feeds(out, QO.FP32_FILE, texts, 8)
+    sens = QC.matmul_sensitivity(out / QO.FP32_FILE, feeds)
     import onnx
 
-    model = onnx.load(str(out / Q.FP32_FILE))
+    model = onnx.load(str(out / QO.FP32_FILE))
     inits = {i.name for i in model.graph.initializer}
     weight_matmuls = {n.name for n in model.graph.node if n.op_type == "MatMul" and n.input[1] in inits}
     assert set(sens) == weight_matmuls and len(sens) == 2 * 6  # 2 layers x (Q, K, V, out, FFN in, FFN out)
@@ -212,7 +212,7 @@ def test_sensitivity_pass_ranks_every_weight_matmul(built):
 def test_select_on_this_machine_remeasures_speed_and_reuses_quality(built, tmp_path):
     _, out, _, rep = built
     build = tmp_path / "onnx-build"
-    shutil.copytree(Q.default_build_dir(out), build)
+    shutil.copytree(QO.default_build_dir(out), build)
     folder = tmp_path / "onnx"
     p = _replace(PARAMS, gate_mrr_delta=-1.0, gate_hr1_delta=-1.0)  # everything passes
     again = Q.select_on_this_machine(p, None, folder, tmp_path / "m.json", tmp_path / "reports", build=build)
@@ -247,10 +247,10 @@ def test_corrupt_model_folder_is_a_user_error(tiny_model_dir, tmp_path, broken):
 def test_excluded_nodes_stay_fp32_and_unmatched_pattern_is_an_error(built, tmp_path):
     _, out, _, _ = built
     folder = tmp_path / "onnx"
-    shutil.copytree(Q.default_build_dir(out), folder)   # the fp32 export
+    shutil.copytree(QO.default_build_dir(out), folder)   # the fp32 export
     keep = "/encoder/layer.0/intermediate/dense/MatMul"
     p = _replace(FIXED, optimization="none", exclude_nodes=[keep])
-    assert Q.quantize_onnx(folder, Q.FP32_FILE, "onnx/model_x.onnx", p) == [keep]
+    assert QO.quantize_onnx(folder, QO.FP32_FILE, "onnx/model_x.onnx", p) == [keep]
     import onnx
 
     graph = onnx.load(str(folder / "onnx/model_x.onnx")).graph
@@ -261,35 +261,35 @@ def test_excluded_nodes_stay_fp32_and_unmatched_pattern_is_an_error(built, tmp_p
     assert [n.name for n in graph.node if n.op_type == "MatMul" and n.input[1] in inits] == [keep]
     bad = _replace(FIXED, exclude_nodes=["/no/such/*"])
     with pytest.raises(UserError, match=r"quantize\.exclude_nodes\[0\]"):
-        Q.quantize_onnx(folder, Q.FP32_FILE, "onnx/model_y.onnx", bad)
+        QO.quantize_onnx(folder, QO.FP32_FILE, "onnx/model_y.onnx", bad)
 
 
 def test_dynamic_method_uses_integer_matmuls(built, tmp_path):
     _, out, _, _ = built
     folder = tmp_path / "onnx"
-    shutil.copytree(Q.default_build_dir(out), folder)   # the fp32 export
+    shutil.copytree(QO.default_build_dir(out), folder)   # the fp32 export
     p = _replace(FIXED, method="dynamic", optimization="none", operators=["MatMul", "Gather"])
-    Q.quantize_onnx(folder, Q.FP32_FILE, "onnx/model_d.onnx", p)
+    QO.quantize_onnx(folder, QO.FP32_FILE, "onnx/model_d.onnx", p)
     import onnx
 
     ops = [n.op_type for n in onnx.load(str(folder / "onnx/model_d.onnx")).graph.node]
     assert "MatMulInteger" in ops and "MatMulNBits" not in ops and "MatMul" not in ops
     e32 = _st(folder, "onnx/model.onnx").encode(TINY_CORPUS)
     e8 = _st(folder, "onnx/model_d.onnx").encode(TINY_CORPUS)
-    assert Q.cosine_rows(e32, e8).min() > 0.95
+    assert QM.cosine_rows(e32, e8).min() > 0.95
 
 
 def test_interrupted_run_keeps_the_previous_output(built, tmp_path, monkeypatch):
     src, out, _, _ = built
     dst = tmp_path / "onnx"
     shutil.copytree(out, dst)
-    shutil.copytree(Q.default_build_dir(out), Q.default_build_dir(dst))
+    shutil.copytree(QO.default_build_dir(out), QO.default_build_dir(dst))
     before = sorted(p.name for p in tmp_path.rglob("*"))
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(Q, "quantize_onnx", interrupted)
+    monkeypatch.setattr(QC, "quantize_onnx", interrupted)
     with pytest.raises(KeyboardInterrupt):
         Q.run(BUILD_ONLY, src, dst, tmp_path / "m.json", measure_metrics=False)
     assert sorted(p.name for p in tmp_path.rglob("*")) == before
@@ -309,8 +309,8 @@ def test_params_are_validated():
 def test_auto_params_are_validated():
     p = parse_params({"quantize": {"method": "auto", "candidates": "fused_dynamic,nbits_b32"}})
     assert p.quantize.candidates == ["fused_dynamic", "nbits_b32"]
-    assert [c.name for c in Q.candidates_for(p.quantize)] == ["fused_dynamic", "nbits_b32"]
-    assert [c.params.optimization for c in Q.candidates_for(p.quantize)] == ["O2", "none"]
+    assert [c.name for c in QC.candidates_for(p.quantize)] == ["fused_dynamic", "nbits_b32"]
+    assert [c.params.optimization for c in QC.candidates_for(p.quantize)] == ["O2", "none"]
     with pytest.raises(UserError, match="quantize.candidates"):
         parse_params({"quantize": {"candidates": ["fastest_possible"]}})
     with pytest.raises(UserError, match="quantize.gate_mrr_delta"):
@@ -320,7 +320,7 @@ def test_auto_params_are_validated():
 def test_fixed_method_builds_that_one_variant(tiny_model_dir, tmp_path):
     out = tmp_path / "onnx"
     Q.run(FIXED, tiny_model_dir, out, tmp_path / "m.json", measure_metrics=False)
-    build = Q.default_build_dir(out)
+    build = QO.default_build_dir(out)
     assert sorted(p.name for p in (build / "onnx/candidates").glob("*.onnx")) == ["matmul_nbits.onnx"]
     assert (out / "onnx/model.onnx").read_bytes() == (build / "onnx/candidates/matmul_nbits.onnx").read_bytes()
     ops = _ops(out / "onnx/model.onnx")

@@ -16,8 +16,6 @@ from hpo_embed.pairs.external_sets import QuerySet, _sanitize
 from hpo_embed.params import BenchmarkParams
 from hpo_embed.schemas import read_table
 
-
-
 RETRIEVALS = ("single", "multi")
 
 

@@ -6,8 +6,6 @@ from hpo_embed.benchmark.score import HEADLINE_METRICS, comparisons, headline_se
 from hpo_embed.pairs.external_sets import QuerySet
 from hpo_embed.params import BenchmarkParams
 
-
-
 MODE_TITLES = {"single": "single-vector (one document per concept, `benchmark.corpus_format`)",
                "multi": "multi-vector (label + synonyms, max per concept: phentrieve's `label_synonyms_max`)"}
 

@@ -17,8 +17,6 @@ from hpo_embed.pairs.external_sets import QuerySet
 from hpo_embed.params import BenchmarkParams
 from hpo_embed.retrieval import metrics as rm
 
-
-
 HEADLINE_METRICS = ("mrr", "hr@1", "hr@10", "maxontsim@5")
 
 

@@ -17,8 +17,6 @@ from hpo_embed.params import MineParams
 from hpo_embed.training.losses import MINED_LOSSES
 from hpo_embed.training.sampling import row_keys
 
-
-
 NEGATIVES_FILE = "negatives.parquet"
 
 

@@ -15,9 +15,9 @@ from pathlib import Path
 import pandas as pd
 
 from hpo_embed.common import UserError, publish_dir, temp_sibling, write_json, write_parquet
-from hpo_embed.negatives.anchors import select_training_rows
 from hpo_embed.embedding import model_hash
 from hpo_embed.models.loader import load_sentence_transformer
+from hpo_embed.negatives.anchors import select_training_rows
 from hpo_embed.negatives.dataset import mining_inputs
 from hpo_embed.negatives.mining import mine
 from hpo_embed.schemas import read_table

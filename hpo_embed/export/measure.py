@@ -1,0 +1,311 @@
+"""Measuring the quantize candidates against PyTorch fp32 in one run: sentences/s at the
+production batch sizes, batch-1 latency, peak memory, and retrieval quality (full-rank MRR
+and HR@1 on held-out queries, multi-vector as the benchmark scores)."""
+from __future__ import annotations
+
+import json
+import os
+import random
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from hpo_embed.common import ROOT, UserError, log
+from hpo_embed.export.onnx import FP32_FILE, WEIGHT_FILES, file_mb, load_onnx, load_torch
+from hpo_embed.hardware import encoder_flops, native_bf16, peak_flops
+from hpo_embed.params import QuantizeParams
+
+BF16_ROW = "pytorch_bf16"   # measured beside the candidates where the CPU has native bf16; never published
+
+
+TEXTS_FILE = "onnx/candidates/measure_texts.json"
+
+
+def measurement_texts(terms, n: int, seed: int, translations: Path | None) -> list[str]:
+    """A fixed set of ``n`` real texts: HPO labels and, when ``data/translations`` exists,
+    translated labels (up to half). Deterministic for a given seed and data."""
+    from hpo_embed.translation.schema import load as load_translation
+
+    rng = random.Random(seed)
+    labels = sorted(set(terms["label"].dropna()))
+    translated: list[str] = []
+    files = sorted(translations.glob("HP_*.json")) if translations is not None and translations.is_dir() else []
+    if files:
+        for f in rng.sample(files, min(len(files), n)):
+            doc = load_translation(f)
+            for entry in doc["languages"].values():
+                if isinstance(entry, dict) and entry.get("label"):
+                    translated.append(entry["label"]["text"])
+            if len(translated) >= n // 2:
+                break
+        translated = translated[: n // 2]
+    english = rng.sample(labels, min(len(labels), n - len(translated)))
+    texts = english + translated
+    rng.shuffle(texts)
+    return texts
+
+
+def agreement_queries(terms, n: int, seed: int, queries_path: Path | None) -> tuple[list[str], list[str], str]:
+    """Held-out retrieval queries: ``data/pairs/queries.parquet`` split=test when present;
+    otherwise (fallback, before the pairs stage has run) one English EXACT synonym of each
+    of a fixed random sample of concepts (synonyms are not in the label corpus).
+    Returns the query texts, their gold HPO ids and a description of the source."""
+
+    if queries_path is not None and queries_path.is_file():
+        from hpo_embed.schemas import read_table
+        q = read_table(queries_path, "queries")
+        test = q[q["split"] == "test"].dropna(subset=["text"]).drop_duplicates("text")
+        pairs = sorted(zip(test["text"], test["hpo_id"]))
+        if pairs:
+            pick = random.Random(seed).sample(pairs, min(n, len(pairs)))
+            return [t for t, _ in pick], [i for _, i in pick], f"{queries_path.name} split=test"
+    pairs = []
+    for row in terms.sort_values("id").to_dict("records"):
+        cands = [s["text"] for s in (row["synonyms"] if row["synonyms"] is not None else [])
+                 if s["scope"] == "EXACT" and s["text"] != row["label"]]
+        if cands:
+            pairs.append((cands[0], row["id"]))
+    counts: dict[str, int] = {}
+    for t, _ in pairs:
+        counts[t] = counts.get(t, 0) + 1
+    pairs = [(t, i) for t, i in pairs if counts[t] == 1]  # a text shared by two concepts is no query
+    pick = random.Random(seed).sample(pairs, min(n, len(pairs)))
+    return [t for t, _ in pick], [i for _, i in pick], "fallback: English EXACT synonyms"
+
+
+def raw_encode(model, texts: list[str], batch_size: int) -> np.ndarray:
+    return model.encode(texts, batch_size=batch_size, convert_to_numpy=True,
+                        normalize_embeddings=False, show_progress_bar=False)
+
+
+def cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    a = a / np.linalg.norm(a, axis=1, keepdims=True)
+    b = b / np.linalg.norm(b, axis=1, keepdims=True)
+    return (a * b).sum(axis=1)
+
+
+def peak_rss(folder: Path, file_name: str, texts: list[str], threads: int, batch_size: int) -> dict[str, float]:
+    """Peak resident memory (MiB) of a fresh process that loads ``folder/file_name`` with the
+    ONNX backend and encodes ``texts``."""
+    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as fh:
+        json.dump(texts, fh)
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-c", "import sys; from hpo_embed.export.measure import _probe_rss; "
+             "_probe_rss(*sys.argv[1:6])", str(folder), file_name, fh.name, str(threads), str(batch_size)],
+            cwd=ROOT, capture_output=True, text=True, env={**os.environ, "TOKENIZERS_PARALLELISM": "false"})
+    finally:
+        os.unlink(fh.name)
+    if proc.returncode != 0:
+        raise RuntimeError(f"memory probe failed: {proc.stderr.strip()[-2000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _probe_rss(folder: str, file_name: str, texts_json: str, threads: str, batch_size: str) -> None:
+    def rss_mb() -> float:
+        # VmHWM: this process's own peak RSS. (getrusage's ru_maxrss survives exec on Linux,
+        # so it would report the parent's peak.)
+        status = Path("/proc/self/status")
+        if status.is_file():
+            for line in status.read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024.0
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+    texts = json.loads(Path(texts_json).read_text())
+
+    after_import = rss_mb()
+    model = load_onnx(Path(folder), file_name, int(threads))
+    after_load = rss_mb()
+    raw_encode(model, texts, int(batch_size))
+    print(json.dumps({"peak_rss_mb": round(rss_mb(), 1), "after_import_mb": round(after_import, 1),
+                      "after_load_mb": round(after_load, 1)}))
+
+
+def torch_weights_mb(src: Path) -> float:
+    files = [f for f in src.rglob("*") if f.name in WEIGHT_FILES]
+    if not files:
+        raise UserError(f"{src}: no model weights ({' or '.join(WEIGHT_FILES)})")
+    return round(sum(f.stat().st_size for f in files) / 2**20, 2)
+
+
+def retrieval_ranks(q: np.ndarray, c: np.ndarray, gold: list[int]) -> np.ndarray:
+    """Full-rank position of each query's gold document (cosine, pessimistic ties: a
+    document scoring equal to the gold one ranks before it).
+    LOCAL helper over hpo_embed.retrieval.metrics.expected_positions (the shared metrics module)."""
+    import torch
+
+    from hpo_embed.retrieval.metrics import expected_positions
+
+    qn = torch.from_numpy(q / np.linalg.norm(q, axis=1, keepdims=True))
+    cn = torch.from_numpy(c / np.linalg.norm(c, axis=1, keepdims=True))
+    ranks = []
+    for i in range(0, len(qn), 256):
+        pos = expected_positions(qn[i:i + 256] @ cn.T, [[g] for g in gold[i:i + 256]])
+        ranks += [p[0] for p in pos]
+    return np.asarray(ranks)
+
+
+def gate_corpus(corpus: dict[str, str], gold_ids: list[str], size: int, seed: int) -> tuple[list[str], list[int]]:
+    """The quality-gate corpus: every gold document plus random distractors up to ``size``
+    documents (0 = the whole corpus), and each query's gold index into it."""
+    ids = list(corpus)
+    if size and size < len(ids):
+        need = [i for i in dict.fromkeys(gold_ids) if i in corpus]
+        rest = sorted(set(ids) - set(need))
+        ids = sorted(need + random.Random(seed).sample(rest, max(0, min(len(rest), size - len(need)))))
+    index = {i: k for k, i in enumerate(ids)}
+    return [corpus[i] for i in ids], [index[g] for g in gold_ids]
+
+
+def quality(ref: dict[str, np.ndarray], test: dict[str, np.ndarray], gold: list[int],
+            resamples: int, seed: int) -> dict[str, Any]:
+    """Quality deltas of ``test`` against ``ref`` (each ``{"queries", "corpus"}`` embeddings):
+    MRR and HR@1 with paired bootstrap CIs, top-1 agreement, cosine of query embeddings."""
+    from hpo_embed.retrieval.metrics import paired_diff
+
+    r_ref = retrieval_ranks(ref["queries"], ref["corpus"], gold)
+    r_test = retrieval_ranks(test["queries"], test["corpus"], gold)
+    out: dict[str, Any] = {"mrr": round(float((1 / r_test).mean()), 4),
+                           "hr1": round(float((r_test == 1).mean()), 4)}
+    for name, a, b in (("mrr", 1 / r_test, 1 / r_ref), ("hr1", (r_test == 1) * 1.0, (r_ref == 1) * 1.0)):
+        d = paired_diff(a, b, resamples, seed)
+        out[f"{name}_delta"] = round(d["diff"], 4)
+        out[f"{name}_delta_ci"] = [round(d["diff_ci_low"], 4), round(d["diff_ci_high"], 4)]
+    qa, qb = ref["queries"], test["queries"]
+    ca, cb = ref["corpus"], test["corpus"]
+    top_a = (qa / np.linalg.norm(qa, axis=1, keepdims=True)) @ (ca / np.linalg.norm(ca, axis=1, keepdims=True)).T
+    top_b = (qb / np.linalg.norm(qb, axis=1, keepdims=True)) @ (cb / np.linalg.norm(cb, axis=1, keepdims=True)).T
+    out["top1_agreement"] = round(float((top_a.argmax(1) == top_b.argmax(1)).mean()), 4)
+    out["cosine_mean"] = round(float(cosine_rows(qa, qb).mean()), 5)
+    return out
+
+
+def speed(models: dict[str, Any], texts: list[str], latency_texts: list[str], batch_size: int,
+          index_batch_size: int, repeats: int) -> dict[str, dict[str, float]]:
+    """Interleaved timing in the production shapes: sentences/s at ``batch_size`` (32) and at
+    ``index_batch_size`` (indexing), and batch-1 latency (one text per call, tokenisation
+    included). One warm-up pass per model is excluded; each round times every model once,
+    in an order rotated by one each round; throughput is the median over rounds, latency
+    p50/p95 over every call."""
+    from tqdm import tqdm
+
+    names = list(models)
+    for n in tqdm(names, desc="warm-up", unit="model"):
+        raw_encode(models[n], texts, batch_size)
+        for t in latency_texts[:8]:
+            raw_encode(models[n], [t], 1)
+    t32: dict[str, list[float]] = {n: [] for n in names}
+    tix: dict[str, list[float]] = {n: [] for n in names}
+    lat: dict[str, list[float]] = {n: [] for n in names}
+    with tqdm(total=repeats * len(names), desc="speed", unit="model") as bar:
+        for r in range(repeats):
+            for n in names[r % len(names):] + names[:r % len(names)]:
+                m = models[n]
+                t0 = time.perf_counter()
+                raw_encode(m, texts, batch_size)
+                t32[n].append(time.perf_counter() - t0)
+                if index_batch_size != batch_size:
+                    t0 = time.perf_counter()
+                    raw_encode(m, texts, index_batch_size)
+                    tix[n].append(time.perf_counter() - t0)
+                for t in latency_texts:
+                    t0 = time.perf_counter()
+                    raw_encode(m, [t], 1)
+                    lat[n].append(time.perf_counter() - t0)
+                bar.update()
+    out = {}
+    for n in names:
+        out[n] = {"sps_b32": round(len(texts) / statistics.median(t32[n]), 1),
+                  "sps_index": round(len(texts) / statistics.median(tix[n] or t32[n]), 1),
+                  "b1_p50_ms": round(1000 * float(np.percentile(lat[n], 50)), 2),
+                  "b1_p95_ms": round(1000 * float(np.percentile(lat[n], 95)), 2)}
+    return out
+
+
+def with_ratios(rows: dict[str, dict[str, Any]], baseline: str) -> None:
+    """Add speed ratios against ``baseline`` (PyTorch fp32) to every row, in place."""
+    b = rows[baseline]
+    for r in rows.values():
+        r["ratio_b32"] = round(r["sps_b32"] / b["sps_b32"], 3)
+        r["ratio_index"] = round(r["sps_index"] / b["sps_index"], 3)
+        r["b1_p50_ratio"] = round(r["b1_p50_ms"] / b["b1_p50_ms"], 3)  # < 1: faster than the baseline
+
+
+def measure_all(folder: Path, src: Path | None, cands: dict[str, dict[str, Any]], p: QuantizeParams,
+                texts: list[str], latency_texts: list[str], qual: dict[str, dict] | None = None,
+                q_inputs: tuple[list[str], list[str], list[int]] | None = None) -> dict[str, dict[str, Any]]:
+    """Rows for PyTorch fp32 (when ``src``), ONNX fp32 and every candidate: speed, size and
+    (given ``q_inputs`` = queries, corpus documents, gold indices) quality deltas against
+    ONNX fp32; ``qual`` reuses quality measured earlier (``--select``)."""
+    models: dict[str, Any] = {}
+    rows: dict[str, dict[str, Any]] = {}
+    if src is not None:
+        models["pytorch_fp32"] = load_torch(src, p.threads)
+        rows["pytorch_fp32"] = {"size_mb": torch_weights_mb(src)}
+        if native_bf16():   # a reference row (never published): what bf16 PyTorch gives on this CPU
+            import torch
+            models[BF16_ROW] = load_torch(src, p.threads).to(torch.bfloat16)
+            rows[BF16_ROW] = {"size_mb": round(torch_weights_mb(src) / 2, 2), "reference": True,
+                              "doc": "reference, not a candidate: the PyTorch model with bf16 weights "
+                                     "(native bf16 on this CPU)"}
+    models["onnx_fp32"] = load_onnx(folder, FP32_FILE, p.threads)
+    rows["onnx_fp32"] = {"size_mb": file_mb(folder / FP32_FILE)}
+    ref = None
+    if q_inputs is not None:
+        queries, docs, gold = q_inputs
+        log.info("quality: %d queries against %d documents", len(queries), len(docs))
+        ref = {"queries": raw_encode(models["onnx_fp32"], queries, p.index_batch_size),
+               "corpus": raw_encode(models["onnx_fp32"], docs, p.index_batch_size)}
+        if BF16_ROW in models:
+            m = models[BF16_ROW]
+            rows[BF16_ROW].update(quality(ref, {"queries": raw_encode(m, queries, p.index_batch_size),
+                                                "corpus": raw_encode(m, docs, p.index_batch_size)},
+                                          gold, p.bootstrap_resamples, p.seed))
+    for name, info in cands.items():
+        m = load_onnx(folder, info["file"], p.threads)
+        models[name] = m
+        rows[name] = {**{k: v for k, v in info.items() if k != "file"}, "size_mb": file_mb(folder / info["file"])}
+        if ref is not None:
+            queries, docs, gold = q_inputs
+            test = {"queries": raw_encode(m, queries, p.index_batch_size), "corpus": raw_encode(m, docs, p.index_batch_size)}
+            rows[name].update(quality(ref, test, gold, p.bootstrap_resamples, p.seed))
+            log.info("%s: %s", name, {k: rows[name][k] for k in ("mrr_delta", "hr1_delta", "top1_agreement")})
+        elif qual and name in qual:
+            rows[name].update(qual[name])
+    log.info("speed: %d models, %d texts, batch %d/%d, %d batch-1 calls, %d rounds", len(models), len(texts),
+             p.batch_size, p.index_batch_size, len(latency_texts), p.repeats)
+    sp = speed(models, texts, latency_texts, p.batch_size, p.index_batch_size, p.repeats)
+    flops = pass_flops(models["onnx_fp32"], folder, texts, p.batch_size)
+    peak = peak_flops("fp32", p.threads)
+    for n in rows:
+        rows[n].update(sp[n])
+        if flops:   # matrix-multiply FLOP/s of a batch-32 pass over the CPU's fp32 peak
+            rows[n]["gflops_b32"] = round(flops * sp[n]["sps_b32"] / len(texts) / 1e9, 1)
+            rows[n]["peak_share_b32"] = round(flops * sp[n]["sps_b32"] / len(texts) / peak, 4)
+    return rows
+
+
+def pass_flops(model, folder: Path, texts: list[str], batch_size: int) -> float | None:
+    """Matrix-multiply FLOPs of encoding ``texts`` at ``batch_size`` as sentence-transformers
+    does (longest first, each batch padded to its longest text): ``hardware.encoder_flops``
+    over the padded tokens; None without a BERT-style config."""
+    from transformers import AutoConfig
+    try:
+        cfg = AutoConfig.from_pretrained(str(folder))
+    except (OSError, ValueError):
+        return None
+    if not hasattr(cfg, "intermediate_size"):
+        return None
+    lengths = sorted((len(ids) for ids in model.tokenizer(texts, truncation=True, max_length=model.max_seq_length)
+                      ["input_ids"]), reverse=True)
+    padded = sum(max(lengths[i:i + batch_size]) * len(lengths[i:i + batch_size])
+                 for i in range(0, len(lengths), batch_size))
+    return encoder_flops(cfg, padded, padded / max(1, len(lengths)), train=False)
