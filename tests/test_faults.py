@@ -380,7 +380,7 @@ def test_stale_quantize_temp_folders_are_removed_and_ignored_by_git(tmp_path):
 # =========================================================================== 7. dvclive on resume
 
 def test_resume_truncates_dvclive_curves_to_the_checkpoint_step(tmp_path):
-    from hpo_embed.training.train import truncate_live_history
+    from hpo_embed.training.monitor import truncate_live_history
 
     metrics = tmp_path / "dvclive" / "plots" / "metrics"
     (metrics / "train").mkdir(parents=True)
