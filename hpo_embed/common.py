@@ -14,6 +14,7 @@ import re
 import shutil
 import sys
 import tempfile
+import unicodedata
 from pathlib import Path
 from typing import Any, Callable
 
@@ -174,6 +175,19 @@ def publish_dir(tmp: Path | str, out: Path | str) -> None:
     os.replace(tmp, out)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+
+
+def normalize(text: str | None) -> str:
+    """NFC and collapsed whitespace; ``""`` for None."""
+    if not text:
+        return ""
+    return " ".join(unicodedata.normalize("NFC", text).split())
+
+
+def case_key(text: str | None) -> str:
+    """The identity of a text wherever two texts are compared (a training text with a benchmark
+    case, a query with an indexed text): NFC, collapsed whitespace, case-folded."""
+    return normalize(text).casefold()
 
 
 def hpo_id_to_filename(hpo_id: str) -> str:

@@ -4,7 +4,8 @@ the master language list), hold out the benchmark files' concepts and case texts
 from __future__ import annotations
 
 from hpo_embed.common import log, run_stage
-from hpo_embed.pairs.build import holdout_files, run
+from hpo_embed.pairs.build import run
+from hpo_embed.pairs.splits import holdout_files
 from hpo_embed.params import load_params
 from stages import parser
 

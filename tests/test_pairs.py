@@ -10,7 +10,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from hpo_embed.common import UserError
-from hpo_embed.pairs.build import assign_splits, normalize, run
+from hpo_embed.common import normalize
+from hpo_embed.pairs.build import run
+from hpo_embed.pairs.splits import assign_splits
 from hpo_embed.params import PAIR_TYPES, PairsParams, parse_params
 from hpo_embed.translation.schema import SCHEMA_VERSION, dumps, translation_path
 

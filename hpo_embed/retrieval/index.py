@@ -12,19 +12,14 @@ same index and drop the same self-matching queries.
 """
 from __future__ import annotations
 
-import unicodedata
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 import torch
 
+from hpo_embed.common import case_key
 from hpo_embed.retrieval.corpus import document
-
-
-def case_key(text: str) -> str:
-    """NFC, whitespace-collapsed, case-folded text: the self-match identity."""
-    return " ".join(unicodedata.normalize("NFC", text).split()).casefold()
 
 
 @dataclass
