@@ -13,7 +13,8 @@ from pathlib import Path
 
 from hpo_embed.common import run_stage
 from hpo_embed.params import load_params
-from hpo_embed.translation.translate import PINNED_FILES, fetch_pinned, run
+from hpo_embed.translation.official import PINNED_FILES, fetch_pinned
+from hpo_embed.translation.translate import run
 
 log = logging.getLogger("hpo_embed")
 

@@ -22,8 +22,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from hpo_embed.translation import babelon
-from hpo_embed.translation import translate
+from hpo_embed.translation import babelon, official, translate
 from hpo_embed.translation import schema
 from hpo_embed.common import UserError
 from hpo_embed.translation.mt import ApertiumBackend, BackendUnavailable, DeepLBackend, GoogleBackend
@@ -503,9 +502,9 @@ def test_pinned_download_with_checksums_from_local_server(tmp_path, monkeypatch)
     httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), H)
     threading.Thread(target=httpd.serve_forever, daemon=True).start()
     try:
-        monkeypatch.setattr(translate, "PINNED_BASE_URL", f"http://127.0.0.1:{httpd.server_address[1]}/babelon/")
-        monkeypatch.setattr(translate, "PINNED_FILES", {"hp-de.babelon.tsv": good})
-        monkeypatch.setattr(translate, "PINNED_FOLDER", "pinned")
+        monkeypatch.setattr(official, "PINNED_BASE_URL", f"http://127.0.0.1:{httpd.server_address[1]}/babelon/")
+        monkeypatch.setattr(official, "PINNED_FILES", {"hp-de.babelon.tsv": good})
+        monkeypatch.setattr(official, "PINNED_FOLDER", "pinned")
         tp = make_terms(tmp_path / "terms.parquet", [{"id": "HP:0000001", "label": "All"}])
         p = TranslateParams(official="pinned", languages=["de"], mt=[])
         m = translate.run(p, terms_path=tp, out_dir=tmp_path / "out", metrics_path=None, downloads=tmp_path / "external")
@@ -513,7 +512,7 @@ def test_pinned_download_with_checksums_from_local_server(tmp_path, monkeypatch)
         translate.run(p, terms_path=tp, out_dir=tmp_path / "out", metrics_path=None, downloads=tmp_path / "external")
         assert len(hits) == 1                                       # downloaded once
         (tmp_path / "external" / "pinned" / "hp-de.babelon.tsv").write_text("tampered")
-        monkeypatch.setattr(translate, "PINNED_FILES", {"hp-de.babelon.tsv": "0" * 64})
+        monkeypatch.setattr(official, "PINNED_FILES", {"hp-de.babelon.tsv": "0" * 64})
         with pytest.raises(UserError, match=r"translate\.official: .*hp-de\.babelon\.tsv has sha256 "
                                             + good + ", expected 0{64}"):
             translate.run(p, terms_path=tp, out_dir=tmp_path / "out", metrics_path=None, downloads=tmp_path / "external")
@@ -603,7 +602,7 @@ def test_end_to_end_shared_official_files(tmp_path, hpo_terms, shared_translatio
         assert got[lang]["definition"] == len(ref["definition"] & selected)
         assert m["languages"][lang]["characters_sent"] == 0
         # rows of ids that are no selected term of this hp.obo are counted, not silently dropped
-        off = translate.babelon.read_language(shared_translations, lang, p.accepted_statuses)
+        off = babelon.read_language(shared_translations, lang, p.accepted_statuses)
         unused = (set(off.labels) | set(off.definitions) | set(off.synonyms)) - selected
         assert m["languages"][lang]["official_ids_unused"] == len(unused)
     assert m["languages"]["de"]["official_ids_unused"] > 0   # the shared files hold ids outside HP:0000118

@@ -17,6 +17,8 @@ keeps batches within ``max_segments`` / ``max_characters``). Three real backends
 """
 from __future__ import annotations
 
+import collections
+import concurrent.futures as cf
 import dataclasses
 import os
 import re
@@ -24,7 +26,9 @@ import shutil
 import subprocess
 import threading
 
-from hpo_embed.common import UserError
+from tqdm import tqdm
+
+from hpo_embed.common import UserError, log
 
 # List prices per million characters (USD), for the dry run's estimate.
 LIST_PRICE_PER_MILLION = {"google": 20.0, "deepl": 25.0, "apertium": 0.0}
@@ -254,3 +258,79 @@ def make_backend(name: str, params) -> Backend:
     if name == "apertium":
         return ApertiumBackend()
     raise UserError(f"translate.mt: unknown backend {name!r}")
+
+
+def _batches(texts: list[str], max_segments: int, max_chars: int) -> list[list[str]]:
+    out, cur, n = [], [], 0
+    for t in texts:
+        if cur and (len(cur) >= max_segments or n + len(t) > max_chars):
+            out.append(cur)
+            cur, n = [], 0
+        cur.append(t)
+        n += len(t)
+    if cur:
+        out.append(cur)
+    return out
+
+
+class MTScheduler:
+    """Runs machine-translation batches ``(lang, backend, texts)`` on ``concurrency``
+    threads in order, stopping new paid requests at ``max_characters``. ``run(on_result)``
+    calls ``on_result(lang, backend, texts, results)`` in the calling thread as each batch
+    finishes; afterwards ``sent`` (characters per language), ``budget_hit`` and ``error``
+    (the first UserError of a backend; no new batch starts after it) tell what happened."""
+
+    def __init__(self, work: list[tuple[str, Backend, list[str]]], concurrency: int, max_characters: int | None):
+        self.work, self.concurrency, self.max_characters = work, concurrency, max_characters
+        self.sent: collections.Counter = collections.Counter()
+        self.paid_sent = 0
+        self.budget_hit = False
+        self.error: UserError | None = None
+
+    def _submit_next(self, pool, pending: dict, it) -> bool:
+        for lang, b, batch in it:
+            n = sum(len(t) for t in batch)
+            if b.paid and self.max_characters is not None and self.paid_sent + n > self.max_characters:
+                if not self.budget_hit:
+                    log.warning("translate.max_characters: budget of %d characters reached (%d sent); "
+                                "stopping machine translation, the rest stays missing",
+                                self.max_characters, self.paid_sent)
+                self.budget_hit = True
+                return False
+            if b.paid:
+                self.paid_sent += n
+            pending[pool.submit(b.translate, batch, lang)] = (lang, b, batch)
+            return True
+        return False
+
+    def run(self, on_result) -> None:
+        total_chars = sum(len(t) for _, _, batch in self.work for t in batch)
+        with tqdm(total=total_chars, desc="machine translation", unit="char", unit_scale=True,
+                  disable=not self.work) as bar, cf.ThreadPoolExecutor(self.concurrency) as pool:
+            pending: dict[cf.Future, tuple[str, Backend, list[str]]] = {}
+            it = iter(self.work)
+            stop = False
+            for _ in range(self.concurrency):
+                if not self._submit_next(pool, pending, it):
+                    break
+            try:
+                while pending:
+                    done, _ = cf.wait(pending, return_when=cf.FIRST_COMPLETED)
+                    for fut in done:
+                        lang, b, batch = pending.pop(fut)
+                        try:
+                            results = fut.result()
+                        except UserError as exc:
+                            self.error = self.error or exc
+                            stop = True
+                            continue
+                        n = sum(len(t) for t in batch)
+                        self.sent[lang] += n
+                        bar.update(n)
+                        on_result(lang, b, batch, results)
+                        if not stop:
+                            self._submit_next(pool, pending, it)
+            except BaseException:
+                for fut in pending:
+                    fut.cancel()
+                raise
