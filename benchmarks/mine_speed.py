@@ -58,7 +58,7 @@ def main() -> None:
                  out / "mine.report.json", None)
     stage_wall, stage_cpu = time.time() - t0, cpu_s() - c0
     # the exact search alone, same shapes, random unit vectors, no guard
-    p = load_params(params_file).mine.mining()
+    p = load_params(params_file).mine
     rng = np.random.default_rng(0)
     at = torch.nn.functional.normalize(torch.from_numpy(rng.standard_normal((report["anchors"], 384), np.float32)), dim=1)
     ct = torch.nn.functional.normalize(torch.from_numpy(rng.standard_normal((report["corpus_texts"], 384), np.float32)), dim=1)

@@ -1,4 +1,4 @@
-"""Stage quantize: export quantize.model (the train stage's model) to ONNX, build the INT8
+"""Stage quantize: export --model (the train stage's model) to ONNX, build the INT8
 candidates into --build, measure them on this machine and publish the fastest that passes
 the quality gate as --out: a SentenceTransformer folder whose only ONNX file,
 onnx/model.onnx, is that INT8 model (``SentenceTransformer(out, backend="onnx")``).
@@ -9,18 +9,17 @@ re-publishes the fastest that passes the gate (e.g. on the production server);
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
-from hpo_embed.common import UserError, run_stage
+from hpo_embed.common import run_stage
 from hpo_embed.export.quantize import run, select_on_this_machine
 from hpo_embed.export.report import headline
-from hpo_embed.models.loader import resolve_model
 from hpo_embed.params import load_params
 from stages import parser
 
 
 def main(argv: list[str] | None = None) -> None:
     ap = parser("quantize", __doc__, {
+        "model": "the train stage's SentenceTransformer folder to export",
         "terms": "the parse_hpo stage's terms.parquet",
         "translations": "the translate stage's folder (translated labels in the measurement set)",
         "queries": "the pairs stage's queries.parquet (held-out queries, split=test, for the gate)",
@@ -35,15 +34,10 @@ def main(argv: list[str] | None = None) -> None:
     logging.getLogger("onnxruntime").setLevel(logging.WARNING)  # one INFO line per graph node otherwise
     p = load_params(a.params).quantize
     if a.select and not a.rebuild:
-        try:
-            src: Path | None = Path(resolve_model(p.model, "quantize.model"))
-        except UserError:
-            src = None
-        if src is not None and not (src / "modules.json").is_file():
-            src = None
+        src = a.model if (a.model / "modules.json").is_file() else None
         rep = select_on_this_machine(p, src, a.out, a.metrics, a.reports, build=a.build)
     else:
-        rep = run(p, Path(resolve_model(p.model, "quantize.model")), a.out, a.metrics, terms_path=a.terms,
+        rep = run(p, a.model, a.out, a.metrics, terms_path=a.terms,
                   queries_path=a.queries, translations=a.translations, reports=a.reports, build=a.build)
     h = headline(rep)
     print(f"chosen {h['chosen']} (gate {'passed' if h['gate_passed'] else 'NOT passed'}): "

@@ -4,6 +4,7 @@ run (tiny in-process models, fp32 + ONNX int8) over a small corpus."""
 from __future__ import annotations
 
 import json
+import typing
 import logging
 import math
 import shutil
@@ -269,7 +270,7 @@ def test_params_defaults_and_profiles():
     # the default names a folder `make fetch-benchmarks` fills, as a pattern that may match nothing
     assert p.external_sets == ["data/external/phentrieve-benchmarks/german/*.json"]
     from hpo_embed.retrieval.corpus import FORMATS
-    assert tuple(BenchmarkParams.model_fields["corpus_format"].json_schema_extra["choices"]) == FORMATS
+    assert typing.get_args(BenchmarkParams.model_fields["corpus_format"].annotation) == FORMATS
     with pytest.raises(UserError, match="benchmark.models: 'fp16' is not one of"):
         parse_params({"benchmark": {"models": ["fp16"]}})
     gpu = yaml.safe_load((REPO / "profiles" / "gpu.yaml").read_text())["benchmark"]

@@ -14,7 +14,7 @@ import yaml
 from hpo_embed.negatives.mining import Corpus, build_corpus, concept_texts, guard_indices, mine, model_candidates, norm
 from hpo_embed.negatives.mining import relatives
 from hpo_embed.ontology.graph import IsAGraph
-from hpo_embed.params import MineParams, MiningParams
+from hpo_embed.params import MineParams
 from hpo_embed.common import UserError
 
 REPO = Path(__file__).resolve().parent.parent
@@ -47,13 +47,13 @@ def test_guard_drops_own_synonyms_translations_and_identical_texts():
     g = guard_indices("Fits", "Seizure", "A", corpus, texts, None, family_allowed=False)
     assert sorted(g["same_concept"]) == [0, 1] and sorted(g["same_text"]) == [2, 3]
     scores = np.array([[0.99, 0.98, 0.97, 0.96, 0.5, 0.4, 0.3]])
-    p = MiningParams(range_max=3, relative_margin=None)
+    p = MineParams(range_max=3, relative_margin=None)
     idx, sc, counts = model_candidates(scores, np.array([0.9]), [g], p)
     assert idx[0].tolist() == [4, 5, 6] and sc[0] == pytest.approx([0.5, 0.4, 0.3])
     assert counts["guard_same_concept"] == 2 and counts["guard_same_text"] == 2 and counts["margin"] == 0
     # a guarded text below the range_max-th survivor is not counted as removed
     low = np.array([[0.99, 0.1, 0.97, 0.05, 0.5, 0.4, 0.3]])
-    _, _, counts = model_candidates(low, np.array([0.9]), [g], MiningParams(range_max=2, relative_margin=None))
+    _, _, counts = model_candidates(low, np.array([0.9]), [g], MineParams(range_max=2, relative_margin=None))
     assert counts["guard_same_concept"] == 1 and counts["guard_same_text"] == 1
 
 
@@ -75,7 +75,7 @@ def test_guard_end_to_end_never_yields_a_text_of_the_anchors_concept():
              "seizure": near, "Tremor": [0.6, 0.8, 0], "Fever": [0.5, 0, 0.86]}
     rows = pairs[["anchor", "positive", "hpo_id"]]
     df, rep = mine(rows, corpus, concept_texts(terms, pairs), None,
-                   MiningParams(sources=["model"], num_negatives=2, relative_margin=None), model=FakeModel(table))
+                   MineParams(sources=["model"], num_negatives=2, relative_margin=None), model=FakeModel(table))
     for k in (1, 2):
         assert set(df[f"negative_{k}"]) <= {"Tremor", "Fever"}
         assert set(df[f"easy_{k}"]) <= {"Tremor", "Fever"}
@@ -105,7 +105,7 @@ def test_rank_range_and_margins_on_a_hand_made_matrix(kw, expected, margin_remov
     scores = np.empty((1, 6))
     scores[0, order] = base          # column order[j] holds the j-th best score
     g = {"same_concept": np.zeros(0, np.int64), "same_text": np.zeros(0, np.int64), "family": np.zeros(0, np.int64)}
-    p = MiningParams(**({"relative_margin": None} | kw))
+    p = MineParams(**({"relative_margin": None} | kw))
     idx, sc, counts = model_candidates(scores, np.array([0.88]), [g], p)
     assert idx[0].tolist() == order[expected].tolist()
     assert counts["margin"] == margin_removed
@@ -113,7 +113,7 @@ def test_rank_range_and_margins_on_a_hand_made_matrix(kw, expected, margin_remov
 
 def test_params_are_validated():
     with pytest.raises(ValueError, match="range_min"):
-        MiningParams(range_min=5, range_max=5)
+        MineParams(range_min=5, range_max=5)
     with pytest.raises(ValueError):
         MineParams(sampling="hardest")
     assert MineParams.model_validate({"sources": "model", "absolute_margin": "null"}).sources == ["model"]
@@ -146,7 +146,7 @@ def test_mining_is_deterministic_under_a_seed():
     texts = concept_texts(terms, rows)
 
     def run(**kw):
-        p = MiningParams(**({"num_negatives": 3, "range_max": 20, "relative_margin": None} | kw))
+        p = MineParams(**({"num_negatives": 3, "range_max": 20, "relative_margin": None} | kw))
         return mine(rows, corpus, texts, onto, p, model=model)[0]
 
     a, b = run(sampling="random", seed=1), run(sampling="random", seed=1)
@@ -319,7 +319,7 @@ def test_anchors_without_candidates_are_filled_with_easy_negatives_and_counted()
     lonely = IsAGraph.from_table(pd.DataFrame({"child": terms["id"], "parent": [f"P{i}" for i in range(12)]}))  # no siblings
     corpus = build_corpus(terms, set(terms["id"]))
     df, rep = mine(rows, corpus, concept_texts(terms, rows), lonely,
-                   MiningParams(sources=["ontology"], num_negatives=2, relative_margin=None), model=model)
+                   MineParams(sources=["ontology"], num_negatives=2, relative_margin=None), model=model)
     assert rep["by_source"] == {"ontology": 0, "fill": 24}
     assert rep["per_source_counts"]["ontology"]["no_relative"] == 12
     assert (df["negative_1"] != df["negative_2"]).all() and (df["negative_1_id"] != df["hpo_id"]).all()

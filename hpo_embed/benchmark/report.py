@@ -32,12 +32,87 @@ def model_label(spec: ModelSpec, base_model: str) -> str:
     return f"{spec.name}: `{spec.source or spec.path}` (comparison)"
 
 
+def mode_section(report: dict, sets: list[QuerySet], names: list[str], mode: str,
+                 labels: dict[str, str] | None) -> list[str]:
+    """One retrieval mode: headline metrics, paired differences, languages, branches, seen/unseen."""
+    hl = headline_sets(sets)
+    header = "| model | " + " | ".join(n for n, _ in hl) + " |"
+    rule = "|---|" + "---|" * len(hl)
+    out = [f"## {MODE_TITLES[mode]}", "", f"{report.get(f'{mode}.n_vectors', '?')} vectors.", ""]
+    for metric in HEADLINE_METRICS + ("ndcg@10", "hr@3", "hr@5"):
+        out += [f"**{metric}**", "", header, rule]
+        for m in names:
+            out.append(f"| {m} | " + " | ".join(_fmt(report, f"{mode}.{qs.key}.{m}.{metric}") for _, qs in hl) + " |")
+        out.append("")
+    if comparisons(names):
+        out += ["**paired MRR difference** (diff (95% CI), permutation p)", "", header, rule]
+    for a, b in comparisons(names):
+        cells = []
+        for _, qs in hl:
+            k = f"{mode}.{qs.key}.{a}_vs_{b}"
+            if report.get(f"{k}.mrr_diff") is None:
+                cells.append("–")
+            else:
+                cells.append(f"{report[f'{k}.mrr_diff']:+.3f} ({report[f'{k}.mrr_diff_ci_low']:+.3f}–"
+                             f"{report[f'{k}.mrr_diff_ci_high']:+.3f}), p={_p(report.get(f'{k}.p_value'))}")
+        out.append(f"| {a} − {b} | " + " | ".join(cells) + " |")
+    out.append("")
+    langs = [qs for qs in sets if qs.set == "heldout" and qs.lang != "all"]
+    if len(langs) > 1:
+        out += ["**MRR per held-out language**", "",
+                "| model | " + " | ".join(qs.lang for qs in langs) + " |", "|---|" + "---|" * len(langs)]
+        for m in names:
+            out.append(f"| {m} | " + " | ".join(_fmt(report, f"{mode}.{qs.key}.{m}.mrr") for qs in langs) + " |")
+        out.append("")
+    return out + branch_rows(report, names, mode, labels) + seen_rows(report, sets, names, mode)
+
+
+def branch_rows(report: dict, names: list[str], mode: str, labels: dict[str, str] | None) -> list[str]:
+    branches = sorted({k.split(".")[3] for k in report if k.startswith(f"{mode}.heldout.branch.")})
+    if not branches:
+        return []
+    out = ["<details><summary>MRR per top-level HPO branch (held-out, pooled; no CIs)</summary>", "",
+           "| branch | queries | " + " | ".join(names) + " |", "|---|---|" + "---|" * len(names)]
+    for br in branches:
+        k = f"{mode}.heldout.branch.{br}"
+        label = (labels or {}).get(br, "")
+        out.append(f"| {br} {label} | {report.get(f'{k}.{names[0]}.n_queries', 0)} | "
+                   + " | ".join(f"{report[f'{k}.{m}.mrr']:.3f}" if f"{k}.{m}.mrr" in report else "–"
+                                for m in names) + " |")
+    return out + ["", "</details>", ""]
+
+
+def seen_rows(report: dict, sets: list[QuerySet], names: list[str], mode: str) -> list[str]:
+    split = [qs for qs in sets if qs.set != "heldout" and report.get(f"{mode}.{qs.key}.seen.{names[0]}.mrr") is not None]
+    if not split:
+        return []
+    out = ["**MRR on cases whose concept was trained on (seen) vs not (unseen)**", "",
+           "| set | model | seen | unseen |", "|---|---|---|---|"]
+    for qs in split:
+        for m in names:
+            out.append(f"| {qs.key} | {m} | {_fmt(report, f'{mode}.{qs.key}.seen.{m}.mrr')} | "
+                       f"{_fmt(report, f'{mode}.{qs.key}.unseen.{m}.mrr')} |")
+    return out + [""]
+
+
+def holdout_rows(ext: list[QuerySet]) -> list[str]:
+    out = ["## Hold-out: cases by the split of their concept", "",
+           "`train`: a case expects a concept the model was trained on (its official labels are "
+           "training pairs) -- 0 when `pairs.holdout_sets` holds the set out.", "",
+           "| set | cases | " + " | ".join(SPLIT_ORDER) + " | indexed (multi, not scored) |",
+           "|---|---|" + "---|" * (len(SPLIT_ORDER) + 1)]
+    for qs in ext:
+        out.append(f"| {qs.key} | {len(qs.texts)} | "
+                   + " | ".join(str(qs.counts.get(f"cases_by_split.{s}", 0)) for s in SPLIT_ORDER)
+                   + f" | {qs.counts.get('n_indexed_queries', 0)} |")
+    return out + [""]
+
+
 def report_markdown(report: dict, sets: list[QuerySet], specs: list[ModelSpec], modes: list[str],
                     bp: BenchmarkParams, base_model: str, duplicates: dict[str, str],
                     labels: dict[str, str] | None = None) -> str:
     """reports/benchmark.md: what a reviewer reads in a pull request."""
     names = [s.name for s in specs]
-    hl = headline_sets(sets)
     ext = [qs for qs in sets if qs.set != "heldout"]
     out = ["# Benchmark report", "",
            "Written by the benchmark stage (`python -m stages.benchmark`); every figure is in "
@@ -48,66 +123,10 @@ def report_markdown(report: dict, sets: list[QuerySet], specs: list[ModelSpec], 
            "best over the expected ids and the top 5. `heldout` = test-split queries of every "
            "language pooled.", "",
            "Models: " + "; ".join(model_label(s, base_model) for s in specs) + ".", ""]
-    header = "| model | " + " | ".join(n for n, _ in hl) + " |"
-    rule = "|---|" + "---|" * len(hl)
     for mode in modes:
-        out += [f"## {MODE_TITLES[mode]}", "", f"{report.get(f'{mode}.n_vectors', '?')} vectors.", ""]
-        for metric in HEADLINE_METRICS + ("ndcg@10", "hr@3", "hr@5"):
-            out += [f"**{metric}**", "", header, rule]
-            for m in names:
-                out.append(f"| {m} | " + " | ".join(_fmt(report, f"{mode}.{qs.key}.{m}.{metric}") for _, qs in hl) + " |")
-            out.append("")
-        if comparisons(names):
-            out += ["**paired MRR difference** (diff (95% CI), permutation p)", "", header, rule]
-        for a, b in comparisons(names):
-            cells = []
-            for _, qs in hl:
-                k = f"{mode}.{qs.key}.{a}_vs_{b}"
-                if report.get(f"{k}.mrr_diff") is None:
-                    cells.append("–")
-                else:
-                    cells.append(f"{report[f'{k}.mrr_diff']:+.3f} ({report[f'{k}.mrr_diff_ci_low']:+.3f}–"
-                                 f"{report[f'{k}.mrr_diff_ci_high']:+.3f}), p={_p(report.get(f'{k}.p_value'))}")
-            out.append(f"| {a} − {b} | " + " | ".join(cells) + " |")
-        out.append("")
-        langs = [qs for qs in sets if qs.set == "heldout" and qs.lang != "all"]
-        if len(langs) > 1:
-            out += ["**MRR per held-out language**", "",
-                    "| model | " + " | ".join(qs.lang for qs in langs) + " |", "|---|" + "---|" * len(langs)]
-            for m in names:
-                out.append(f"| {m} | " + " | ".join(_fmt(report, f"{mode}.{qs.key}.{m}.mrr") for qs in langs) + " |")
-            out.append("")
-        branches = sorted({k.split(".")[3] for k in report if k.startswith(f"{mode}.heldout.branch.")})
-        if branches:
-            out += ["<details><summary>MRR per top-level HPO branch (held-out, pooled; no CIs)</summary>", "",
-                    "| branch | queries | " + " | ".join(names) + " |", "|---|---|" + "---|" * len(names)]
-            for br in branches:
-                k = f"{mode}.heldout.branch.{br}"
-                label = (labels or {}).get(br, "")
-                out.append(f"| {br} {label} | {report.get(f'{k}.{names[0]}.n_queries', 0)} | "
-                           + " | ".join(f"{report[f'{k}.{m}.mrr']:.3f}" if f"{k}.{m}.mrr" in report else "–"
-                                        for m in names) + " |")
-            out += ["", "</details>", ""]
-        split = [qs for qs in ext if report.get(f"{mode}.{qs.key}.seen.{names[0]}.mrr") is not None]
-        if split:
-            out += ["**MRR on cases whose concept was trained on (seen) vs not (unseen)**", "",
-                    "| set | model | seen | unseen |", "|---|---|---|---|"]
-            for qs in split:
-                for m in names:
-                    out.append(f"| {qs.key} | {m} | {_fmt(report, f'{mode}.{qs.key}.seen.{m}.mrr')} | "
-                               f"{_fmt(report, f'{mode}.{qs.key}.unseen.{m}.mrr')} |")
-            out.append("")
+        out += mode_section(report, sets, names, mode, labels)
     if ext:
-        out += ["## Hold-out: cases by the split of their concept", "",
-                "`train`: a case expects a concept the model was trained on (its official labels are "
-                "training pairs) -- 0 when `pairs.holdout_sets` holds the set out.", "",
-                "| set | cases | " + " | ".join(SPLIT_ORDER) + " | indexed (multi, not scored) |",
-                "|---|---|" + "---|" * (len(SPLIT_ORDER) + 1)]
-        for qs in ext:
-            out.append(f"| {qs.key} | {len(qs.texts)} | "
-                       + " | ".join(str(qs.counts.get(f"cases_by_split.{s}", 0)) for s in SPLIT_ORDER)
-                       + f" | {qs.counts.get('n_indexed_queries', 0)} |")
-        out.append("")
+        out += holdout_rows(ext)
     for dup, first in duplicates.items():
         out.append(f"- `{dup}` has the same cases as `{first}`: scored once.")
     held = [qs for qs in sets if qs.set == "heldout"]

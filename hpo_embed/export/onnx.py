@@ -67,7 +67,7 @@ def export_fp32(src: Path, dst: Path) -> None:
     """Export ``src`` (a PyTorch SentenceTransformer folder) to an ONNX SentenceTransformer
     folder ``dst`` with ``onnx/model.onnx`` (plain export, no optimisation)."""
 
-    check_model_folder(src, "params.yaml: quantize.model")
+    check_model_folder(src, f"quantize --model {src}")
     model = load_sentence_transformer(src, str(src), backend="onnx", device="cpu", local_files_only=True,
                                       model_kwargs={"export": True, "provider": "CPUExecutionProvider"})
     model.save(str(dst))

@@ -101,7 +101,7 @@ def run(p: QuantizeParams, src: Path, out: Path, metrics_path: Path,
     query and text samples. Returns the report."""
     from hpo_embed.retrieval.corpus import build_corpus, load_terms
 
-    check_model_folder(src, "params.yaml: quantize.model")
+    check_model_folder(src, f"quantize --model {src}")
     cands = candidates_for(p)
     needs_texts = measure_metrics or any(c.params.method == "static" or c.keep_sensitive for c in cands)
     if (needs_texts and terms_path is None) or (measure_metrics and reports is None):

@@ -17,10 +17,11 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import torch
 
 from hpo_embed.embedding import cache_file, encode_cached
 from hpo_embed.ontology.graph import IsAGraph
-from hpo_embed.params import MiningParams
+from hpo_embed.params import MineParams
 
 log = logging.getLogger("hpo_embed.negatives")
 
@@ -139,7 +140,7 @@ def margin_ok(scores: np.ndarray, pos: float, relative: float | None, absolute: 
     return ok
 
 
-def model_candidates(scores, pos_scores: np.ndarray, guards: list[dict[str, np.ndarray]], p: MiningParams,
+def model_candidates(scores, pos_scores: np.ndarray, guards: list[dict[str, np.ndarray]], p: MineParams,
                      block: int = 1024) -> tuple[list[np.ndarray], list[np.ndarray], dict[str, int]]:
     """Exact search over an anchors x corpus score source.
 
@@ -193,7 +194,7 @@ def model_candidates(scores, pos_scores: np.ndarray, guards: list[dict[str, np.n
 
 
 def ontology_candidates(concepts: list[str], guards: list[dict[str, np.ndarray]], corpus: Corpus,
-                        ontology: IsAGraph, p: MiningParams, score_fn=None,
+                        ontology: IsAGraph, p: MineParams, score_fn=None,
                         pos_scores: np.ndarray | None = None) -> tuple[list[np.ndarray], list[np.ndarray], dict]:
     """Per anchor: corpus indices of its relatives' texts (relations of ``p``) minus the
     guard; with ``score_fn(row, idx) -> scores`` sorted best first and margin-filtered."""
@@ -284,7 +285,7 @@ def easy_negatives(guards: list[dict[str, np.ndarray]], corpus: Corpus, n: int, 
 
 
 def mine(rows: pd.DataFrame, corpus: Corpus, texts: dict[str, set[str]], ontology: IsAGraph | None,
-         p: MiningParams, model=None, corpus_emb: np.ndarray | None = None, round_no: int = 1,
+         p: MineParams, model=None, corpus_emb: np.ndarray | None = None, round_no: int = 1,
          cache: Path | None = None, model_key: str | None = None) -> tuple[pd.DataFrame, dict]:
     """Hard (``negative_k``) and easy (``easy_k``) negatives for every row of ``rows``
     (columns anchor, positive, hpo_id), in row order, with ``negative_k_id``,
@@ -304,28 +305,14 @@ def mine(rows: pd.DataFrame, corpus: Corpus, texts: dict[str, set[str]], ontolog
     n_encoded = 0
     if need_model:
         t = time.time()
-        corpus_emb_given = corpus_emb is not None
-        if corpus_emb is None:
-            corpus_emb = encode_cached(model, corpus.texts, cache_file(cache, model_key, corpus.texts, "mine") if model_key
-                                       else None, p.batch_size, "mine: corpus")
-        # anchors and positives that are corpus texts (term_syn anchors, xl_term positives are
-        # English labels) reuse the corpus embedding; the rest is encoded once, deduplicated
-        text_row = {tx: i for i, tx in enumerate(corpus.texts)}
-        missing = sorted({x for x in anchors + positives if x not in text_row})
-        extra = encode_cached(model, missing, cache_file(cache, model_key, missing, "mine") if model_key else None,
-                              p.batch_size, "mine: anchors") if missing \
-            else np.zeros((0, corpus_emb.shape[1]), np.float32)
-        a_emb = _lookup(anchors, text_row, corpus_emb, missing, extra)
-        q_emb = _lookup(positives, text_row, corpus_emb, missing, extra)
-        pos = np.einsum("ij,ij->i", a_emb, q_emb)
-        n_encoded = len(missing) + (len(corpus) if corpus_emb_given is False else 0)
+        corpus_emb, a_emb, pos, n_encoded = embed_rows(model, corpus, anchors, positives, corpus_emb, p.batch_size,
+                                                       cache, model_key)
         timing["encode_s"] = round(time.time() - t, 2)
     t = time.time()
     per_source: dict[str, tuple[list[np.ndarray], list[np.ndarray]]] = {}
     counts: dict[str, dict] = {}
     for src in p.sources:
         if src == "model":
-            import torch
             ct = torch.from_numpy(corpus_emb)
             at = torch.from_numpy(a_emb)
             idx, sc, cnt = model_candidates(lambda s, e: at[s:e] @ ct.T, pos, guards, p)
@@ -347,19 +334,7 @@ def mine(rows: pd.DataFrame, corpus: Corpus, texts: dict[str, set[str]], ontolog
             chosen.append((spare.pop(0), "fill", float("nan")))
             filled += 1
     timing["search_s"] = round(time.time() - t, 2)
-    out = {"anchor": anchors, "positive": positives, "hpo_id": ids}
-    for k in range(p.num_negatives):
-        out[f"negative_{k + 1}"] = [corpus.texts[c[k][0]] for c in picks]
-        out[f"negative_{k + 1}_id"] = [corpus.concepts[c[k][0]] for c in picks]
-        out[f"negative_{k + 1}_source"] = [c[k][1] for c in picks]
-        out[f"negative_{k + 1}_score"] = np.asarray(
-            [c[k][2] if not np.isnan(c[k][2]) or a_emb is None else float(a_emb[a] @ corpus_emb[c[k][0]])
-             for a, c in enumerate(picks)], dtype=np.float32)
-        out[f"easy_{k + 1}"] = [corpus.texts[e[k]] for e in easy]
-        out[f"easy_{k + 1}_id"] = [corpus.concepts[e[k]] for e in easy]
-    out["positive_score"] = pos.astype(np.float32) if pos is not None else np.full(len(anchors), np.nan, np.float32)
-    df = pd.DataFrame(out)
-    df["round"] = round_no
+    df = negatives_table(rows, picks, easy, corpus, p.num_negatives, a_emb, corpus_emb, pos, round_no)
     n_neg = len(anchors) * p.num_negatives
     report = {
         "round": round_no, "anchors": len(anchors), "corpus_texts": len(corpus), "encoded_texts": n_encoded,
@@ -374,6 +349,44 @@ def mine(rows: pd.DataFrame, corpus: Corpus, texts: dict[str, set[str]], ontolog
         report["mean_positive_score"] = round(float(pos.mean()), 4)
         report["mean_negative_score"] = round(float(np.nanmean(neg_sc)), 4)
     return df, report
+
+
+def embed_rows(model, corpus: Corpus, anchors: list[str], positives: list[str], corpus_emb: np.ndarray | None,
+               batch_size: int, cache: Path | None, model_key: str | None):
+    """(corpus, anchor embeddings, positive cosine per row, texts encoded). Anchors and
+    positives that are corpus texts (term_syn anchors, xl_term positives are English labels)
+    reuse the corpus embedding; the rest is encoded once, deduplicated."""
+    def embed(texts: list[str], what: str) -> np.ndarray:
+        return encode_cached(model, texts, cache_file(cache, model_key, texts, "mine") if model_key else None,
+                             batch_size, f"mine: {what}")
+    n_encoded = 0
+    if corpus_emb is None:
+        corpus_emb, n_encoded = embed(corpus.texts, "corpus"), len(corpus)
+    text_row = {tx: i for i, tx in enumerate(corpus.texts)}
+    missing = sorted({x for x in anchors + positives if x not in text_row})
+    extra = embed(missing, "anchors") if missing else np.zeros((0, corpus_emb.shape[1]), np.float32)
+    a_emb = _lookup(anchors, text_row, corpus_emb, missing, extra)
+    q_emb = _lookup(positives, text_row, corpus_emb, missing, extra)
+    return corpus_emb, a_emb, np.einsum("ij,ij->i", a_emb, q_emb), n_encoded + len(missing)
+
+
+def negatives_table(rows: pd.DataFrame, picks, easy, corpus: Corpus, n: int, a_emb, corpus_emb, pos,
+                    round_no: int) -> pd.DataFrame:
+    """The rows with their hard (``negative_k``) and easy (``easy_k``) negatives."""
+    out = {c: rows[c].astype(str).tolist() for c in ("anchor", "positive", "hpo_id")}
+    for k in range(n):
+        out[f"negative_{k + 1}"] = [corpus.texts[c[k][0]] for c in picks]
+        out[f"negative_{k + 1}_id"] = [corpus.concepts[c[k][0]] for c in picks]
+        out[f"negative_{k + 1}_source"] = [c[k][1] for c in picks]
+        out[f"negative_{k + 1}_score"] = np.asarray(
+            [c[k][2] if not np.isnan(c[k][2]) or a_emb is None else float(a_emb[a] @ corpus_emb[c[k][0]])
+             for a, c in enumerate(picks)], dtype=np.float32)
+        out[f"easy_{k + 1}"] = [corpus.texts[e[k]] for e in easy]
+        out[f"easy_{k + 1}_id"] = [corpus.concepts[e[k]] for e in easy]
+    out["positive_score"] = pos.astype(np.float32) if pos is not None else np.full(len(picks), np.nan, np.float32)
+    df = pd.DataFrame(out)
+    df["round"] = round_no
+    return df
 
 
 def _lookup(positives, text_row, corpus_emb, missing, extra):

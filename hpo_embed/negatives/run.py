@@ -65,10 +65,10 @@ def run(params, pairs_dir: Path, terms: Path, edges: Path, model_dir: Path, out:
                 raise UserError(f"{model_dir}: no base model; run the base_model stage first (dvc repro base_model)")
             model = load_sentence_transformer(str(model_dir), "train.base_model")
             model.max_seq_length = p.max_seq_length
-        df, report = mine(rows[["anchor", "positive", "hpo_id"]], corpus, texts, onto, m.mining(), model=model,
+        df, report = mine(rows[["anchor", "positive", "hpo_id"]], corpus, texts, onto, m, model=model,
                           cache=cache, model_key=model_hash(model_dir, p.max_seq_length) if cache else None)
         publish(out, df)
-        report |= {"rows_available": available, "params": m.mining().model_dump(),
+        report |= {"rows_available": available, "params": m.model_dump(),
                    "examples": df.head(20)[["anchor", "positive", "negative_1", "negative_1_source"]]
                    .to_dict("records")}
     report["wall_s"] = round(time.time() - t0, 1)

@@ -98,6 +98,13 @@ def check_obo(path: Path) -> None:
         elif tag == "is_a" and value:
             is_a.append((value.split()[0], lineno))
     close(at_eof=True)
+    check_terms(path, seen, parents, nameless)
+
+
+def check_terms(path: Path, seen: dict[str, int], parents: dict[str, list[tuple[str, int]]],
+                nameless: list[tuple[str, int]]) -> None:
+    """The checks across stanzas: some [Term], every term named, every ``is_a`` to a term of
+    the file, no ``is_a`` cycle."""
     if not seen:
         raise UserError(f"{path}: no [Term] stanzas: not an OBO ontology file")
     if nameless:

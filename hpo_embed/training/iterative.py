@@ -103,7 +103,7 @@ def round_one(negs: pd.DataFrame, hn: MineParams, p, fingerprint: str, folder: P
         info["round2_mining"] = "reused"
     else:
         corpus, texts, onto = mining_data()
-        round2, report = mine(part[["anchor", "positive", "hpo_id"]], corpus, texts, onto, hn.mining(),
+        round2, report = mine(part[["anchor", "positive", "hpo_id"]], corpus, texts, onto, hn,
                               model=r1_model, round_no=2)
         buf = io.BytesIO()
         round2.to_parquet(buf, index=False)
