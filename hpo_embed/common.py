@@ -18,6 +18,9 @@ import unicodedata
 from pathlib import Path
 from typing import Any, Callable
 
+import pyarrow as pa
+import pyarrow.parquet as pq
+
 ROOT = Path(__file__).resolve().parent.parent
 
 log = logging.getLogger("hpo_embed")
@@ -114,8 +117,6 @@ def write_json(path: Path | str, obj: Any) -> None:
 
 def write_parquet(path: Path | str, table: Any, compression: str = "snappy") -> None:
     """Atomically write a pyarrow ``Table`` as a Parquet file."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
 
     sink = pa.BufferOutputStream()
     pq.write_table(table, sink, compression=compression)

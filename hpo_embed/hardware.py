@@ -12,9 +12,9 @@ from this table alone: the callers measure (see ``hpo_embed.training.precision``
 from __future__ import annotations
 
 import functools
-from collections.abc import Mapping
 import os
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 

@@ -9,19 +9,20 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import sys
 from pathlib import Path
 
 from hpo_embed.common import run_stage
 from hpo_embed.params import load_params
 from hpo_embed.translation.official import PINNED_FILES, fetch_pinned
 from hpo_embed.translation.translate import run
+from stages import parser
 
 log = logging.getLogger("hpo_embed")
 
 
 def main(argv: list[str] | None = None) -> None:
     if argv is None:
-        import sys
         argv = sys.argv[1:]
     if argv[:1] == ["--fetch-pinned"]:
         ap = argparse.ArgumentParser(prog="python -m stages.translate --fetch-pinned")
@@ -29,7 +30,6 @@ def main(argv: list[str] | None = None) -> None:
         dest = fetch_pinned(ap.parse_args(argv).fetch_pinned)
         print(f"{len(PINNED_FILES)} official files in {dest}")
         return
-    from stages import parser
     ap = parser("translate", __doc__, {
         "terms": "the parse_hpo stage's terms.parquet",
         "out": "folder of per-term JSON files (persist: reruns reuse every stored text)",

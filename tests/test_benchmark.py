@@ -327,7 +327,7 @@ TEST_IDS = sorted({h for _, h, _ in QUERIES})
 
 
 def make_inputs(root: Path) -> bi.Paths:
-    from hpo_embed.ontology.tables import EDGES_SCHEMA, TERMS_SCHEMA
+    from hpo_embed.schemas import EDGES_SCHEMA, TERMS_SCHEMA
 
     depth = {}
     for tid, _, parents, _ in TERMS:

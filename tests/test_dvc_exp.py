@@ -30,7 +30,7 @@ def test_exp_run_set_param_lr_as_typed(tmp_path):
     shutil.copy(REPO / "params.yaml", tmp_path / "params.yaml")
     (tmp_path / "dvc.yaml").write_text(yaml.safe_dump({"stages": {"show_lr": {
         "cmd": "python -c \"from hpo_embed.params import load_params; print(repr(load_params().lr))\" > lr.txt",
-        "deps": ["hpo_embed/params.py"], "params": ["lr"], "outs": [{"lr.txt": {"cache": False}}]}}}))
+        "deps": ["hpo_embed/params"], "params": ["lr"], "outs": [{"lr.txt": {"cache": False}}]}}}))
     sh(["git", "init", "-q"], tmp_path)
     sh([str(DVC), "init", "-q"], tmp_path)
     sh([str(DVC), "config", "core.analytics", "false"], tmp_path)

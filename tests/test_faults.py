@@ -72,7 +72,7 @@ QUERIES = [("Gelenkentzündung", "HP:0000010"), ("Krampfanfall", "HP:0000011"), 
 
 
 def bench_inputs(root: Path) -> bi.Paths:
-    from hpo_embed.ontology.tables import EDGES_SCHEMA, TERMS_SCHEMA
+    from hpo_embed.schemas import EDGES_SCHEMA, TERMS_SCHEMA
 
     rows = [{"id": t, "label": label, "definition": None, "synonyms": [], "xrefs": [],
              "parents": [p] if p else [], "depth": 0, "is_obsolete": False, "replaced_by": None,

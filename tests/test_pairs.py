@@ -194,7 +194,7 @@ def test_caps_per_concept_and_per_type(tmp_path):
 
 
 def test_type_caps_param_errors():
-    # cross-field rules live in the one validator (hpo_embed/params.py), checked before any stage runs
+    # cross-field rules live in the one validator (hpo_embed/params), checked before any stage runs
     with pytest.raises(UserError, match=r"^params.yaml: pairs\.type_caps\.bogus: unknown pair type"):
         parse_params({"pairs": {"type_caps": {"bogus": 3}}})
     with pytest.raises(UserError, match=r"^params.yaml: pairs\.type_caps\.xl_term: must be >= 0, got -1"):

@@ -27,7 +27,7 @@ from hpo_embed.translation import schema
 from hpo_embed.common import UserError
 from hpo_embed.translation.mt import ApertiumBackend, BackendUnavailable, DeepLBackend, GoogleBackend
 from hpo_embed.params import TranslateParams, parse_params
-from hpo_embed.ontology.tables import TERMS_SCHEMA
+from hpo_embed.schemas import TERMS_SCHEMA
 
 REPO = Path(__file__).resolve().parent.parent
 

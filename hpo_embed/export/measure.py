@@ -16,11 +16,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from tqdm import tqdm
 
 from hpo_embed.common import ROOT, UserError, log
 from hpo_embed.export.onnx import FP32_FILE, WEIGHT_FILES, file_mb, load_onnx, load_torch
 from hpo_embed.hardware import encoder_flops, native_bf16, peak_flops
 from hpo_embed.params import QuantizeParams
+from hpo_embed.retrieval.metrics import expected_positions, paired_diff
+from hpo_embed.schemas import read_table
+from hpo_embed.translation.schema import load as load_translation
 
 BF16_ROW = "pytorch_bf16"   # measured beside the candidates where the CPU has native bf16; never published
 
@@ -31,7 +35,6 @@ TEXTS_FILE = "onnx/candidates/measure_texts.json"
 def measurement_texts(terms, n: int, seed: int, translations: Path | None) -> list[str]:
     """A fixed set of ``n`` real texts: HPO labels and, when ``data/translations`` exists,
     translated labels (up to half). Deterministic for a given seed and data."""
-    from hpo_embed.translation.schema import load as load_translation
 
     rng = random.Random(seed)
     labels = sorted(set(terms["label"].dropna()))
@@ -59,7 +62,6 @@ def agreement_queries(terms, n: int, seed: int, queries_path: Path | None) -> tu
     Returns the query texts, their gold HPO ids and a description of the source."""
 
     if queries_path is not None and queries_path.is_file():
-        from hpo_embed.schemas import read_table
         q = read_table(queries_path, "queries")
         test = q[q["split"] == "test"].dropna(subset=["text"]).drop_duplicates("text")
         pairs = sorted(zip(test["text"], test["hpo_id"]))
@@ -142,7 +144,6 @@ def retrieval_ranks(q: np.ndarray, c: np.ndarray, gold: list[int]) -> np.ndarray
     LOCAL helper over hpo_embed.retrieval.metrics.expected_positions (the shared metrics module)."""
     import torch
 
-    from hpo_embed.retrieval.metrics import expected_positions
 
     qn = torch.from_numpy(q / np.linalg.norm(q, axis=1, keepdims=True))
     cn = torch.from_numpy(c / np.linalg.norm(c, axis=1, keepdims=True))
@@ -169,7 +170,6 @@ def quality(ref: dict[str, np.ndarray], test: dict[str, np.ndarray], gold: list[
             resamples: int, seed: int) -> dict[str, Any]:
     """Quality deltas of ``test`` against ``ref`` (each ``{"queries", "corpus"}`` embeddings):
     MRR and HR@1 with paired bootstrap CIs, top-1 agreement, cosine of query embeddings."""
-    from hpo_embed.retrieval.metrics import paired_diff
 
     r_ref = retrieval_ranks(ref["queries"], ref["corpus"], gold)
     r_test = retrieval_ranks(test["queries"], test["corpus"], gold)
@@ -195,7 +195,6 @@ def speed(models: dict[str, Any], texts: list[str], latency_texts: list[str], ba
     included). One warm-up pass per model is excluded; each round times every model once,
     in an order rotated by one each round; throughput is the median over rounds, latency
     p50/p95 over every call."""
-    from tqdm import tqdm
 
     names = list(models)
     for n in tqdm(names, desc="warm-up", unit="model"):

@@ -52,6 +52,7 @@ from hpo_embed.export.onnx import PUBLISHED_FILE, check_model_folder, default_bu
 from hpo_embed.export.report import headline, machine, report_markdown
 from hpo_embed.hardware import peak_flops
 from hpo_embed.params import QuantizeParams
+from hpo_embed.retrieval.corpus import build_corpus, load_terms
 
 STATE_FILE = "onnx/quantize_config.json"
 
@@ -99,7 +100,6 @@ def run(p: QuantizeParams, src: Path, out: Path, metrics_path: Path,
     as its only ONNX file) and write metrics + reports (quantize.md, quantize.json in the
     ``reports`` folder). ``queries_path``/``translations`` absent or None: the fallback
     query and text samples. Returns the report."""
-    from hpo_embed.retrieval.corpus import build_corpus, load_terms
 
     check_model_folder(src, f"quantize --model {src}")
     cands = candidates_for(p)

@@ -13,13 +13,16 @@ model and batch down so that the same code path runs on CPU in seconds (the test
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import logging
 import time
 from pathlib import Path
 
 from hpo_embed.common import ROOT, UserError, run_stage, write_json
+from hpo_embed.gpu.estimate import Shape, estimate_memory, load_with_profile, model_config, texts_per_example
+from hpo_embed.gpu.preflight import cuda_problem, lower_hint
+from hpo_embed.training.losses import build_loss, set_precision
+from hpo_embed.training.train import pick_precision
 
 log = logging.getLogger("hpo_embed.gpu_check")
 
@@ -63,7 +66,6 @@ def twin_model(config: dict, device: str):
 def run(params, steps: int = 5, tiny: bool = False, device: str | None = None) -> dict:
     import torch
 
-    from hpo_embed.gpu.preflight import cuda_problem, lower_hint
 
     p = params.train
     problem = cuda_problem()
@@ -71,9 +73,6 @@ def run(params, steps: int = 5, tiny: bool = False, device: str | None = None) -
         device = "cpu" if tiny and problem else "cuda"
     if device == "cuda" and problem:
         return {"skipped": f"no CUDA device: {problem}"}
-    from hpo_embed.gpu.estimate import Shape, estimate_memory, model_config, texts_per_example
-    from hpo_embed.training.losses import build_loss, set_precision
-    from hpo_embed.training.train import pick_precision
     config = model_config(p.base_model, getattr(p, "base_revision", None))
     batch, mini, seq_len = p.batch_size, p.mini_batch_size, p.max_seq_length
     if tiny:
@@ -149,7 +148,6 @@ def main(argv: list[str] | None = None) -> None:
     a = ap.parse_args(argv)
     if a.steps < 1:
         raise UserError("--steps must be >= 1")
-    from hpo_embed.gpu.estimate import load_with_profile
     params = load_with_profile(a.params, None if a.profile == "none" else a.profile)
     out = run(params, steps=a.steps, tiny=a.tiny)
     if "skipped" in out:

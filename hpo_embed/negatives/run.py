@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import pandas as pd
+import pyarrow as pa
 
 from hpo_embed.common import UserError, publish_dir, temp_sibling, write_json, write_parquet
 from hpo_embed.embedding import model_hash
@@ -39,7 +40,6 @@ def publish(out: Path, df: pd.DataFrame) -> None:
     """negatives.parquet in a fresh folder swapped into ``out`` (never half-written)."""
     tmp = temp_sibling(out)
     tmp.mkdir(parents=True)
-    import pyarrow as pa
     write_parquet(tmp / "negatives.parquet", pa.Table.from_pandas(df, preserve_index=False))
     publish_dir(tmp, out)
 

@@ -10,6 +10,8 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
+from tqdm import tqdm
+
 from hpo_embed.common import ROOT, UserError, log
 
 
@@ -37,7 +39,6 @@ def download(url: str, dest_dir: Path, expected_sha256: str | None = None,
              timeout: float = 60.0, param: str = "hpo.source", sha_param: str = "hpo.sha256") -> Path:
     """Download ``url`` once into ``dest_dir`` (temp file + rename); reuse it afterwards.
     Errors name ``param`` / ``sha_param`` (where the URL and the checksum came from)."""
-    from tqdm import tqdm
 
     name = Path(urllib.parse.urlparse(url).path).name or "download"
     dest = dest_dir / name

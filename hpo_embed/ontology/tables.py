@@ -13,13 +13,12 @@ from pathlib import Path
 import networkx as nx
 import obonet
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from hpo_embed.common import UserError, log, write_json, write_parquet
-from hpo_embed.ontology.source import resolve_source, sha256_of
 from hpo_embed.ontology.obo import check_obo, is_hpo_id, parse_def, parse_synonym
+from hpo_embed.ontology.source import resolve_source, sha256_of
 from hpo_embed.params import HpoParams
-from hpo_embed.schemas import EDGES_SCHEMA, SYNONYM_TYPE, TERMS_SCHEMA  # noqa: F401 (re-exported)
+from hpo_embed.schemas import EDGES_SCHEMA, TERMS_SCHEMA
 
 ROOT_ID = "HP:0000001"
 PHENOTYPIC_ABNORMALITY = "HP:0000118"

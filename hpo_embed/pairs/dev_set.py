@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from hpo_embed.common import UserError
@@ -33,7 +34,6 @@ def dev_eval_set(queries: pd.DataFrame, corpus: dict[str, str], p, qpath: Path):
     q = {f"q{i}": t for i, t in enumerate(chosen["text"])}
     rel = {f"q{i}": {c} for i, c in enumerate(chosen["hpo_id"])}
     if p.dev_corpus_size and len(corpus) > p.dev_corpus_size:
-        import numpy as np
         needed = set(chosen["hpo_id"])
         others = sorted(set(corpus) - needed)
         k = max(0, p.dev_corpus_size - len(needed))

@@ -7,6 +7,7 @@ import hashlib
 import pandas as pd
 
 from hpo_embed.common import ROOT, case_key, log
+from hpo_embed.pairs.external_sets import external_files, load_external_set
 
 SPLITS = ("train", "dev", "test")
 
@@ -47,7 +48,6 @@ def holdout_cases(entries: list[str], all_terms: pd.DataFrame) -> tuple[set[str]
     files ``entries`` (globs allowed), parsed exactly as the benchmark stage parses them."""
     if not entries:
         return set(), set(), []
-    from hpo_embed.pairs.external_sets import external_files, load_external_set  # one parser for both stages
 
     selected = set(all_terms.loc[all_terms["selected"], "id"])
     replaced = ({i: r for i, r in zip(all_terms["id"], all_terms["replaced_by"]) if r}

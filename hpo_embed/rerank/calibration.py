@@ -30,6 +30,8 @@ from typing import Any
 
 import numpy as np
 
+from hpo_embed.common import write_json
+
 FORMAT = "hpo-embed-rerank-calibration/1"
 ECE_BINS = 15
 
@@ -209,7 +211,6 @@ def to_json(cals: dict[str, Calibrator], chosen: str, thresholds: dict[str, Any]
 
 
 def save(path: Path, obj: dict) -> None:
-    from hpo_embed.common import write_json
     write_json(path, obj)
 
 

@@ -14,12 +14,12 @@ from pathlib import Path
 import pandas as pd
 
 from hpo_embed.common import UserError
+from hpo_embed.schemas import read_table
 
 FORMATS = ("label", "label_synonyms", "label_synonyms_definition")
 
 
 def load_terms(path: Path, selected_only: bool = True) -> pd.DataFrame:
-    from hpo_embed.schemas import read_table
     df = read_table(path, "terms")
     return df[df["selected"]].reset_index(drop=True) if selected_only else df
 

@@ -8,7 +8,6 @@ from hpo_embed.common import publish_dir, temp_sibling
 from hpo_embed.training.monitor import CUTS
 
 
-
 def write_model(model, out: Path, card: str, langs: list[str], licence: str | None) -> None:
     """Save into a temporary folder beside ``out`` and publish it, so ``out`` is never
     half-written. The model card is sentence-transformers' own (the trainer's record of

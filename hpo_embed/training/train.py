@@ -40,7 +40,7 @@ from hpo_embed.schemas import read_table
 from hpo_embed.training.card import model_card, write_model
 from hpo_embed.training.iterative import round_one
 from hpo_embed.training.losses import build_examples, build_loss, load_model, negatives_for, set_precision
-from hpo_embed.training.monitor import (BEST_METRIC, DevRetrieval, LiveLog, dev_summary, open_live, peak_share)
+from hpo_embed.training.monitor import BEST_METRIC, DevRetrieval, LiveLog, dev_summary, open_live, peak_share
 from hpo_embed.training.precision import decide as choose_cpu_precision
 from hpo_embed.training.sampling import concept_batch_sampler
 

@@ -26,6 +26,7 @@ import shutil
 import subprocess
 import threading
 
+import requests
 from tqdm import tqdm
 
 from hpo_embed.common import UserError, log
@@ -106,7 +107,6 @@ class GoogleBackend(Backend):
                                                             client_options=opts)
         self.parent = f"projects/{project}/locations/{location}"
         self.timeout = timeout
-        import requests
         from google.auth import exceptions as auth_exc
 
         # transient: 429, 5xx, timeouts and connection failures (no network, DNS, reset);

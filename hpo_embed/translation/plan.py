@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pyarrow.parquet as pq
 from tqdm import tqdm
 
 from hpo_embed.common import UserError, log
@@ -111,7 +112,6 @@ def apply_mt(st: LangState, slot: str, text: dict) -> None:
 
 
 def load_selected_terms(path: Path) -> list[dict]:
-    import pyarrow.parquet as pq
 
     if not Path(path).is_file():
         raise UserError(f"{path}: not found (run `dvc repro parse_hpo` first)")
