@@ -79,7 +79,7 @@ def sample_throughput(work: Path, n: int) -> dict:
     import torch
     from sentence_transformers import SentenceTransformer
 
-    from stages.corpus import build_corpus
+    from hpo_embed.retrieval.corpus import build_corpus
 
     torch.set_num_threads(1)
     so = ort.SessionOptions()

@@ -289,7 +289,7 @@ def test_extra_model_names(tiny_model_dir):
         bi.model_specs(BenchmarkParams(models=[], extra_models=[str(tiny_model_dir), f"model={tiny_model_dir}"]),
                        "unused", _no_paths())
     capped = bi.model_specs(BenchmarkParams(models=["base"], max_seq_length=16), str(tiny_model_dir), _no_paths())
-    assert bi.load_model(capped[0]).max_seq_length == 16
+    assert capped[0].load().max_seq_length == 16
     assert capped[0].cache_key() != specs[0].cache_key()   # a new cache key
     with pytest.raises(UserError, match="no fine-tuned model; run the train stage first"):
         bi.model_specs(BenchmarkParams(models=["finetuned"]), "unused", _no_paths(finetuned=Path("/nonexistent")))
@@ -503,7 +503,7 @@ def test_end_to_end(tmp_path, tiny_model_dir, e2e_models, monkeypatch):
     # a rerun reads every embedding from the cache: no model is even loaded
     cached = sorted(p.name for p in paths.cache.glob("*.npy"))
     assert len(cached) == 2 * (len(models) - 1)         # base and other share their files
-    monkeypatch.setattr(bm, "load_model", lambda spec: pytest.fail(f"{spec.name} re-encoded"))
+    monkeypatch.setattr(bi.ModelSpec, "load", lambda spec: pytest.fail(f"{spec.name} re-encoded"))
     assert bm.run(bp, str(tiny_model_dir), paths)["metrics"] == metrics
 
 

@@ -11,11 +11,11 @@ import pandas as pd
 import pytest
 import yaml
 
-from hpo_embed.negatives.mining import Corpus, build_corpus, concept_texts, guard_indices, mine, model_candidates, norm
-from hpo_embed.negatives.mining import relatives
+from hpo_embed.common import UserError
+from hpo_embed.negatives.mining import (Corpus, guard_indices, known_texts, mine, mining_corpus, model_candidates, norm,
+                                        relatives)
 from hpo_embed.ontology.graph import IsAGraph
 from hpo_embed.params import MineParams
-from hpo_embed.common import UserError
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -68,13 +68,13 @@ def test_guard_end_to_end_never_yields_a_text_of_the_anchors_concept():
         {"id": "F", "label": "Fever", "synonyms": []},
     ])
     pairs = pd.DataFrame({"anchor": ["Fits", "Krampfanfall"], "positive": ["Seizure", "Seizure"], "hpo_id": ["A", "A"]})
-    corpus = build_corpus(terms, {"A", "C", "D", "E", "F"}, "label_synonyms")
+    corpus = mining_corpus(terms, {"A", "C", "D", "E", "F"}, "label_synonyms")
     assert corpus.texts == ["Seizure", "Fits", "Krampfanfall", "seizure", "Tremor", "Fever"]
     near = np.array([1.0, 0.0, 0.0])
     table = {"Seizure": near, "Fits": near + [0, 0.01, 0], "Krampfanfall": near + [0, 0.02, 0],
              "seizure": near, "Tremor": [0.6, 0.8, 0], "Fever": [0.5, 0, 0.86]}
     rows = pairs[["anchor", "positive", "hpo_id"]]
-    df, rep = mine(rows, corpus, concept_texts(terms, pairs), None,
+    df, rep = mine(rows, corpus, known_texts(terms, pairs), None,
                    MineParams(sources=["model"], num_negatives=2, relative_margin=None), model=FakeModel(table))
     for k in (1, 2):
         assert set(df[f"negative_{k}"]) <= {"Tremor", "Fever"}
@@ -142,8 +142,8 @@ def random_world(n_concepts: int = 40, dim: int = 8, seed: int = 0):
 
 def test_mining_is_deterministic_under_a_seed():
     terms, rows, model, onto = random_world()
-    corpus = build_corpus(terms, set(terms["id"]))
-    texts = concept_texts(terms, rows)
+    corpus = mining_corpus(terms, set(terms["id"]))
+    texts = known_texts(terms, rows)
 
     def run(**kw):
         p = MineParams(**({"num_negatives": 3, "range_max": 20, "relative_margin": None} | kw))
@@ -227,7 +227,7 @@ def tiny(tmp_path_factory):
 def test_train_with_mined_negatives_builds_n_tuples_and_trains(tiny, tmp_path):
     from test_train import write_inputs
 
-    from hpo_embed.negatives.dataset import build_examples, load_negatives
+    from hpo_embed.negatives.dataset import load_negatives, mined_examples
     inputs = write_inputs(tmp_path)
     params = mined_params(tmp_path, tiny, {"num_negatives": 2, "easy_fraction": 0.25,
                                            "hardness_mode": "hard_negatives", "hardness_strength": 5.0},
@@ -245,7 +245,7 @@ def test_train_with_mined_negatives_builds_n_tuples_and_trains(tiny, tmp_path):
     assert set(split[negs["negative_1_id"]]) == {"train"} and set(split[negs["easy_2_id"]]) == {"train"}
     from hpo_embed.params import load_params
     p = load_params(params)
-    ds, keys, info = build_examples(negs, p.train, p.mine)
+    ds, keys, info = mined_examples(negs, p.train, p.mine)
     assert ds.column_names == ["anchor", "positive", "negative_1", "negative_2"] and len(ds) == 40
     assert info["easy_rows"] == 10 and info["hard_rows"] == 30
     assert len(keys[0]) == 3 + 4          # own + 2 negative concepts, 4 texts
@@ -253,7 +253,7 @@ def test_train_with_mined_negatives_builds_n_tuples_and_trains(tiny, tmp_path):
     assert m["negatives"] == "mined" and m["negatives_per_row"] == 2 and m["pairs"] == 40 and m["steps"] >= 5
     # the triplet loss takes one 'negative' column; two negatives are a one-line error
     with pytest.raises(UserError, match="mine.num_negatives"):
-        build_examples(negs, p.train.__class__(**{**p.train.__dict__, "loss": "triplet"}), p.mine)
+        mined_examples(negs, p.train.__class__(**{**p.train.__dict__, "loss": "triplet"}), p.mine)
     # negatives mined for other rows are refused
     with pytest.raises(UserError, match="dvc repro mine"):
         load_negatives(tmp_path / "negatives", negs.iloc[:10])
@@ -317,8 +317,8 @@ def test_interrupted_iterative_run_resumes_without_redoing_round_one(tiny, tmp_p
 def test_anchors_without_candidates_are_filled_with_easy_negatives_and_counted():
     terms, rows, model, _ = random_world(n_concepts=12)
     lonely = IsAGraph.from_table(pd.DataFrame({"child": terms["id"], "parent": [f"P{i}" for i in range(12)]}))  # no siblings
-    corpus = build_corpus(terms, set(terms["id"]))
-    df, rep = mine(rows, corpus, concept_texts(terms, rows), lonely,
+    corpus = mining_corpus(terms, set(terms["id"]))
+    df, rep = mine(rows, corpus, known_texts(terms, rows), lonely,
                    MineParams(sources=["ontology"], num_negatives=2, relative_margin=None), model=model)
     assert rep["by_source"] == {"ontology": 0, "fill": 24}
     assert rep["per_source_counts"]["ontology"]["no_relative"] == 12

@@ -149,7 +149,7 @@ def test_build_examples_labels_positives_and_refuses_non_train_concepts():
          "cand_ids": ["HP:0000003", "HP:0000001", "HP:0000002", "HP:0000004"]},
         {"set": "dev", "query": "Fieber", "expected": ["HP:0000002"], "cand_ids": ["HP:0000002"]},
     ])
-    ex = M.build_examples(cands, docs, hard=2, rand=1, max_examples=None, seed=0,
+    ex = M.reranker_examples(cands, docs, hard=2, rand=1, max_examples=None, seed=0,
                           split_of={"HP:0000001": "train", "HP:0000002": "dev"})
     assert len(ex) == 4 and set(ex["query"]) == {"Krampfanfall"}      # the dev row is never used
     pos = ex[ex["label"] == 1.0]
@@ -159,7 +159,7 @@ def test_build_examples_labels_positives_and_refuses_non_train_concepts():
     assert len(neg) == 3 and neg["candidate"].nunique() == 3
     bad = cands.assign(set="train")
     with pytest.raises(ValueError, match="non-train concept HP:0000002"):
-        M.build_examples(bad, docs, 2, 1, None, 0, {"HP:0000001": "train", "HP:0000002": "dev"})
+        M.reranker_examples(bad, docs, 2, 1, None, 0, {"HP:0000001": "train", "HP:0000002": "dev"})
 
 
 def test_rerank_keeps_the_biencoder_rank_when_gold_is_not_among_the_candidates():

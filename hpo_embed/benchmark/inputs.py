@@ -12,7 +12,7 @@ from hpo_embed.common import UserError
 from hpo_embed.embedding import model_hash
 from hpo_embed.models.loader import load_sentence_transformer, resolve_model
 from hpo_embed.ontology.source import download
-from hpo_embed.pairs.external_sets import QuerySet, _sanitize
+from hpo_embed.pairs.external_sets import QuerySet, safe_name
 from hpo_embed.params import BenchmarkParams
 from hpo_embed.schemas import read_table
 
@@ -52,6 +52,12 @@ class ModelSpec:
     kwargs: dict[str, Any] = field(default_factory=dict)   # SentenceTransformer(...) kwargs
     max_seq_length: int | None = None                        # override of the model's own
     source: str | None = None                                # as written in params (labels)
+
+    def load(self):
+        """The SentenceTransformer, loaded as phentrieve loads it (its own token limit unless
+        ``benchmark.max_seq_length`` overrides it)."""
+        return load_sentence_transformer(self.path, f"model {self.name} ({self.path})", self.max_seq_length,
+                                         **self.kwargs)
 
     def cache_key(self) -> str:
         """The embedding cache's identity of this model: its files and load options."""
@@ -113,8 +119,8 @@ def model_specs(bp: BenchmarkParams, base_model: str, paths: Paths) -> list[Mode
     for i, entry in enumerate(bp.extra_models):
         name, sep, spec = entry.partition("=")
         if not sep:
-            name, spec = _sanitize(entry.rstrip("/").rsplit("/", 1)[-1].removeprefix("pkg:")), entry
-        name = _sanitize(name)
+            name, spec = safe_name(entry.rstrip("/").rsplit("/", 1)[-1].removeprefix("pkg:")), entry
+        name = safe_name(name)
         if not name or name in {s.name for s in specs} or name in PIPELINE_MODELS:
             raise UserError(f"params.yaml: benchmark.extra_models[{i}]: name {name!r} is empty or already used "
                             "(write it as name=spec)")
@@ -123,10 +129,6 @@ def model_specs(bp: BenchmarkParams, base_model: str, paths: Paths) -> list[Mode
     for s in specs:
         s.max_seq_length = bp.max_seq_length
     return specs
-
-
-def load_model(spec: ModelSpec):
-    return load_sentence_transformer(spec.path, f"model {spec.name} ({spec.path})", spec.max_seq_length, **spec.kwargs)
 
 
 def case_splits(qs: QuerySet, split_of: dict[str, str]) -> list[str]:

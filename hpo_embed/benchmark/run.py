@@ -57,8 +57,7 @@ import pyarrow as pa
 import torch
 from tqdm.auto import tqdm
 
-from hpo_embed.benchmark.inputs import (RETRIEVALS, SPLIT_ORDER, ModelSpec, Paths, case_splits, load_heldout,
-                                        load_model, model_specs)
+from hpo_embed.benchmark.inputs import RETRIEVALS, SPLIT_ORDER, ModelSpec, Paths, case_splits, load_heldout, model_specs
 from hpo_embed.benchmark.report import report_markdown
 from hpo_embed.benchmark.score import branch_summary, headline, headline_sets, score_set, summarize, write_curves
 from hpo_embed.common import UserError, atomic_write_text, log, write_json, write_parquet
@@ -76,7 +75,7 @@ PER_QUERY_COLUMNS = ["retrieval", "model", "set", "lang", "seen", "branch", "que
 
 
 @dataclass
-class Corpus:
+class Concepts:
     """The selected concepts, their indexes (one per retrieval mode) and lookups."""
     all_terms: pd.DataFrame
     ids: list[str]
@@ -86,7 +85,7 @@ class Corpus:
     replaced_by: dict[str, str]
 
 
-def load_corpus(bp: BenchmarkParams, paths: Paths) -> Corpus:
+def load_corpus(bp: BenchmarkParams, paths: Paths) -> Concepts:
     modes = [m for m in RETRIEVALS if m in bp.retrieval]   # non-empty, with the headline (hpo_embed/params.py)
     all_terms = load_terms(paths.terms, selected_only=False)
     terms = all_terms[all_terms["selected"]].reset_index(drop=True)
@@ -95,10 +94,10 @@ def load_corpus(bp: BenchmarkParams, paths: Paths) -> Corpus:
                    if r["replaced_by"]}
     indexes = [build_index(terms, mode, bp.corpus_format, bp.multi_scopes) for mode in modes]
     branch_of = dict(zip(terms["id"], terms["branch"])) if "branch" in terms.columns else {}
-    return Corpus(all_terms, ids, {h: i for i, h in enumerate(ids)}, indexes, branch_of, replaced_by)
+    return Concepts(all_terms, ids, {h: i for i, h in enumerate(ids)}, indexes, branch_of, replaced_by)
 
 
-def load_sets(bp: BenchmarkParams, paths: Paths, corpus: Corpus) -> tuple[list[QuerySet], dict[str, str], dict[str, str]]:
+def load_sets(bp: BenchmarkParams, paths: Paths, corpus: Concepts) -> tuple[list[QuerySet], dict[str, str], dict[str, str]]:
     """The held-out sets and the external ones (a file with the same cases as an earlier one is
     scored once); ``split_of`` (concept -> pairs split) and the duplicates."""
     id_set = set(corpus.ids)
@@ -139,7 +138,7 @@ def load_sets(bp: BenchmarkParams, paths: Paths, corpus: Corpus) -> tuple[list[Q
 
 def encode_model(spec: ModelSpec, doc_texts: list[str], query_texts: list[str], paths: Paths,
                  batch_size: int) -> tuple[torch.Tensor, torch.Tensor, set[str], dict[str, float]]:
-    """Corpus and query embeddings of one model through the cache (keyed by the model's
+    """Concepts and query embeddings of one model through the cache (keyed by the model's
     content, not its name: base and an identical extra model share it)."""
     t0, c0 = time.perf_counter(), time.process_time()
     key = spec.cache_key()
@@ -150,7 +149,7 @@ def encode_model(spec: ModelSpec, doc_texts: list[str], query_texts: list[str], 
     def get_model():
         if not loaded:
             log.info("loading %s (%s)", spec.name, spec.path)
-            loaded.append(load_model(spec))
+            loaded.append(spec.load())
         return loaded[0]
 
     c_emb = encode_cached(get_model, doc_texts, c_file, batch_size, f"{spec.name}: corpus")
@@ -161,7 +160,7 @@ def encode_model(spec: ModelSpec, doc_texts: list[str], query_texts: list[str], 
     return torch.from_numpy(c_emb), torch.from_numpy(q_emb), {c_file.name, q_file.name}, timing
 
 
-def score_model(name: str, c_all: torch.Tensor, q_all: torch.Tensor, corpus: Corpus, sets: list[QuerySet],
+def score_model(name: str, c_all: torch.Tensor, q_all: torch.Tensor, corpus: Concepts, sets: list[QuerySet],
                 doc_pos: dict[str, int], q_index: dict[str, int], keeps: dict, seen_of: dict,
                 ontsim: rm.OntologySimilarity) -> list[dict]:
     """Per-query rows of one model, every retrieval mode and set. The pooled held-out set
@@ -187,7 +186,7 @@ def score_model(name: str, c_all: torch.Tensor, q_all: torch.Tensor, corpus: Cor
     return rows
 
 
-def score_all(specs: list[ModelSpec], corpus: Corpus, sets: list[QuerySet], split_of: dict[str, str],
+def score_all(specs: list[ModelSpec], corpus: Concepts, sets: list[QuerySet], split_of: dict[str, str],
               bp: BenchmarkParams, paths: Paths) -> tuple[pd.DataFrame, dict, set[str]]:
     """Every model encodes the indexed texts and queries once; every set is searched exactly."""
     ontsim = rm.OntologySimilarity(load_graph(paths.edges))

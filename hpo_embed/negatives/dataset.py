@@ -11,7 +11,7 @@ import pandas as pd
 from datasets import Dataset
 
 from hpo_embed.common import UserError
-from hpo_embed.negatives.mining import Corpus, build_corpus, concept_texts
+from hpo_embed.negatives.mining import Corpus, known_texts, mining_corpus
 from hpo_embed.ontology.graph import IsAGraph
 from hpo_embed.params import MineParams
 from hpo_embed.training.losses import MINED_LOSSES
@@ -27,7 +27,7 @@ def mining_inputs(terms: pd.DataFrame, edges: pd.DataFrame, concepts: pd.DataFra
     """The corpus (English texts of train-split concepts only: dev/test/bench concepts are
     never negatives), every known text per concept (the guard) and the ontology."""
     train_ids = set(concepts.loc[concepts["split"] == "train", "hpo_id"].astype(str))
-    return build_corpus(terms, train_ids, corpus_format), concept_texts(terms, pairs), IsAGraph.from_table(edges)
+    return mining_corpus(terms, train_ids, corpus_format), known_texts(terms, pairs), IsAGraph.from_table(edges)
 
 
 def load_negatives(folder: Path, rows: pd.DataFrame) -> pd.DataFrame:
@@ -58,7 +58,7 @@ def easy_rows(n_rows: int, fraction: float, seed: int) -> np.ndarray:
     return mask
 
 
-def build_examples(negs: pd.DataFrame, p, hn: MineParams):
+def mined_examples(negs: pd.DataFrame, p, hn: MineParams):
     """``(Dataset, sampler keys, info)`` of the n-tuple training set. Same rows (hence the
     same step budget) as without negatives; rows chosen by ``hn.easy_fraction`` use their
     easy negatives."""

@@ -76,7 +76,7 @@ class Corpus:
         return len(self.texts)
 
 
-def build_corpus(terms: pd.DataFrame, concepts: set[str], fmt: str = "label") -> Corpus:
+def mining_corpus(terms: pd.DataFrame, concepts: set[str], fmt: str = "label") -> Corpus:
     """English label (``fmt="label"``) and EXACT synonyms (``"label_synonyms"``, one text
     each) of the concepts in ``concepts`` (the train split), in id order."""
     texts, ids, is_label = [], [], []
@@ -96,7 +96,7 @@ def build_corpus(terms: pd.DataFrame, concepts: set[str], fmt: str = "label") ->
     return Corpus(texts, ids, np.asarray(is_label, dtype=bool))
 
 
-def concept_texts(terms: pd.DataFrame, pairs: pd.DataFrame) -> dict[str, set[str]]:
+def known_texts(terms: pd.DataFrame, pairs: pd.DataFrame) -> dict[str, set[str]]:
     """Every known text of each concept, normalised: label and synonyms (any scope) from
     terms.parquet, plus both sides of every pair of data/pairs/train.parquet (all pair
     types and languages: the official and machine translations the pipeline uses)."""

@@ -36,7 +36,7 @@ def headline(report: dict) -> dict:
             "guard_removed": sum(report["guard_removed"].values()), "mining_s": report["seconds"]["total_s"]}
 
 
-def publish(out: Path, df: pd.DataFrame) -> None:
+def publish_negatives(out: Path, df: pd.DataFrame) -> None:
     """negatives.parquet in a fresh folder swapped into ``out`` (never half-written)."""
     tmp = temp_sibling(out)
     tmp.mkdir(parents=True)
@@ -52,7 +52,7 @@ def run(params, pairs_dir: Path, terms: Path, edges: Path, model_dir: Path, out:
     rows, available = select_training_rows(pairs, p.pair_types, p.max_train_pairs, p.seed, pairs_dir / "train.parquet")
     if negatives_for(p) != "mined":
         log.info("train.negatives is %s, not mined: nothing to mine (stub output)", negatives_for(p))
-        publish(out, rows[["anchor", "positive", "hpo_id"]])
+        publish_negatives(out, rows[["anchor", "positive", "hpo_id"]])
         report = {"skipped": True, "reason": f"train.negatives is {p.negatives!r}", "anchors": len(rows)}
     else:
         concepts = read_table(pairs_dir / "concepts.parquet", "concepts")
@@ -67,7 +67,7 @@ def run(params, pairs_dir: Path, terms: Path, edges: Path, model_dir: Path, out:
             model.max_seq_length = p.max_seq_length
         df, report = mine(rows[["anchor", "positive", "hpo_id"]], corpus, texts, onto, m, model=model,
                           cache=cache, model_key=model_hash(model_dir, p.max_seq_length) if cache else None)
-        publish(out, df)
+        publish_negatives(out, df)
         report |= {"rows_available": available, "params": m.model_dump(),
                    "examples": df.head(20)[["anchor", "positive", "negative_1", "negative_1_source"]]
                    .to_dict("records")}

@@ -60,7 +60,7 @@ from tqdm import tqdm
 from hpo_embed.common import UserError, case_key, log, publish_dir, temp_sibling, write_json, write_parquet
 from hpo_embed.pairs.generate import apply_type_caps, concept_pairs, concept_queries, select_pairs
 from hpo_embed.pairs.splits import BENCH, SPLITS, apply_holdout, assign_splits, holdout_cases
-from hpo_embed.pairs.texts import LangTexts, _names, concept_texts, drop_untranslated_synonyms, terms_texts
+from hpo_embed.pairs.texts import LangTexts, concept_texts, drop_untranslated_synonyms, names_of, terms_texts
 from hpo_embed.params import PairsParams
 from hpo_embed.retrieval.corpus import load_terms
 from hpo_embed.schemas import CONCEPTS_SCHEMA, PAIRS_SCHEMA, QUERIES_SCHEMA, SHARED_SCHEMA
@@ -207,7 +207,7 @@ def collect(texts_of: dict, split_of: dict[str, str], branch_of: dict[str, str],
             if t is None:
                 continue
             c.with_label[lang] += t.label is not None
-            for name in _names(t):
+            for name in names_of(t):
                 if not name:
                     continue
                 key = name.casefold()

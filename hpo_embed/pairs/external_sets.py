@@ -32,7 +32,7 @@ class QuerySet:
         return f"{self.set}.{self.lang}" if self.lang else self.set
 
 
-def _sanitize(name: str) -> str:
+def safe_name(name: str) -> str:
     return _NAME_OK.sub("_", name.lower()).strip("_")
 
 
@@ -86,7 +86,7 @@ def load_external_set(path: Path, corpus_ids: set[str], replaced_by: dict[str, s
     if not texts:
         raise UserError(f"{path}: none of its {len(data)} cases has an expected id in the corpus "
                         "(all skipped); check the ids or hpo.roots")
-    return QuerySet(set="phentrieve." + _sanitize(path.stem), lang=None, texts=texts,
+    return QuerySet(set="phentrieve." + safe_name(path.stem), lang=None, texts=texts,
                     expected=expected, counts=counts)
 
 

@@ -73,7 +73,7 @@ def terms_texts(row: dict) -> dict[str, LangTexts]:
 def english_names(texts: dict[str, LangTexts]) -> set[str]:
     """The concept's English label and synonyms, casefolded."""
     en = texts.get("en")
-    return {n.casefold() for n in _names(en)} if en is not None else set()
+    return {n.casefold() for n in names_of(en)} if en is not None else set()
 
 
 def drop_untranslated_synonyms(texts: dict[str, LangTexts], dropped: collections.Counter) -> None:
@@ -89,5 +89,5 @@ def drop_untranslated_synonyms(texts: dict[str, LangTexts], dropped: collections
         t.synonyms = keep
 
 
-def _names(t: LangTexts) -> list[str]:
+def names_of(t: LangTexts) -> list[str]:
     return ([t.label[0]] if t.label else []) + [s[0] for s in t.synonyms]

@@ -22,7 +22,7 @@ NOT_IN_FINGERPRINT = {"resume", "save_total_limit", "test_queries", "target_prec
                       "calibration", "min_dev_examples", "batch_size_predict", "bootstrap_resamples"}
 
 
-def publish(model, out: Path) -> None:
+def publish_reranker(model, out: Path) -> None:
     """Save beside ``out`` and swap it in (never half-written)."""
     tmp = temp_sibling(out)
     if model is None:
@@ -39,7 +39,7 @@ def training_data(p, candidates: Path, docs: dict[str, str],
     cands = read_table(candidates, "candidates")
     split_of = dict(zip(*(read_table(concepts, "concepts")[c] for c in ("hpo_id", "split"))))
     try:
-        examples = M.build_examples(cands, docs, p.hard_negatives, p.random_negatives, p.max_train_examples, p.seed,
+        examples = M.reranker_examples(cands, docs, p.hard_negatives, p.random_negatives, p.max_train_examples, p.seed,
                                     split_of)
     except M.TooFewExamples as exc:
         raise UserError(f"{candidates}: {exc}; run the rerank_candidates stage (dvc repro rerank_candidates)") from None
@@ -53,7 +53,7 @@ def run(p, candidates: Path, finetuned: Path, base: Path, terms: Path, concepts:
         checkpoints: Path, metrics: Path) -> None:
     if not p.enabled:
         checkpoints.mkdir(parents=True, exist_ok=True)   # the --checkpoints folder exists either way
-        publish(None, out)
+        publish_reranker(None, out)
         write_json(metrics, {"enabled": False})
         return
     t0 = time.time()
@@ -79,7 +79,7 @@ def run(p, candidates: Path, finetuned: Path, base: Path, terms: Path, concepts:
     train_s = time.time() - t1
     best = max((e for e in trainer.state.log_history if trainer.best_metric_name in e),
                key=lambda e: e[trainer.best_metric_name])
-    publish(trainer.model, out)
+    publish_reranker(trainer.model, out)
     rr = M.rerank(dev, M.score_candidates(trainer.model, dev, docs, p.batch_size_predict))
     m = {"enabled": True, "init": p.init, "examples": len(examples), "queries": int(examples["query"].nunique()),
          "languages": languages, "pos_weight": round(pos_weight, 4),

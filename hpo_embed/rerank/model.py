@@ -21,7 +21,7 @@ class TooFewExamples(ValueError):
     """Not enough data for a step (the stage turns it into a one-line UserError)."""
 
 
-def build_examples(cands: pd.DataFrame, docs: dict[str, str], hard: int, rand: int, max_examples: int | None,
+def reranker_examples(cands: pd.DataFrame, docs: dict[str, str], hard: int, rand: int, max_examples: int | None,
                    seed: int, split_of: dict[str, str] | None = None) -> pd.DataFrame:
     """Examples (columns query, document, label, hpo_id, candidate) from the ``set == 'train'``
     rows of ``cands``. ``split_of`` (concept -> split), when given, must put every expected

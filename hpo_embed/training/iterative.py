@@ -18,7 +18,7 @@ from sentence_transformers import SentenceTransformerTrainer
 from hpo_embed.checkpoints import last_complete_checkpoint
 from hpo_embed.common import UserError, atomic_write_bytes, write_json
 from hpo_embed.models.loader import load_sentence_transformer
-from hpo_embed.negatives.dataset import build_examples
+from hpo_embed.negatives.dataset import mined_examples
 from hpo_embed.negatives.mining import Corpus, mine
 from hpo_embed.ontology.graph import IsAGraph
 from hpo_embed.params import MineParams
@@ -79,7 +79,7 @@ def round_one(negs: pd.DataFrame, hn: MineParams, p, fingerprint: str, folder: P
     else:
         t = time.time()
         model = load_model()
-        ds, keys, _ = build_examples(negs.iloc[r1_rows].reset_index(drop=True), p, hn)
+        ds, keys, _ = mined_examples(negs.iloc[r1_rows].reset_index(drop=True), p, hn)
         ckpt = folder / "checkpoints"
         last = last_complete_checkpoint(ckpt, clean=True) if p.resume and ckpt.is_dir() else None
         trainer = SentenceTransformerTrainer(model=model, args=make_args(str(ckpt), keys), train_dataset=ds,

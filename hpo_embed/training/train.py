@@ -31,8 +31,7 @@ from hpo_embed.gpu.preflight import bf16_native, check_precision, lower_hint, re
 from hpo_embed.hardware import TokenCounter
 from hpo_embed.models.loader import freeze_word_embeddings, known_good_tokenizer
 from hpo_embed.negatives.anchors import select_training_rows
-from hpo_embed.negatives.dataset import build_examples as build_mined_examples
-from hpo_embed.negatives.dataset import load_negatives, mining_inputs
+from hpo_embed.negatives.dataset import load_negatives, mined_examples, mining_inputs
 from hpo_embed.ontology.graph import load_graph
 from hpo_embed.pairs.dev_set import dev_eval_set
 from hpo_embed.retrieval.corpus import build_corpus, load_terms
@@ -189,7 +188,7 @@ def training_set(r: Run, rows: dict[str, Any]) -> tuple[Any, Any, dict, Any, dic
             lambda: mining_inputs(read_table(a.terms, "terms"), read_table(a.edges, "edges"),
                                   read_table(a.pairs / "concepts.parquet", "concepts"), rows["all_pairs"],
                                   params.mine.corpus_format))
-    dataset, keys, info = build_mined_examples(train_df, p, params.mine)
+    dataset, keys, info = mined_examples(train_df, p, params.mine)
     if params.mine.rounds == 2:
         info["iterative"] = round_info
     return dataset, keys, info, build_loss(r.model, p, mined=params.mine), round1_state, train_df
