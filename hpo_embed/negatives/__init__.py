@@ -1,3 +1,3 @@
-"""Hard negatives (issue 15): ontology relatives and model-mined texts behind a
-false-negative guard, the n-tuple training set, the losses that use it and the
-two-round iterative driver. Design and measurements: docs/negatives.md."""
+"""Hard negatives: ontology relatives and model-mined texts behind a false-negative guard
+(``mining``), the training rows they are mined for (``anchors``), the mined n-tuple training
+set (``dataset``) and the mine stage (``run``). Design and measurements: docs/negatives.md."""

@@ -34,18 +34,6 @@ __all__ = ["IN_BATCH_LOSSES", "PAIR_TYPES", "TRAIN_LOSSES", "TRANSLATE_LANGUAGES
 PARAMS_FILE = ROOT / "params.yaml"
 
 
-# --------------------------------------------------------------------------- sections
-# One dataclass per top-level section of params.yaml. Each stage owns its section.
-
-
-# --------------------------------------------------------------------------- mine (issue 15)
-# Hard-negative mining (stages/mine.py, hpo_embed/negatives; docs/negatives.md).
-
-
-# --------------------------------------------------------------------------- rerank (issue 18)
-# The cross-encoder reranker stages (hpo_embed/rerank; docs/reranker.md).
-
-
 SECTIONS: dict[str, type[Section]] = {
     "hpo": HpoParams,
     "translate": TranslateParams,

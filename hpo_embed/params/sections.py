@@ -172,7 +172,7 @@ class QuantizeParams(Section):
                                           "fused_dynamic_qattention", "fused_dynamic_fp32_embeddings", "fused_dynamic_keep_sensitive",
                                           "fused_static_qdq", "plain_static_qdq"]] = spec(default_factory=lambda: ["nbits_b32", "fused_dynamic", "fused_dynamic_qattention",
                                                           "fused_dynamic_keep_sensitive", "fused_static_qdq"],
-                                 doc="method auto: INT8 candidates built and measured (hpo_embed.export.quantize.CANDIDATES)")
+                                 doc="method auto: INT8 candidates built and measured (hpo_embed.export.candidates.CANDIDATES)")
     gate_mrr_delta: Float = spec(-0.005, max=0.0, doc="auto: quality gate, minimum MRR(int8) - MRR(fp32)")
     gate_hr1_delta: Float = spec(-0.01, max=0.0, doc="auto: quality gate, minimum HR@1(int8) - HR@1(fp32)")
     sensitive_keep: Int = spec(4, min=0, doc="fused_dynamic_keep_sensitive: MatMuls with the largest simulated "

@@ -1,13 +1,10 @@
-"""Cross-encoder reranking of the bi-encoder's top-k candidates (issue 18).
+"""Cross-encoder reranking of the bi-encoder's top-k candidates (docs/reranker.md).
 
-- ``params``: ``RerankParams``, the ``rerank:`` section of params.yaml;
-- ``candidates``: the bi-encoder's top-k candidate lists (multi- or single-vector);
-- ``examples``: training examples (train-split concepts only);
-- ``model``: CrossEncoder training (CrossEncoderTrainer), resume, reranking;
-- ``calibration``: ECE, Brier, Platt / isotonic calibration, per-branch thresholds,
-  calibration.json;
-- ``evaluate``: bi-encoder vs bi-encoder + reranker, the report;
-- ``export``: ONNX INT8 export of the reranker and its agreement with PyTorch.
-
-Functions take data as arguments (no paths from params, no argv); docs/reranker.md.
+- ``candidates``: the bi-encoder's top-k candidate lists (the rerank_candidates stage);
+- ``model``: CrossEncoder examples, training, scoring, reranking;
+- ``fit``: the rerank_train stage;
+- ``calibration``: ECE, Brier, Platt / isotonic calibration, per-branch thresholds;
+- ``calibrate``: the calibrate stage;
+- ``evaluate`` and ``benchmark``: bi-encoder vs reranked, the rerank_benchmark stage;
+- ``export``: the ONNX INT8 reranker (the rerank_export stage).
 """
