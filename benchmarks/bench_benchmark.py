@@ -28,7 +28,7 @@ def build_inputs(work: Path, frac: float) -> None:
     import numpy as np
     import pandas as pd
 
-    from stages.params import HpoParams
+    from hpo_embed.params import HpoParams
     from stages.parse_hpo import run as parse_hpo
 
     if not (work / "hpo" / "terms.parquet").is_file():
@@ -117,8 +117,8 @@ def main() -> None:
     import torch
 
     from stages import benchmark as bm
-    from stages.models import resolve_model
-    from stages.params import BenchmarkParams, TrainParams
+    from hpo_embed.models.loader import resolve_model
+    from hpo_embed.params import BenchmarkParams, TrainParams
 
     import logging
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -39,7 +39,7 @@ def generate(folder: Path, n_concepts: int, languages: list[str], seed: int = 0)
     import pandas as pd
     from tqdm import tqdm
 
-    from stages.translation_schema import SCHEMA_VERSION, dumps, translation_path
+    from hpo_embed.translation.schema import SCHEMA_VERSION, dumps, translation_path
 
     rng = random.Random(seed)
     tr = folder / "translations"
@@ -74,7 +74,7 @@ def generate(folder: Path, n_concepts: int, languages: list[str], seed: int = 0)
 
 def child(folder: Path, languages: list[str]) -> None:
     from stages.pairs import run
-    from stages.params import PairsParams
+    from hpo_embed.params import PairsParams
 
     m = run(PairsParams(), languages, translations_dir=folder / "translations",
             terms_path=folder / "terms.parquet", out_dir=folder / "pairs",

@@ -21,7 +21,7 @@ def main() -> None:
     from sentence_transformers.sentence_transformer.modules import Normalize, Pooling, Transformer
     from transformers import AutoTokenizer, BertConfig, BertModel
 
-    from stages.models import resolve_model
+    from hpo_embed.models.loader import resolve_model
 
     out = Path(sys.argv[1] if len(sys.argv) > 1 else "/tmp/e5_standin")
     torch.manual_seed(0)
