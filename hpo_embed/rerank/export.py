@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from hpo_embed.common import UserError, write_json
+from hpo_embed.export.onnx import ort_session_options
 from hpo_embed.rerank.model import load_cross_encoder, score_candidates
 from hpo_embed.retrieval.corpus import build_corpus, load_terms
 from hpo_embed.schemas import read_table
@@ -29,16 +30,6 @@ INT8_FILE = "onnx/model_int8.onnx"
 
 def int8_file(preset: str | None = None) -> str:
     return INT8_FILE
-
-
-def session_options(threads: int):
-    import onnxruntime as ort
-
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = threads
-    so.inter_op_num_threads = 1
-    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    return so
 
 
 def export_int8(src: Path, dst: Path, preset: str = "avx512_vnni") -> Path:
@@ -74,7 +65,7 @@ def load_int8(folder: Path, preset: str, threads: int, max_length: int):
 
     model = CrossEncoder(str(folder), backend="onnx", device="cpu", local_files_only=True, max_length=max_length,
                          model_kwargs={"file_name": int8_file(preset), "provider": "CPUExecutionProvider",
-                                       "session_options": session_options(threads)})
+                                       "session_options": ort_session_options(threads)})
     model.prompts = {}
     model.default_prompt_name = None
     return model
