@@ -6,7 +6,8 @@ bytes of its input files); checkpoints of another fingerprint are removed, never
 A checkpoint is resumed only when it is *complete*: every file the Trainer wrote can be
 read back (JSON parses, torch zip archives pass their CRC check, safetensors files are as
 long as their header says). A run killed while saving, or a file damaged later, makes the
-checkpoint incomplete: it is removed with one warning and the previous one is tried.
+checkpoint incomplete: it is removed with one warning and the previous one is tried. The
+newest checkpoint is found by transformers' ``get_last_checkpoint``.
 """
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
 
 from hpo_embed.common import write_json
 
@@ -102,7 +103,8 @@ def last_complete_checkpoint(folder: Path, clean: bool) -> Path | None:
     """The newest complete checkpoint in ``folder``. A newer incomplete one is removed with
     one warning line when ``clean`` and the next newest tried; without ``clean`` (the other
     ranks of a distributed run, after rank 0 has cleaned) an incomplete newest means none."""
-    for d in checkpoints(folder):
+    while folder.is_dir() and (newest := get_last_checkpoint(str(folder))) is not None:
+        d = Path(newest)
         problem = checkpoint_problem(d)
         if problem is None:
             return d
@@ -110,7 +112,7 @@ def last_complete_checkpoint(folder: Path, clean: bool) -> Path | None:
             return None
         log.warning("checkpoint %s is incomplete (%s): removed; resuming from the previous complete one, "
                     "if any", d, problem)
-        shutil.rmtree(d, ignore_errors=True)
+        shutil.rmtree(d)
     return None
 
 
