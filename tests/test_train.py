@@ -627,6 +627,27 @@ def test_two_retrains_with_the_same_params_publish_byte_identical_models(tiny_mo
                                                        for p in published)))
 
 
+def test_a_run_resumed_at_its_last_checkpoint_publishes_the_same_bytes(tiny_model, tmp_path):
+    """sentence-transformers fills the card's training-loss table only from the steps it sees:
+    a run resumed from its last checkpoint (nothing left to train) published a card without
+    the table, so the folder's hash changed and quantize and benchmark reran for nothing. Its
+    throughput is not a measurement either: null, not 0."""
+    base = _without_pooler(tiny_model, tmp_path / "base")
+    inputs = write_inputs(tmp_path)
+    params = write_params(tmp_path / "p.yaml", base, max_train_pairs=48, dev_corpus_size=20)
+
+    def published() -> dict[str, bytes]:
+        return {str(f.relative_to(tmp_path / "finetuned")): f.read_bytes()
+                for f in sorted((tmp_path / "finetuned").rglob("*")) if f.is_file()}
+    first = run_inprocess(tmp_path, inputs, params)
+    before = published()
+    assert first["pairs_per_s"] > 0 and "### Training Logs" in before["README.md"].decode()
+    again = run_inprocess(tmp_path, inputs, params)
+    assert again["resumed_from_step"] == again["steps"] == first["steps"]
+    assert again["pairs_per_s"] is None and again["best"] == first["best"]
+    assert published() == before
+
+
 # --------------------------------------------------------------------------- precision on CPU (issue #24)
 
 XEON_AMX = ("vendor_id\t: GenuineIntel\nmodel name\t: Intel(R) Xeon(R) Platinum 8488C\ncpu MHz\t\t: 2400.000\n"

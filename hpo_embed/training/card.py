@@ -8,10 +8,14 @@ from hpo_embed.common import publish_dir, temp_sibling
 from hpo_embed.training.monitor import CUTS
 
 
-def write_model(model, out: Path, card: str, langs: list[str], licence: str | None) -> None:
+def write_model(model, out: Path, card: str, langs: list[str], licence: str | None,
+                log_history: list[dict] | None = None) -> None:
     """Save into a temporary folder beside ``out`` and publish it, so ``out`` is never
     half-written. The model card is sentence-transformers' own (the trainer's record of
-    datasets, loss, hyperparameters and evaluation, generated offline) followed by ours."""
+    datasets, loss, hyperparameters and evaluation, generated offline) followed by ours.
+    ``log_history`` (the trainer state's) fills the card's training-loss table: the library
+    collects it only from the steps it sees, so a run resumed from a checkpoint would
+    otherwise publish another card than an uninterrupted one."""
     tmp = temp_sibling(out)
     data = model.model_card_data
     data.language = langs or data.language
@@ -22,6 +26,9 @@ def write_model(model, out: Path, card: str, langs: list[str], licence: str | No
     # no wall-clock section ("Training Time"): an unchanged retrain must publish the same
     # bytes (times are in reports/train.json); sentence-transformers prints it when set
     data._training_start_time = None
+    if log_history is not None:
+        data.training_logs = [{"Epoch": e["epoch"], "Step": e["step"], "Training Loss": e["loss"]}
+                              for e in log_history if "loss" in e]
     model.save(str(tmp), create_model_card=True)
     generated = (tmp / "README.md").read_text(encoding="utf-8") if (tmp / "README.md").is_file() else ""
     (tmp / "README.md").write_text(generated.rstrip() + "\n\n" + card, encoding="utf-8")

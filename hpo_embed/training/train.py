@@ -248,7 +248,8 @@ def summarize(r: Run, rows: dict, trainer, flow: LiveLog, evaluator: DevRetrieva
     best_eval = max((e for e in state.log_history if BEST_METRIC in e), key=lambda e: e[BEST_METRIC])  # first max
     best = dev_summary(best_eval, "eval_")
     train_s, train_eval_s = flow.start["train_s"], evaluator.seconds - flow.start["eval_s"]
-    pairs_per_s = (state.global_step - flow.start["step"]) * p.batch_size * world / max(1e-9, train_s - train_eval_s)
+    done = state.global_step - flow.start["step"]   # 0 when resumed from the last step: nothing measured
+    pairs_per_s = done * p.batch_size * world / max(1e-9, train_s - train_eval_s) if done else None
     if best["mrr"] < baseline["mrr"]:
         log.warning("best dev MRR %.4f is below the base model's %.4f", best["mrr"], baseline["mrr"])
     hpo = json.loads(r.paths.hpo_metrics.read_text()) if r.paths.hpo_metrics.is_file() else {}
@@ -259,7 +260,7 @@ def summarize(r: Run, rows: dict, trainer, flow: LiveLog, evaluator: DevRetrieva
         "steps": state.global_step, "epochs": round(float(state.epoch or 0), 4),
         "resumed_from_step": flow.start["step"], "world_size": world, "device": device, "precision": r.precision,
         "wall_time_s": round(time.time() - t0, 1), "train_time_s": round(train_s, 1),
-        "eval_time_s": round(evaluator.seconds, 1), "pairs_per_s": round(pairs_per_s, 2),  # steps only
+        "eval_time_s": round(evaluator.seconds, 1), "pairs_per_s": round(pairs_per_s, 2) if done else None,  # steps only
         "peak_share": peak_share(device, r.precision, tokens, r.model, train_s - train_eval_s),
         "precision_check": precision_info, "dev": rows["dev"][3], "baseline": baseline, "best": best,
         "best_step": best_eval["step"], "gain_mrr": round(best["mrr"] - baseline["mrr"], 6),
@@ -303,7 +304,7 @@ def run(params, a: TrainPaths) -> dict | None:
     base_info = json.loads(r.base_info_file.read_text()) if r.base_info_file.is_file() else {"source": str(a.base)}
     metrics["base_model_info"] = {k: base_info.get(k) for k in ("source", "revision", "prompt")}
     write_model(trainer.model, a.out, model_card(p, params.lr, metrics["data_version"], rows["langs"], metrics,
-                                                 base_info), rows["langs"], base_info.get("licence"))
+                                                 base_info), rows["langs"], base_info.get("licence"), trainer.state.log_history)
     write_json(a.report, metrics)
     write_json(a.metrics, headline(metrics))
     log.info("dev MRR %.4f -> %.4f (best at step %d); %s", baseline["mrr"], metrics["best"]["mrr"],
