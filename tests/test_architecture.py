@@ -20,6 +20,7 @@ from collections import defaultdict
 from pathlib import Path
 
 import pytest
+from test_dvc_deps import imported_names
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -70,31 +71,30 @@ def project_modules() -> dict[str, Path]:
     return {module_name(p): p for p in files}
 
 
-def imports_of(tree: ast.AST, module: str, known: set[str]) -> list[tuple[str, bool, int]]:
-    """(imported project module, inside a function?, line) for every import of ``tree``."""
-    top = {id(n) for n in getattr(tree, "body", [])}
-    for n in getattr(tree, "body", []):
+def module_level(tree: ast.Module) -> set[int]:
+    """ids of the nodes at module level (also inside a module-level ``if``/``try``)."""
+    top = {id(n) for n in tree.body}
+    for n in tree.body:
         if isinstance(n, (ast.If, ast.Try)):
             top |= {id(m) for m in ast.walk(n)}
+    return top
+
+
+def imports_of(tree: ast.Module, module: str, known: set[str]) -> list[str]:
+    """The project modules ``tree`` imports (anywhere, also inside functions)."""
     out = []
     for n in ast.walk(tree):
-        if isinstance(n, ast.Import):
-            names = [a.name for a in n.names]
-        elif isinstance(n, ast.ImportFrom) and n.module:
-            names = [n.module] + [f"{n.module}.{a.name}" for a in n.names]
-        else:
-            continue
-        for name in names:
+        for name in imported_names(n):
             while name and name not in known:
                 name = name.rpartition(".")[0]
             if name and name != module:
-                out.append((name, id(n) not in top, n.lineno))
+                out.append(name)
     return out
 
 
 def graph(sources: dict[str, str]) -> dict[str, set[str]]:
     known = set(sources)
-    return {m: {t for t, _, _ in imports_of(ast.parse(src), m, known)} for m, src in sources.items()}
+    return {m: set(imports_of(ast.parse(src), m, known)) for m, src in sources.items()}
 
 
 def cycles(edges: dict[str, set[str]]) -> list[list[str]]:
@@ -172,10 +172,7 @@ def oversized(path: str, src: str, max_file: int, max_function: int) -> list[str
 
 def bad_lazy_imports(path: str, src: str) -> list[str]:
     tree = ast.parse(src)
-    top = {id(n) for n in tree.body}
-    for n in tree.body:
-        if isinstance(n, (ast.If, ast.Try)):
-            top |= {id(m) for m in ast.walk(n)}
+    top = module_level(tree)
     out = []
     for n in ast.walk(tree):
         if isinstance(n, (ast.Import, ast.ImportFrom)) and id(n) not in top:

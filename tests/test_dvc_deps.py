@@ -26,18 +26,23 @@ def _module_file(name: str, root: Path) -> Path | None:
     return None
 
 
+def imported_names(node: ast.AST) -> list[str]:
+    """The absolute module names an import node may load (``from a.b import c``: ``a.b`` and
+    ``a.b.c``, which is a module when ``c`` is one); [] for anything else."""
+    if isinstance(node, ast.Import):
+        return [a.name for a in node.names]
+    if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+        return [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+    return []
+
+
 def local_imports(path: Path, root: Path) -> set[Path]:
     """Project modules imported anywhere in ``path`` (``import hpo_embed.x``,
     ``from hpo_embed.x import y``, ``from hpo_embed import x``), with the package
     ``__init__.py`` files they run when they hold more than a docstring."""
     found: set[Path] = set()
     for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-        names: list[str] = []
-        if isinstance(node, ast.Import):
-            names = [a.name for a in node.names]
-        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
-        for name in names:
+        for name in imported_names(node):
             f = _module_file(name, root)
             if f is not None:
                 found.add(f)
