@@ -53,6 +53,21 @@ def test_strings_for_bools_lists_and_null_are_cast():
     assert p.hpo.sha256 is None
 
 
+def test_choices_are_cast_like_their_type_and_named_in_one_line():
+    """Choices are pydantic ``Literal`` types: an integer choice still takes the string a
+    command line writes (``"64"``), never a boolean; a bad value or a repeat names the key."""
+    assert parse_params({"quantize": {"block_size": "64"}}).quantize.block_size == 64
+    assert parse_params({"mine": {"ontology_relations": "siblings,cousins"}}).mine.ontology_relations == [
+        "siblings", "cousins"]
+    for raw, message in [({"quantize": {"block_size": True}}, "quantize.block_size: expected one of 16, 32"),
+                         ({"quantize": {"block_size": 63}}, "quantize.block_size: 63 is not one of: 16, 32"),
+                         ({"train": {"prompt": "x"}}, "train.prompt: 'x' is not one of: auto, none, query"),
+                         ({"mine": {"sources": ["model", "model"]}}, "mine.sources: 'model' is listed twice")]:
+        with pytest.raises(UserError) as exc:
+            parse_params(raw)
+        assert str(exc.value).startswith(f"params.yaml: {message}")
+
+
 def test_cli_reports_bad_file_in_one_line(tmp_path):
     bad = tmp_path / "params.yaml"
     bad.write_text("lr: -0.1\n")

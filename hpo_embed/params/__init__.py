@@ -93,6 +93,8 @@ def _describe(tp: Any) -> str:
         return f"a mapping of {_describe(k)} to {_describe(v)}"
     if tp is type(None):
         return "null"
+    if origin is Literal:
+        return "one of " + ", ".join(map(str, typing.get_args(tp)))
     if isinstance(tp, type) and issubclass(tp, BaseModel):
         return "a mapping"
     return {int: "an integer", float: "a number", bool: "true/false", str: "a string"}.get(tp, str(tp))

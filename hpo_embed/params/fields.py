@@ -44,6 +44,7 @@ def _number(value: Any, integer: bool) -> Any:
 
 
 Int = Annotated[int, BeforeValidator(lambda v: _number(v, True))]
+IntChoice = Annotated[T, BeforeValidator(lambda v: _number(v, True))]   # IntChoice[Literal[16, 32]]: "32" is 32
 
 
 Float = Annotated[float, BeforeValidator(lambda v: _number(v, False))]

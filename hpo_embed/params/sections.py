@@ -5,7 +5,7 @@ from typing import Literal
 
 from pydantic import model_validator
 
-from hpo_embed.params.fields import Float, Int, Section, UniqueList, spec
+from hpo_embed.params.fields import Float, Int, IntChoice, Section, UniqueList, spec
 
 
 class HpoParams(Section):
@@ -183,8 +183,8 @@ class QuantizeParams(Section):
     gate_corpus: Int = spec(2000, min=0, doc="documents in the quality-gate corpus: every gold document + random "
                                              "distractors; 0 = the whole corpus")
     bootstrap_resamples: Int = spec(1000, min=100, doc="resamples for the bootstrap CI of the quality deltas")
-    block_size: Literal[16, 32, 64, 128, 256] = spec(32, doc="matmul_nbits: weights per scale block")
-    accuracy_level: Literal[0, 1, 2, 3, 4] = spec(4,
+    block_size: IntChoice[Literal[16, 32, 64, 128, 256]] = spec(32, doc="matmul_nbits: weights per scale block")
+    accuracy_level: IntChoice[Literal[0, 1, 2, 3, 4]] = spec(4,
                                doc="matmul_nbits: MatMulNBits compute type (4 = int8 with per-block "
                                    "activation scales, 0 = unset = fp32)")
     preset: Literal["avx512_vnni", "avx512", "avx2", "arm64"] = spec("avx512_vnni",
