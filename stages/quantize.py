@@ -32,13 +32,16 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--rebuild", action="store_true", help="with --select: rebuild and re-measure everything")
     a = ap.parse_args(argv)
     logging.getLogger("onnxruntime").setLevel(logging.WARNING)  # one INFO line per graph node otherwise
-    p = load_params(a.params).quantize
+    params = load_params(a.params)
+    p = params.quantize
+    gate_sets = params.benchmark.external_sets if p.gate_sets is None else p.gate_sets
     if a.select and not a.rebuild:
         src = a.model if (a.model / "modules.json").is_file() else None
         rep = select_on_this_machine(p, src, a.out, a.metrics, a.reports, build=a.build)
     else:
         rep = run(p, a.model, a.out, a.metrics, terms_path=a.terms,
-                  queries_path=a.queries, translations=a.translations, reports=a.reports, build=a.build)
+                  queries_path=a.queries, translations=a.translations, reports=a.reports, build=a.build,
+                  gate_sets=gate_sets)
     h = headline(rep)
     print(f"chosen {h['chosen']} (gate {'passed' if h['gate_passed'] else 'NOT passed'}): "
           f"{h['speed_ratio_b32']}x {h['baseline']} at batch 32, {h['speed_ratio_index']}x indexing, "

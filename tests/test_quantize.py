@@ -181,16 +181,63 @@ def test_select_fastest_passing_candidate_wins():
     assert QG.select({"edge": _row(1, -0.005, -0.01), "x": _row(0.5, 0, 0)}, -0.005, -0.01)[:2] == ("edge", True)
 
 
-def test_select_none_passing_publishes_best_quality_flagged():
+def test_select_none_passing_falls_back_to_onnx_fp32_flagged():
     rows = {"fast": _row(900, -0.02, -0.001), "best_mrr": _row(300, -0.006, -0.02), "mid": _row(500, -0.01, 0.0)}
     name, passed, reason = QG.select(rows, -0.005, -0.01)
-    assert (name, passed) == ("best_mrr", False)
-    assert reason.startswith("NO candidate passes")
-    # ties on quality: the faster one
-    tie = {"a": _row(100, -0.01, -0.02), "b": _row(200, -0.01, -0.02)}
-    assert QG.select(tie, -0.005, -0.01)[:2] == ("b", False)
+    assert (name, passed) == (QG.FALLBACK, False) == ("onnx_fp32", False)
+    assert reason.startswith("NO INT8 candidate passes") and "ONNX fp32" in reason
     with pytest.raises(ValueError):
         QG.select({}, -0.005, -0.01)
+
+
+def test_a_significant_loss_on_a_clinical_set_fails_the_gate():
+    ok = {**_row(900, -0.001, 0.0), "sets": {"phentrieve.a": {"mrr_delta": -0.01, "mrr_delta_ci": [-0.04, 0.01]}}}
+    lost = {**_row(950, -0.001, 0.0), "sets": {"phentrieve.a": {"mrr_delta": -0.03, "mrr_delta_ci": [-0.06, -0.002]}}}
+    assert QG.passes_gate(ok, -0.005, -0.01) and not QG.passes_gate(lost, -0.005, -0.01)
+    assert QG.select({"ok": ok, "lost": lost}, -0.005, -0.01)[:2] == ("ok", True)   # the faster one fails
+
+
+def test_gate_inputs_score_multi_vector_with_held_out_and_clinical_sets(tmp_path):
+    terms = pd.read_parquet(_terms(tmp_path / "terms.parquet"))
+    ids = sorted(terms["id"])
+    label = dict(zip(terms["id"], terms["label"]))
+    queries = pd.DataFrame([{"text": f"{label[h]} (de)", "hpo_id": h, "split": "test", "lang": "de",
+                             "field": "label", "source": "official"} for h in ids[:4]]
+                           + [{"text": f"{label[ids[0]]} syndrome", "hpo_id": ids[0], "split": "test", "lang": "en",
+                               "field": "synonym", "source": "hpo"}])
+    qpath = tmp_path / "queries.parquet"
+    queries.to_parquet(qpath)
+    ext = tmp_path / "clinical.json"
+    ext.write_text(json.dumps([{"text": "a clinical phrase", "expected_hpo_ids": [ids[1], ids[2]]}]))
+    p = _replace(PARAMS, agreement_queries=100, gate_corpus=4)
+    gi = QG.gate_inputs(terms, p, qpath, [str(ext)])
+    assert gi.index.mode == "multi" and len(gi.index.corpus_ids) == 4   # gold concepts + distractors up to 4
+    assert len(gi.index.texts) > len(gi.index.corpus_ids)              # labels and EXACT synonyms
+    held, clinical = gi.sets
+    # the English synonym query is an indexed text of its own concept: dropped, as the benchmark drops it
+    assert held.key == "heldout" and len(held.texts) == 4 and f"{label[ids[0]]} syndrome" not in held.texts
+    assert clinical.key == "phentrieve.clinical" and len(clinical.expected[0]) == 2
+    emb = {t: np.eye(16)[i % 16] for i, t in enumerate(sorted(set(gi.queries) | set(gi.index.texts)))}
+    ref = {"queries": np.stack([emb[t] for t in gi.queries]), "corpus": np.stack([emb[t] for t in gi.index.texts])}
+    q = QG.quality(ref, ref, gi, 100, 0)
+    assert q["mrr_delta"] == q["hr1_delta"] == 0 and q["top1_agreement"] == 1.0
+    assert q["sets"]["phentrieve.clinical"] == {"n_queries": 1, "mrr_delta": 0.0, "mrr_delta_ci": [0.0, 0.0]}
+
+
+def test_no_passing_candidate_publishes_the_fp32_export(built, tmp_path):
+    _, out, _, _ = built
+    build = tmp_path / "onnx-build"
+    shutil.copytree(QO.default_build_dir(out), build)
+    state_file = build / Q.STATE_FILE
+    state = json.loads(state_file.read_text())
+    for c in state["candidates"].values():   # every candidate lost significantly on a clinical set
+        c["sets"] = {"phentrieve.x": {"n_queries": 70, "mrr_delta": -0.05, "mrr_delta_ci": [-0.09, -0.01]}}
+    state_file.write_text(json.dumps(state))
+    p = _replace(PARAMS, gate_mrr_delta=-1.0, gate_hr1_delta=-1.0)
+    rep = Q.select_on_this_machine(p, None, tmp_path / "onnx", tmp_path / "m.json", tmp_path / "reports", build=build)
+    assert rep["chosen"] == "onnx_fp32" and not rep["gate_passed"]
+    assert (tmp_path / "onnx/onnx/model.onnx").read_bytes() == (build / QO.FP32_FILE).read_bytes()
+    assert json.loads((tmp_path / "m.json").read_text())["mrr_delta"] == 0.0
 
 
 def test_sensitivity_pass_ranks_every_weight_matmul(built):

@@ -19,11 +19,10 @@ import numpy as np
 from tqdm import tqdm
 
 from hpo_embed.common import ROOT, UserError, log
+from hpo_embed.export.gate import GateInputs, quality
 from hpo_embed.export.onnx import FP32_FILE, WEIGHT_FILES, file_mb, load_onnx, load_torch
 from hpo_embed.hardware import encoder_flops, native_bf16, peak_flops
 from hpo_embed.params import QuantizeParams
-from hpo_embed.retrieval.metrics import expected_positions, paired_diff
-from hpo_embed.schemas import read_table
 from hpo_embed.translation.schema import load as load_translation
 
 BF16_ROW = "pytorch_bf16"   # measured beside the candidates where the CPU has native bf16; never published
@@ -53,33 +52,6 @@ def measurement_texts(terms, n: int, seed: int, translations: Path | None) -> li
     texts = english + translated
     rng.shuffle(texts)
     return texts
-
-
-def agreement_queries(terms, n: int, seed: int, queries_path: Path | None) -> tuple[list[str], list[str], str]:
-    """Held-out retrieval queries: ``data/pairs/queries.parquet`` split=test when present;
-    otherwise (fallback, before the pairs stage has run) one English EXACT synonym of each
-    of a fixed random sample of concepts (synonyms are not in the label corpus).
-    Returns the query texts, their gold HPO ids and a description of the source."""
-
-    if queries_path is not None and queries_path.is_file():
-        q = read_table(queries_path, "queries")
-        test = q[q["split"] == "test"].dropna(subset=["text"]).drop_duplicates("text")
-        pairs = sorted(zip(test["text"], test["hpo_id"]))
-        if pairs:
-            pick = random.Random(seed).sample(pairs, min(n, len(pairs)))
-            return [t for t, _ in pick], [i for _, i in pick], f"{queries_path.name} split=test"
-    pairs = []
-    for row in terms.sort_values("id").to_dict("records"):
-        cands = [s["text"] for s in (row["synonyms"] if row["synonyms"] is not None else [])
-                 if s["scope"] == "EXACT" and s["text"] != row["label"]]
-        if cands:
-            pairs.append((cands[0], row["id"]))
-    counts: dict[str, int] = {}
-    for t, _ in pairs:
-        counts[t] = counts.get(t, 0) + 1
-    pairs = [(t, i) for t, i in pairs if counts[t] == 1]  # a text shared by two concepts is no query
-    pick = random.Random(seed).sample(pairs, min(n, len(pairs)))
-    return [t for t, _ in pick], [i for _, i in pick], "fallback: English EXACT synonyms"
 
 
 def raw_encode(model, texts: list[str], batch_size: int) -> np.ndarray:
@@ -138,56 +110,6 @@ def torch_weights_mb(src: Path) -> float:
     return round(sum(f.stat().st_size for f in files) / 2**20, 2)
 
 
-def retrieval_ranks(q: np.ndarray, c: np.ndarray, gold: list[int]) -> np.ndarray:
-    """Full-rank position of each query's gold document (cosine, pessimistic ties: a
-    document scoring equal to the gold one ranks before it).
-    LOCAL helper over hpo_embed.retrieval.metrics.expected_positions (the shared metrics module)."""
-    import torch
-
-
-    qn = torch.from_numpy(q / np.linalg.norm(q, axis=1, keepdims=True))
-    cn = torch.from_numpy(c / np.linalg.norm(c, axis=1, keepdims=True))
-    ranks = []
-    for i in range(0, len(qn), 256):
-        pos = expected_positions(qn[i:i + 256] @ cn.T, [[g] for g in gold[i:i + 256]])
-        ranks += [p[0] for p in pos]
-    return np.asarray(ranks)
-
-
-def gate_corpus(corpus: dict[str, str], gold_ids: list[str], size: int, seed: int) -> tuple[list[str], list[int]]:
-    """The quality-gate corpus: every gold document plus random distractors up to ``size``
-    documents (0 = the whole corpus), and each query's gold index into it."""
-    ids = list(corpus)
-    if size and size < len(ids):
-        need = [i for i in dict.fromkeys(gold_ids) if i in corpus]
-        rest = sorted(set(ids) - set(need))
-        ids = sorted(need + random.Random(seed).sample(rest, max(0, min(len(rest), size - len(need)))))
-    index = {i: k for k, i in enumerate(ids)}
-    return [corpus[i] for i in ids], [index[g] for g in gold_ids]
-
-
-def quality(ref: dict[str, np.ndarray], test: dict[str, np.ndarray], gold: list[int],
-            resamples: int, seed: int) -> dict[str, Any]:
-    """Quality deltas of ``test`` against ``ref`` (each ``{"queries", "corpus"}`` embeddings):
-    MRR and HR@1 with paired bootstrap CIs, top-1 agreement, cosine of query embeddings."""
-
-    r_ref = retrieval_ranks(ref["queries"], ref["corpus"], gold)
-    r_test = retrieval_ranks(test["queries"], test["corpus"], gold)
-    out: dict[str, Any] = {"mrr": round(float((1 / r_test).mean()), 4),
-                           "hr1": round(float((r_test == 1).mean()), 4)}
-    for name, a, b in (("mrr", 1 / r_test, 1 / r_ref), ("hr1", (r_test == 1) * 1.0, (r_ref == 1) * 1.0)):
-        d = paired_diff(a, b, resamples, seed)
-        out[f"{name}_delta"] = round(d["diff"], 4)
-        out[f"{name}_delta_ci"] = [round(d["diff_ci_low"], 4), round(d["diff_ci_high"], 4)]
-    qa, qb = ref["queries"], test["queries"]
-    ca, cb = ref["corpus"], test["corpus"]
-    top_a = (qa / np.linalg.norm(qa, axis=1, keepdims=True)) @ (ca / np.linalg.norm(ca, axis=1, keepdims=True)).T
-    top_b = (qb / np.linalg.norm(qb, axis=1, keepdims=True)) @ (cb / np.linalg.norm(cb, axis=1, keepdims=True)).T
-    out["top1_agreement"] = round(float((top_a.argmax(1) == top_b.argmax(1)).mean()), 4)
-    out["cosine_mean"] = round(float(cosine_rows(qa, qb).mean()), 5)
-    return out
-
-
 def speed(models: dict[str, Any], texts: list[str], latency_texts: list[str], batch_size: int,
           index_batch_size: int, repeats: int) -> dict[str, dict[str, float]]:
     """Interleaved timing in the production shapes: sentences/s at ``batch_size`` (32) and at
@@ -240,10 +162,10 @@ def with_ratios(rows: dict[str, dict[str, Any]], baseline: str) -> None:
 
 def measure_all(folder: Path, src: Path | None, cands: dict[str, dict[str, Any]], p: QuantizeParams,
                 texts: list[str], latency_texts: list[str], qual: dict[str, dict] | None = None,
-                q_inputs: tuple[list[str], list[str], list[int]] | None = None) -> dict[str, dict[str, Any]]:
+                gate: GateInputs | None = None) -> dict[str, dict[str, Any]]:
     """Rows for PyTorch fp32 (when ``src``), ONNX fp32 and every candidate: speed, size and
-    (given ``q_inputs`` = queries, corpus documents, gold indices) quality deltas against
-    ONNX fp32; ``qual`` reuses quality measured earlier (``--select``)."""
+    (given the ``gate`` inputs) quality deltas against ONNX fp32 (hpo_embed/export/gate.py);
+    ``qual`` reuses quality measured earlier (``--select``)."""
     models: dict[str, Any] = {}
     rows: dict[str, dict[str, Any]] = {}
     if src is not None:
@@ -258,24 +180,25 @@ def measure_all(folder: Path, src: Path | None, cands: dict[str, dict[str, Any]]
     models["onnx_fp32"] = load_onnx(folder, FP32_FILE, p.threads)
     rows["onnx_fp32"] = {"size_mb": file_mb(folder / FP32_FILE)}
     ref = None
-    if q_inputs is not None:
-        queries, docs, gold = q_inputs
-        log.info("quality: %d queries against %d documents", len(queries), len(docs))
-        ref = {"queries": raw_encode(models["onnx_fp32"], queries, p.index_batch_size),
-               "corpus": raw_encode(models["onnx_fp32"], docs, p.index_batch_size)}
+
+    def gate_embeddings(m) -> dict[str, np.ndarray]:
+        return {"queries": raw_encode(m, gate.queries, p.index_batch_size),
+                "corpus": raw_encode(m, gate.index.texts, p.index_batch_size)}
+
+    if gate is not None:
+        log.info("quality: %s against %d concepts (%d vectors, %s)",
+                 ", ".join(f"{len(s.texts)} {s.key} queries" for s in gate.sets), len(gate.index.corpus_ids),
+                 len(gate.index.texts), gate.index.mode)
+        ref = gate_embeddings(models["onnx_fp32"])
         if BF16_ROW in models:
-            m = models[BF16_ROW]
-            rows[BF16_ROW].update(quality(ref, {"queries": raw_encode(m, queries, p.index_batch_size),
-                                                "corpus": raw_encode(m, docs, p.index_batch_size)},
-                                          gold, p.bootstrap_resamples, p.seed))
+            rows[BF16_ROW].update(quality(ref, gate_embeddings(models[BF16_ROW]), gate, p.bootstrap_resamples,
+                                          p.seed))
     for name, info in cands.items():
         m = load_onnx(folder, info["file"], p.threads)
         models[name] = m
         rows[name] = {**{k: v for k, v in info.items() if k != "file"}, "size_mb": file_mb(folder / info["file"])}
         if ref is not None:
-            queries, docs, gold = q_inputs
-            test = {"queries": raw_encode(m, queries, p.index_batch_size), "corpus": raw_encode(m, docs, p.index_batch_size)}
-            rows[name].update(quality(ref, test, gold, p.bootstrap_resamples, p.seed))
+            rows[name].update(quality(ref, gate_embeddings(m), gate, p.bootstrap_resamples, p.seed))
             log.info("%s: %s", name, {k: rows[name][k] for k in ("mrr_delta", "hr1_delta", "top1_agreement")})
         elif qual and name in qual:
             rows[name].update(qual[name])

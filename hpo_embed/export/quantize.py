@@ -18,11 +18,13 @@ Steps (all with the real libraries, no hand-rolled graph surgery):
    builds just that one;
 3. measures, interleaved and against PyTorch fp32 in the same run, the production shapes:
    sentences/s at ``batch_size`` (32) and ``index_batch_size`` (indexing) and batch-1
-   latency p50/p95; and the quality on held-out queries: full-rank MRR (pessimistic ties)
-   and HR@1 minus ONNX fp32, with paired bootstrap CIs;
-4. publishes the fastest candidate (batch-32 sentences/s) with MRR delta >=
-   ``gate_mrr_delta`` and HR@1 delta >= ``gate_hr1_delta``; if none passes, the
-   best-quality one, flagged (``gate_passed: false``, a warning). The published folder is
+   latency p50/p95; and the quality gate's figures (hpo_embed/export/gate.py: multi-vector
+   retrieval as the benchmark scores it, held-out queries and the clinical-phrase sets):
+   full-rank MRR (pessimistic ties) and HR@1 minus ONNX fp32, with paired bootstrap CIs;
+4. publishes the fastest candidate (batch-32 sentences/s) that passes the gate (held-out
+   MRR delta >= ``gate_mrr_delta``, HR@1 delta >= ``gate_hr1_delta``, no significant MRR
+   loss on a clinical set); if none passes, the ONNX fp32 export, flagged
+   (``gate_passed: false``, a warning). The published folder is
    the SentenceTransformer folder (tokenizer, pooling, normalisation) with the chosen
    INT8 graph as ``onnx/model.onnx`` and no other ONNX file, so the plain
    ``SentenceTransformer("models/onnx", backend="onnx")`` loads the INT8 model (what the
@@ -45,16 +47,19 @@ from typing import Any
 
 from hpo_embed.common import ROOT, UserError, atomic_write_text, log, publish_dir, temp_sibling, write_json
 from hpo_embed.export.candidates import CANDIDATE_DIR, build_candidates, candidates_for
-from hpo_embed.export.gate import QUALITY_KEYS, passes_gate, select
-from hpo_embed.export.measure import (TEXTS_FILE, agreement_queries, gate_corpus, measure_all, measurement_texts,
+from hpo_embed.export.gate import FALLBACK, QUALITY_KEYS, gate_inputs, passes_gate, select
+from hpo_embed.export.measure import (TEXTS_FILE, measure_all, measurement_texts,
                                       peak_rss, with_ratios)
-from hpo_embed.export.onnx import PUBLISHED_FILE, check_model_folder, default_build_dir, export_fp32, write_release
+from hpo_embed.export.onnx import FP32_FILE, PUBLISHED_FILE, check_model_folder, default_build_dir, export_fp32, write_release
 from hpo_embed.export.report import headline, machine, report_markdown
 from hpo_embed.hardware import peak_flops
 from hpo_embed.params import QuantizeParams
-from hpo_embed.retrieval.corpus import build_corpus, load_terms
+from hpo_embed.retrieval.corpus import load_terms
 
 STATE_FILE = "onnx/quantize_config.json"
+
+
+QUALITY_SETTINGS = ("n_queries", "n_corpus", "n_vectors", "retrieval", "query_source", "clinical_sets")
 
 
 def decide_and_write(folder: Path, rows: dict[str, dict[str, Any]], p: QuantizeParams, model_name: str,
@@ -69,7 +74,9 @@ def decide_and_write(folder: Path, rows: dict[str, dict[str, Any]], p: QuantizeP
     for r in cand.values():
         r["gate"] = passes_gate(r, p.gate_mrr_delta, p.gate_hr1_delta)
     chosen, passed, reason = select(cand, p.gate_mrr_delta, p.gate_hr1_delta)
-    write_release(folder, f"{CANDIDATE_DIR}/{chosen}.onnx", release)
+    if chosen == FALLBACK:   # the reference itself: no loss by definition
+        rows[FALLBACK].update(mrr_delta=0.0, hr1_delta=0.0, mrr_delta_ci=[0.0, 0.0], hr1_delta_ci=[0.0, 0.0])
+    write_release(folder, FP32_FILE if chosen == FALLBACK else f"{CANDIDATE_DIR}/{chosen}.onnx", release)
     rows[chosen]["peak_rss_mb"] = peak_rss(release, PUBLISHED_FILE, texts, p.threads, p.batch_size)["peak_rss_mb"]
     rows[chosen]["folder_mb"] = round(sum(f.stat().st_size for f in release.rglob("*") if f.is_file()) / 1e6, 2)
     rep = {"model": model_name, "chosen": chosen, "gate_passed": passed, "reason": reason, "baseline": baseline,
@@ -81,8 +88,7 @@ def decide_and_write(folder: Path, rows: dict[str, dict[str, Any]], p: QuantizeP
     state = {"chosen": chosen, "gate_passed": passed, "candidates": {
         n: {"file": f"{CANDIDATE_DIR}/{n}.onnx", **{k: r[k] for k in QUALITY_KEYS if k in r},
             **{k: r[k] for k in ("doc", "optimization", "method", "operators", "nodes_kept_fp32") if k in r}}
-        for n, r in cand.items()}, "quality_settings": {k: settings[k] for k in ("n_queries", "n_corpus", "query_source")
-                                                         if k in settings}}
+        for n, r in cand.items()}, "quality_settings": {k: settings[k] for k in QUALITY_SETTINGS if k in settings}}
     atomic_write_text(folder / STATE_FILE, json.dumps(state, indent=2, sort_keys=True) + "\n")
     reports.mkdir(parents=True, exist_ok=True)
     write_json(reports / "quantize.json", rep)
@@ -94,12 +100,13 @@ def decide_and_write(folder: Path, rows: dict[str, dict[str, Any]], p: QuantizeP
 def run(p: QuantizeParams, src: Path, out: Path, metrics_path: Path,
         terms_path: Path | None = None, measure_metrics: bool = True,
         queries_path: Path | None = None, translations: Path | None = None,
-        reports: Path | None = None, build: Path | None = None) -> dict[str, Any]:
+        reports: Path | None = None, build: Path | None = None, gate_sets: list[str] | None = None) -> dict[str, Any]:
     """Export, build the candidates (``method: auto``) or the one configured method into
     ``build`` (default ``<out>-build``), measure, select, publish ``out`` (the chosen INT8
     as its only ONNX file) and write metrics + reports (quantize.md, quantize.json in the
     ``reports`` folder). ``queries_path``/``translations`` absent or None: the fallback
-    query and text samples. Returns the report."""
+    query and text samples; ``gate_sets``: the clinical-phrase files of the gate
+    (``quantize.gate_sets`` resolved). Returns the report."""
 
     check_model_folder(src, f"quantize --model {src}")
     cands = candidates_for(p)
@@ -123,17 +130,18 @@ def run(p: QuantizeParams, src: Path, out: Path, metrics_path: Path,
             publish_dir(release, out)
             return {"rows": built}
         texts = measurement_texts(terms, p.measure_size, p.seed, translations)
-        queries, gold_ids, query_source = agreement_queries(terms, p.agreement_queries, p.seed, queries_path)
-        docs, gold = gate_corpus(build_corpus(terms, p.corpus_format), gold_ids, p.gate_corpus, p.seed)
-        latency_texts = queries[:p.latency_queries]
+        gate = gate_inputs(load_terms(terms_path, selected_only=False), p, queries_path, gate_sets or [])
+        latency_texts = gate.sets[0].texts[:p.latency_queries]
         (tmp / TEXTS_FILE).write_text(json.dumps({"texts": texts, "latency_texts": latency_texts}) + "\n")
         load0 = os.getloadavg()[0]
-        rows = measure_all(tmp, src, built, p, texts, latency_texts, q_inputs=(queries, docs, gold))
+        rows = measure_all(tmp, src, built, p, texts, latency_texts, gate=gate)
         settings = {"threads": p.threads, "batch_size": p.batch_size, "index_batch_size": p.index_batch_size,
                 "fp32_peak_gflops": round(peak_flops("fp32", p.threads) / 1e9),
                     "n_texts": len(texts), "latency_calls": len(latency_texts) * p.repeats, "repeats": p.repeats,
-                    "loadavg": [round(load0, 2), round(os.getloadavg()[0], 2)], "n_queries": len(queries),
-                    "n_corpus": len(docs), "query_source": query_source}
+                    "loadavg": [round(load0, 2), round(os.getloadavg()[0], 2)],
+                    "n_queries": len(gate.sets[0].texts), "n_corpus": len(gate.index.corpus_ids),
+                    "n_vectors": len(gate.index.texts), "retrieval": gate.index.mode, "query_source": gate.source,
+                    "clinical_sets": {s.key: len(s.texts) for s in gate.sets[1:]}}
         model_name = str(src.relative_to(ROOT)) if src.is_relative_to(ROOT) else str(src)
         rep = decide_and_write(tmp, rows, p, model_name, settings, "python -m stages.quantize  # dvc repro quantize",
                                metrics_path, reports, texts, release)

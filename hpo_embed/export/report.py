@@ -18,8 +18,14 @@ def machine() -> dict[str, Any]:
 COLUMNS = [("variant", None), ("size MB", "size_mb"), ("sent/s b32", "sps_b32"), ("× PyTorch b32", "ratio_b32"),
            ("sent/s index", "sps_index"), ("× PyTorch index", "ratio_index"), ("b1 p50 ms", "b1_p50_ms"),
            ("b1 p95 ms", "b1_p95_ms"), ("MRR Δ [95% CI]", "mrr_delta"), ("HR@1 Δ [95% CI]", "hr1_delta"),
+           ("clinical sets MRR Δ [95% CI]", "sets"),
            ("top-1 agree", "top1_agreement"), ("gate", "gate"), ("GFLOP/s b32", "gflops_b32"),
            ("% fp32 peak", "peak_share_b32")]
+
+
+def _sets(s: dict[str, Any]) -> str:
+    sets = s.get("clinical_sets") or {}
+    return ", ".join(f"{k}: {n} cases" for k, n in sets.items()) or "none present"
 
 
 def report_markdown(rep: dict[str, Any]) -> str:
@@ -29,6 +35,9 @@ def report_markdown(rep: dict[str, Any]) -> str:
         v = r.get(key)
         if v is None:
             return ""
+        if key == "sets":
+            return "; ".join(f"{k.split('.')[-1]} {x['mrr_delta']:+.4f} [{x['mrr_delta_ci'][0]:+.4f}, "
+                             f"{x['mrr_delta_ci'][1]:+.4f}]" for k, x in v.items())
         if key in ("mrr_delta", "hr1_delta"):
             lo, hi = r[f"{key}_ci"]
             return f"{v:+.4f} [{lo:+.4f}, {hi:+.4f}]"
@@ -46,9 +55,12 @@ def report_markdown(rep: dict[str, Any]) -> str:
              f"{s['n_texts']} HPO texts at batch {s['batch_size']} and {s['index_batch_size']} (indexing), "
              f"{s['latency_calls']} batch-1 calls; {s['repeats']} interleaved rounds, median; load average "
              f"{s['loadavg'][0]} -> {s['loadavg'][1]} (other processes share the CPUs: ratios are measured "
-             f"under that load). Quality: {s['n_queries']} held-out queries ({s['query_source']}) against "
-             f"{s['n_corpus']} documents, full-rank MRR (pessimistic ties) and HR@1 minus ONNX fp32, paired "
-             f"bootstrap 95% CI; gate MRR Δ ≥ {s['gate_mrr_delta']}, HR@1 Δ ≥ {s['gate_hr1_delta']}. GFLOP/s: the "
+             f"under that load). Quality (hpo_embed/export/gate.py): {s['n_queries']} held-out queries "
+             f"({s['query_source']}) and the clinical-phrase sets ({_sets(s)}) against {s['n_corpus']} concepts "
+             f"({s.get('n_vectors', s['n_corpus'])} vectors, {s.get('retrieval', 'single')}-vector retrieval), "
+             f"full-rank MRR (pessimistic ties) and HR@1 minus ONNX fp32, paired bootstrap 95% CI; gate: held-out "
+             f"MRR Δ ≥ {s['gate_mrr_delta']}, HR@1 Δ ≥ {s['gate_hr1_delta']}, and on each clinical set the MRR Δ "
+             f"CI reaches 0 (no significant loss); no INT8 passing = the ONNX fp32 export published. GFLOP/s: the "
              f"encoder's matrix-multiply FLOPs of a batch-32 pass (padded tokens) per second; % fp32 peak: over "
              f"{s.get('fp32_peak_gflops', '?')} GFLOP/s = FLOP/cycle/core x clock x threads "
              f"(hpo_embed/hardware.py).", "",

@@ -180,8 +180,13 @@ class QuantizeParams(Section):
     calibration_size: Int = spec(128, min=8, doc="HPO texts (all languages) for static calibration / sensitivity")
     index_batch_size: Int = spec(128, min=1, doc="batch size of the indexing-throughput measurement")
     latency_queries: Int = spec(32, min=1, doc="texts encoded one at a time per pass for the batch-1 latency")
-    gate_corpus: Int = spec(2000, min=0, doc="documents in the quality-gate corpus: every gold document + random "
-                                             "distractors; 0 = the whole corpus")
+    gate_corpus: Int = spec(2000, min=0, doc="concepts in the quality-gate corpus: every gold concept + random "
+                                             "distractors; 0 = every concept")
+    retrieval: Literal["single", "multi"] = spec("multi", doc="the gate's retrieval mode: multi = one vector per "
+                                                              "English label and EXACT synonym, concept score = max "
+                                                              "(the benchmark's headline)")
+    gate_sets: list[str] | None = spec(None, doc="phentrieve-format clinical-phrase files (globs) in the gate: no "
+                                                 "significant MRR loss allowed on any; null = benchmark.external_sets")
     bootstrap_resamples: Int = spec(1000, min=100, doc="resamples for the bootstrap CI of the quality deltas")
     block_size: IntChoice[Literal[16, 32, 64, 128, 256]] = spec(32, doc="matmul_nbits: weights per scale block")
     accuracy_level: IntChoice[Literal[0, 1, 2, 3, 4]] = spec(4,
@@ -198,9 +203,9 @@ class QuantizeParams(Section):
     batch_size: Int = spec(32, min=1, doc="encode batch size for the measurement")
     measure_size: Int = spec(384, min=10, doc="number of HPO labels/translations in the measurement set")
     repeats: Int = spec(3, min=1, doc="timed passes per model (interleaved; median reported)")
-    agreement_queries: Int = spec(500, min=10, doc="held-out queries for the quality gate (MRR/HR@1 deltas, top-1 agreement)")
+    agreement_queries: Int = spec(1000, min=10, doc="held-out queries for the quality gate (MRR/HR@1 deltas, top-1 agreement)")
     corpus_format: Literal["label", "label_synonyms", "label_synonyms_definition"] = spec("label",
-                              doc="English corpus document format for the agreement retrieval")
+                              doc="English corpus document format of the gate's single-vector retrieval")
     seed: Int = spec(0, doc="seed of the measurement/query samples")
 
     @model_validator(mode="after")
