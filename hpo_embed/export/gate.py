@@ -60,7 +60,7 @@ class GateInputs:
         self.queries = sorted({t for s in self.sets for t in s.texts})
 
 
-def heldout_queries(terms: pd.DataFrame, n: int, seed: int, queries_path: Path | None) -> tuple[list[str], list[str], str]:
+def gate_queries(terms: pd.DataFrame, n: int, seed: int, queries_path: Path | None) -> tuple[list[str], list[str], str]:
     """``n`` held-out queries: data/pairs/queries.parquet split=test when present; else
     (before the pairs stage has run) one English EXACT synonym of each of a random sample of
     concepts. Returns the texts, their gold ids and a description of the source."""
@@ -91,7 +91,7 @@ def gate_inputs(all_terms: pd.DataFrame, p, queries_path: Path | None, set_entri
     terms = all_terms[all_terms["selected"]] if "selected" in all_terms else all_terms
     ids = set(terms["id"])
     replaced = {r["id"]: r["replaced_by"] for r in all_terms.to_dict("records") if r.get("replaced_by")}
-    texts, gold, source = heldout_queries(terms, p.agreement_queries, p.seed, queries_path)
+    texts, gold, source = gate_queries(terms, p.agreement_queries, p.seed, queries_path)
     raw = [(HELDOUT, texts, [[g] for g in gold])]
     for _, path in external_files(set_entries):
         qs = load_external_set(path, ids, replaced)
