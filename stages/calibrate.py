@@ -1,6 +1,6 @@
 """Stage calibrate: Platt and isotonic calibration of the reranker's top-1 logit on the dev
 split, ECE (15 bins) / Brier before and after, a reliability diagram (DVC plot) and the
-per-branch thresholds for ``rerank.target_precision`` (hpo_embed.rerank.calibration).
+per-branch thresholds for ``rerank.target_precision`` (hpo_embed.retrieval.calibration).
 
 ``python -m stages.calibrate --candidates data/rerank/candidates.parquet --model
 models/reranker/model --terms data/hpo/terms.parquet --out models/reranker/calibration.json

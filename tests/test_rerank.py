@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from hpo_embed.rerank import calibration as K
+from hpo_embed.retrieval import calibration as K
 from hpo_embed.rerank import candidates as C
 from hpo_embed.retrieval.index import build_index
 from hpo_embed.rerank import model as M

@@ -12,7 +12,7 @@ import pandas as pd
 import pyarrow as pa
 
 from hpo_embed.common import UserError, atomic_write_text, write_json, write_parquet
-from hpo_embed.rerank import calibration as K
+from hpo_embed.retrieval import calibration as K
 from hpo_embed.rerank import evaluate as E
 from hpo_embed.rerank.calibrate import top1_table
 from hpo_embed.rerank.model import load_cross_encoder, rerank, score_candidates

@@ -1,6 +1,6 @@
 """The calibrate stage: Platt and isotonic calibration of the reranker's top-1 logit on the
 dev split, ECE / Brier before and after, a reliability diagram (DVC plot) and the
-per-branch thresholds for ``rerank.target_precision`` (the maths: hpo_embed.rerank.calibration)."""
+per-branch thresholds for ``rerank.target_precision`` (the maths: hpo_embed.retrieval.calibration)."""
 from __future__ import annotations
 
 import logging
@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 
 from hpo_embed.common import UserError, atomic_write_text, publish_dir, temp_sibling, write_json
-from hpo_embed.rerank import calibration as K
+from hpo_embed.retrieval import calibration as K
 from hpo_embed.rerank.model import load_cross_encoder, rerank, score_candidates
 from hpo_embed.retrieval.corpus import build_corpus, load_terms
 from hpo_embed.schemas import read_table

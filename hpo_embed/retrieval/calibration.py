@@ -1,7 +1,8 @@
-"""Calibration of the reranker's top-1 score and per-branch acceptance thresholds.
+"""Calibration of a top-1 score and acceptance thresholds: shared by the reranker (its raw
+logit) and the benchmark stage (the bi-encoder's top-1 cosine, hpo_embed/benchmark/calibrate.py).
 
-The calibrated quantity is P(the reranked top-1 concept is a correct answer | its raw
-logit s). Calibrators (fitted on the dev split, one example per query):
+The calibrated quantity is P(the top-1 concept is a correct answer | its score s; for the
+reranker the raw logit). Calibrators (fitted on the dev split, one example per query):
 - ``platt``: ``p = 1 / (1 + exp(-(a * s + b)))`` (sklearn LogisticRegression on s);
 - ``isotonic``: a non-decreasing piecewise-linear map through breakpoints ``(x_i, y_i)``
   (sklearn IsotonicRegression, ``out_of_bounds='clip'``): ``p = interp(s, x, y)``;
@@ -203,9 +204,12 @@ def calibration_report(cals: dict[str, Calibrator], s: np.ndarray, y: np.ndarray
     return {m: {"ece": ece(c.predict(s), y), "brier": brier(c.predict(s), y)} for m, c in cals.items()}
 
 
-def to_json(cals: dict[str, Calibrator], chosen: str, thresholds: dict[str, Any], info: dict[str, Any]) -> dict:
-    return {"format": FORMAT, "score": "raw logit of the reranked top-1 (CrossEncoder.predict with an identity "
-                                       "activation)", "chosen": chosen, "ece_bins": ECE_BINS,
+RERANK_SCORE = "raw logit of the reranked top-1 (CrossEncoder.predict with an identity activation)"
+
+
+def to_json(cals: dict[str, Calibrator], chosen: str, thresholds: dict[str, Any], info: dict[str, Any],
+            fmt: str = FORMAT, score: str = RERANK_SCORE) -> dict:
+    return {"format": fmt, "score": score, "chosen": chosen, "ece_bins": ECE_BINS,
             "calibrators": {m: {"method": c.method, **c.to_json()} for m, c in cals.items()},
             "thresholds": thresholds, **info}
 
