@@ -25,6 +25,7 @@ HELP = {
     "curves": "folder of HR@K files", "cache": "corpus embedding cache (not a DVC output)",
     "metrics": "headline figures (JSON)", "reports": "folder for benchmark.md and benchmark.json",
 }
+OPTIONAL = {"calibration": "the score calibration and thresholds (JSON; the release ships it)"}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -35,7 +36,7 @@ def main(argv: list[str] | None = None) -> None:
         for path in fetch_phentrieve(ap.parse_args(argv).fetch_phentrieve):
             print(path)
         return
-    a = parser("benchmark", __doc__, HELP).parse_args(argv)
+    a = parser("benchmark", __doc__, HELP, OPTIONAL).parse_args(argv)
     params = load_params(a.params)
     run(params.benchmark, params.train.base_model,
         Paths(**{f.name: getattr(a, f.name) for f in dataclasses.fields(Paths)}))

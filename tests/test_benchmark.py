@@ -468,8 +468,11 @@ def test_end_to_end(tmp_path, tiny_model_dir, e2e_models, monkeypatch):
     assert metrics["heldout.finetuned.mrr"] == report["multi.heldout.all.finetuned.mrr"]
     assert metrics["phentrieve.ext_v1.base.maxontsim@5"] == report["multi.phentrieve.ext_v1.base.maxontsim@5"]
     sets_, per_model = 2, {"base": 4, "finetuned": 4, "int8": 1, "other": 4}
-    assert len(metrics) == sets_ * (sum(per_model.values()) + 2) + 1
-    assert not any("ci_" in k or "single" in k or "ndcg" in k for k in metrics)
+    comparisons = 2 * 4   # finetuned_vs_base and int8_vs_finetuned: mrr_diff, its CI, p_value
+    assert len(metrics) == sets_ * (sum(per_model.values()) + comparisons) + 1
+    for k in ("mrr_diff", "mrr_diff_ci_low", "mrr_diff_ci_high", "p_value"):
+        assert metrics[f"heldout.int8_vs_finetuned.{k}"] == report[f"multi.heldout.all.int8_vs_finetuned.{k}"]
+    assert not any(("ci_" in k and "_vs_" not in k) or "single" in k or "ndcg" in k for k in metrics)
 
     md = (paths.reports / "benchmark.md").read_text()
     assert "| model | heldout | phentrieve.ext_v1 |" in md
@@ -596,3 +599,47 @@ def test_fetch_phentrieve_checks_pinned_checksums(tmp_path, shared_phentrieve):
         assert not (tmp_path / "out2" / "tiny_v1.json").exists()
     finally:
         server.shutdown()
+
+
+# --------------------------------------------------------------------------- what a score means
+
+def _scored(n: int, seed: int, split: str, lang: str | None) -> list[dict]:
+    """Rows as score_set writes them: correct top-1 hits score higher on average."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for i in range(n):
+        right = rng.random() < 0.6
+        top = float(np.clip(rng.normal(0.80 if right else 0.70, 0.05), 0, 1))
+        rows.append({"retrieval": "multi", "model": "finetuned", "set": split, "lang": lang,
+                     "scores": [top, top - 0.01], "rank": 1 if right else 3})
+    return rows
+
+
+def test_score_distributions_and_calibrated_thresholds():
+    from hpo_embed.benchmark import calibrate as bc
+    from hpo_embed.pairs.external_sets import QuerySet
+
+    per_query = pd.DataFrame(_scored(1500, 0, "dev", None) + _scored(1500, 1, "heldout", "all"))
+    held = QuerySet("heldout", "all", [], [])
+    dist = bc.distributions(per_query, [("heldout", held)], ["finetuned"], "multi")
+    p = "multi.heldout.all.finetuned.top1_cos"
+    assert dist[f"{p}.correct.median"] == pytest.approx(0.80, abs=0.01)
+    assert dist[f"{p}.wrong.median"] == pytest.approx(0.70, abs=0.01)
+    assert dist[f"{p}.correct.n"] + dist[f"{p}.wrong.n"] == 1500
+    assert dist[f"{p}.correct_below_0.7"] == pytest.approx(0.023, abs=0.015)   # P(N(0.8, 0.05) < 0.7)
+    cal = bc.calibrate(per_query, [("heldout", held)], ["finetuned", "minilm"], "multi")
+    e = cal["models"]["finetuned"]
+    assert set(cal["models"]) == {"finetuned"} and e["n_dev"] == 1500 and cal["format"] == bc.FORMAT
+    t90, t95 = e["thresholds"]["0.9"], e["thresholds"]["0.95"]
+    assert t90["precision"] >= 0.9 and t95["precision"] >= 0.95 and t95["threshold"] > t90["threshold"] > 0.7
+    # fitted on dev, checked on held-out (another sample of the same law): close to the target
+    assert e["sets"]["heldout"]["at_0.9"]["precision"] == pytest.approx(0.9, abs=0.04)
+    assert e["sets"]["heldout"]["ece_isotonic"] < 0.05
+    metrics = bc.headline(cal)
+    assert metrics["calibration.finetuned.threshold@0.95"] == t95["threshold"]
+    md = "\n".join(bc.markdown(dist, cal, [("heldout", held)], ["finetuned"], "multi"))
+    assert f"| finetuned | heldout | {dist[p + '.correct.median']:.3f} [" in md and f"| finetuned | 0.95 | {t95['threshold']:.4f} |" in md
+    # the isotonic map from the file gives probabilities that rise with the cosine
+    from hpo_embed.retrieval.calibration import Calibrator
+    iso = Calibrator(**e["calibrators"]["isotonic"])
+    assert iso.predict(0.6) < iso.predict(0.75) < iso.predict(0.9)

@@ -42,6 +42,7 @@ class Paths:
     cache: Path         # corpus embeddings (not a DVC output)
     metrics: Path       # headline figures
     reports: Path       # folder for benchmark.md and benchmark.json
+    calibration: Path | None = None   # the score calibration (JSON); None = not written
     base: Path | None = None   # the base_model stage's folder; None = train.base_model as given
 
 
@@ -93,6 +94,18 @@ def load_heldout(queries_path: Path, corpus_ids: set[str], languages: list[str])
         sets.append(QuerySet("heldout", "all", [t for s in sets for t in s.texts], [e for s in sets for e in s.expected],
                              {"n_queries": len(df), "n_concepts": int(df["hpo_id"].nunique())}))
     return sets
+
+
+def load_dev(queries_path: Path, corpus_ids: set[str], n: int, seed: int) -> QuerySet | None:
+    """A random sample of ``n`` dev-split queries (every language; the score calibration's
+    data), or None when ``n`` is 0 or there are none."""
+    df = read_table(queries_path, "queries")
+    df = df[(df["split"] == "dev") & df["hpo_id"].isin(corpus_ids)].drop_duplicates(["text", "hpo_id"])
+    if not n or df.empty:
+        return None
+    df = df.sample(n=min(n, len(df)), random_state=seed).sort_values(["lang", "text"])
+    return QuerySet("dev", None, df["text"].tolist(), [[h] for h in df["hpo_id"]],
+                    {"n_queries": len(df), "n_concepts": int(df["hpo_id"].nunique())})
 
 
 def model_specs(bp: BenchmarkParams, base_model: str, paths: Paths) -> list[ModelSpec]:

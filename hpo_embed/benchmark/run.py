@@ -22,12 +22,17 @@ Outputs:
 - ``metrics/benchmark.json``: headline figures only (``benchmark.headline_retrieval``):
   per set (``heldout`` = every held-out language pooled, and each external file) and
   model ``mrr, hr@1, hr@10, maxontsim@5`` (int8: ``mrr``; quantize.json details it), the
-  fine-tuned-vs-base ``mrr_diff`` and ``p_value``, and per external set
+  fine-tuned-vs-base and INT8-vs-fine-tuned ``mrr_diff`` with its 95% CI and ``p_value``, the
+  calibrated thresholds (``calibration.<model>.threshold@0.9`` ...), and per external set
   ``n_cases_in_train`` (cases whose concept was trained on; 0 under the hold-out);
 - ``reports/benchmark.md`` (models x sets tables with 95% CIs, both retrieval modes, the
   hold-out table, seen/unseen subsets) and ``reports/benchmark.json`` (every figure, flat
   keys ``<retrieval>.<set>[.<lang>][.seen|.unseen].<model>.<metric>``);
-- data/benchmark/per_query.parquet, data/benchmark/hr_at_k/*.csv (DVC plots).
+- data/benchmark/per_query.parquet (the dev queries of the calibration too, set ``dev``),
+  data/benchmark/hr_at_k/*.csv (DVC plots);
+- data/benchmark/calibration.json: what a top-1 cosine means (hpo_embed/benchmark/calibrate.py:
+  score distributions of correct and wrong hits, calibration fitted on dev queries,
+  thresholds for precision 0.9 and 0.95), also in reports/benchmark.md.
 
 Hold-out: for each external set the report counts the cases by the split of their
 concepts in data/pairs/concepts.parquet (``train`` if any expected concept is a training
@@ -57,7 +62,10 @@ import pyarrow as pa
 import torch
 from tqdm.auto import tqdm
 
-from hpo_embed.benchmark.inputs import RETRIEVALS, SPLIT_ORDER, ModelSpec, Paths, case_splits, load_heldout, model_specs
+from hpo_embed.benchmark.calibrate import DEV_SET, calibrate, distributions, markdown
+from hpo_embed.benchmark.calibrate import headline as calibration_headline
+from hpo_embed.benchmark.inputs import (RETRIEVALS, SPLIT_ORDER, ModelSpec, Paths, case_splits, load_dev, load_heldout,
+                                        model_specs)
 from hpo_embed.benchmark.report import report_markdown
 from hpo_embed.benchmark.score import branch_summary, headline, headline_sets, score_set, summarize, write_curves
 from hpo_embed.common import UserError, atomic_write_text, log, write_json, write_parquet
@@ -200,8 +208,8 @@ def score_all(specs: list[ModelSpec], corpus: Concepts, sets: list[QuerySet], sp
         if ix.mode == "multi":
             for qs in sets:
                 qs.counts["n_indexed_queries"] = len(qs.texts) - len(keeps[(ix.mode, qs.key)])
-    seen_of = {qs.key: [s == "train" for s in case_splits(qs, split_of)] if qs.set != "heldout" else None
-               for qs in sets}
+    seen_of = {qs.key: [s == "train" for s in case_splits(qs, split_of)] if qs.set not in ("heldout", DEV_SET)
+               else None for qs in sets}
     used_cache: set[str] = set()
     rows: list[dict] = []
     timings: dict[str, dict[str, float]] = {}
@@ -216,23 +224,33 @@ def run(bp: BenchmarkParams, base_model: str, paths: Paths) -> dict[str, Any]:
     corpus = load_corpus(bp, paths)
     modes = [ix.mode for ix in corpus.indexes]
     sets, split_of, duplicates = load_sets(bp, paths, corpus)
+    dev = load_dev(paths.queries, set(corpus.ids), bp.calibration_queries, bp.seed) if paths.calibration else None
     specs = model_specs(bp, base_model, paths)
-    per_query, timings, used_cache = score_all(specs, corpus, sets, split_of, bp, paths)
+    per_query, timings, used_cache = score_all(specs, corpus, sets + ([dev] if dev else []), split_of, bp, paths)
 
     names = [s.name for s in specs]
     report = summarize(per_query, sets, names, len(corpus.ids), bp, modes)
     report.update(branch_summary(per_query, sets, names, modes))
     for ix in corpus.indexes:
         report[f"{ix.mode}.n_vectors"] = len(ix.texts)
+    shown = headline_sets(sets)
+    dist = distributions(per_query, shown, names, bp.headline_retrieval)
+    report.update(dist)
     metrics = headline(report, sets, names, bp.headline_retrieval)
+    cal = calibrate(per_query, shown, names, bp.headline_retrieval) if dev else None
+    if cal is not None:
+        metrics.update(calibration_headline(cal))
+        write_json(paths.calibration, cal)
 
     write_parquet(paths.per_query, pa.Table.from_pandas(per_query, preserve_index=False))
     write_curves(per_query, sets, names, paths.curves, bp.headline_retrieval)
     write_json(paths.metrics, metrics)
     write_json(paths.reports / "benchmark.json", report)
     labels = dict(zip(corpus.all_terms["id"], corpus.all_terms["label"]))
+    scores_md = markdown(dist, cal or {"models": {}}, shown, names, bp.headline_retrieval)
     atomic_write_text(paths.reports / "benchmark.md",
-                      report_markdown(report, sets, specs, modes, bp, base_model, duplicates, labels))
+                      report_markdown(report, sets, specs, modes, bp, base_model, duplicates, labels) + "\n".join(scores_md)
+                      + "\n")
     prune(paths.cache, used_cache)
     log_headline(metrics, sets, names, bp.headline_retrieval)
     return {"metrics": metrics, "report": report, "timings": timings, "per_query": per_query}

@@ -152,10 +152,11 @@ def headline(report: dict[str, Any], sets: list[QuerySet], models: list[str], mo
                 key = f"{mode}.{qs.key}.{m}.{metric}"
                 if key in report:
                     out[f"{name}.{m}.{metric}"] = report[key]
-        for k in ("mrr_diff", "p_value"):
-            key = f"{mode}.{qs.key}.finetuned_vs_base.{k}"
-            if key in report:
-                out[f"{name}.finetuned_vs_base.{k}"] = report[key]
+        for comp in ("finetuned_vs_base", "int8_vs_finetuned"):   # what fine-tuning buys, what INT8 costs
+            for k in ("mrr_diff", "mrr_diff_ci_low", "mrr_diff_ci_high", "p_value"):
+                key = f"{mode}.{qs.key}.{comp}.{k}"
+                if key in report:
+                    out[f"{name}.{comp}.{k}"] = report[key]
         if qs.set != "heldout" and f"{qs.key}.cases_by_split.train" in report:
             out[f"{name}.n_cases_in_train"] = report[f"{qs.key}.cases_by_split.train"]
     return out

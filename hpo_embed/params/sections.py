@@ -246,6 +246,8 @@ class BenchmarkParams(Section):
     bootstrap_resamples: Int = spec(1000, min=100, max=100000,
                                     doc="resamples for bootstrap CIs and the paired permutation test")
     seed: Int = spec(42, doc="seed of the bootstrap and permutation test")
+    calibration_queries: Int = spec(2000, min=0, doc="dev queries (random sample, every language) on which the "
+                                                     "top-1 cosine is calibrated and the thresholds are chosen; 0 = off")
     batch_size: Int = spec(64, min=1, doc="encoding batch size")
     max_seq_length: Int | None = spec(64, min=8, doc="token limit applied to every model (fair "
                                       "comparison when models differ; labels, synonyms and the phentrieve "
