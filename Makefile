@@ -6,7 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup repro test ablation params profile-gpu profile-embedded clean-venv fetch-translations fetch-benchmarks \
+.PHONY: setup repro test release ablation params profile-gpu profile-embedded clean-venv fetch-translations fetch-benchmarks \
 	preflight gpu-estimate gpu-check quantize-select
 
 $(STAMP): requirements.txt requirements-dev.txt
@@ -27,6 +27,11 @@ repro: setup
 
 test: setup
 	PATH="$(abspath $(VENV))/bin:$$PATH" $(PY) -m pytest
+
+# release/<name>/: the folder phentrieve loads (docs/phentrieve.md); part of `dvc repro`,
+# this target builds it and what it needs.
+release: setup
+	PATH="$(abspath $(VENV))/bin:$$PATH" $(VENV)/bin/dvc repro release
 
 params: $(STAMP)
 	$(PY) -m hpo_embed.params

@@ -121,6 +121,14 @@ def load_rows(params, a: TrainPaths) -> dict[str, Any]:
     return {"all_pairs": all_pairs, "train_df": train_df, "available": available, "langs": langs, "dev": dev}
 
 
+def trained_counts(train_df: pd.DataFrame) -> dict[str, dict[str, int]]:
+    """Trained rows per pair type and per language pair (``en-de``: anchor-positive): what the
+    model card says the model was trained on."""
+    langs = train_df["lang_anchor"].fillna("?") + "-" + train_df["lang_positive"].fillna("?")
+    return {"type": {k: int(v) for k, v in sorted(train_df["pair_type"].value_counts().items())},
+            "languages": {k: int(v) for k, v in sorted(langs.value_counts().items())}}
+
+
 def start_run(params, a: TrainPaths) -> Run:
     """Device and precision, the run's fingerprint (checkpoints of another run are discarded)."""
     p = params.train
@@ -256,7 +264,8 @@ def summarize(r: Run, rows: dict, trainer, flow: LiveLog, evaluator: DevRetrieva
     device = torch.cuda.get_device_name(0) if r.device == "cuda" else "cpu"
     metrics = {
         "pairs": len(train_df), "pairs_available": rows["available"], "concepts": int(train_df["hpo_id"].nunique()),
-        "examples": n_examples, "languages": rows["langs"], "loss": p.loss, **ex_info,
+        "examples": n_examples, "languages": rows["langs"], "pairs_by": trained_counts(train_df), "loss": p.loss,
+        **ex_info,
         "steps": state.global_step, "epochs": round(float(state.epoch or 0), 4),
         "resumed_from_step": flow.start["step"], "world_size": world, "device": device, "precision": r.precision,
         "wall_time_s": round(time.time() - t0, 1), "train_time_s": round(train_s, 1),
