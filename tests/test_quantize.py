@@ -209,8 +209,9 @@ def test_gate_inputs_score_multi_vector_with_held_out_and_clinical_sets(tmp_path
     queries.to_parquet(qpath)
     ext = tmp_path / "clinical.json"
     ext.write_text(json.dumps([{"text": "a clinical phrase", "expected_hpo_ids": [ids[1], ids[2]]}]))
+    (tmp_path / "same_cases.json").write_text(ext.read_text())   # counted once, as in the benchmark
     p = _replace(PARAMS, agreement_queries=100, gate_corpus=4)
-    gi = QG.gate_inputs(terms, p, qpath, [str(ext)])
+    gi = QG.gate_inputs(terms, p, qpath, [str(ext), str(tmp_path / "same_cases.json")])
     assert gi.index.mode == "multi" and len(gi.index.corpus_ids) == 4   # gold concepts + distractors up to 4
     assert len(gi.index.texts) > len(gi.index.corpus_ids)              # labels and EXACT synonyms
     held, clinical = gi.sets

@@ -27,6 +27,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from hpo_embed.embedding import text_hash
 from hpo_embed.pairs.external_sets import external_files, load_external_set
 from hpo_embed.retrieval.index import Index, build_index, self_matches
 from hpo_embed.retrieval.metrics import concept_max, expected_positions, paired_diff
@@ -93,9 +94,13 @@ def gate_inputs(all_terms: pd.DataFrame, p, queries_path: Path | None, set_entri
     replaced = {r["id"]: r["replaced_by"] for r in all_terms.to_dict("records") if r.get("replaced_by")}
     texts, gold, source = gate_queries(terms, p.agreement_queries, p.seed, queries_path)
     raw = [(HELDOUT, texts, [[g] for g in gold])]
+    seen: set[str] = set()
     for _, path in external_files(set_entries):
         qs = load_external_set(path, ids, replaced)
-        raw.append((qs.set, qs.texts, qs.expected))
+        digest = text_hash(qs.texts, qs.expected)
+        if digest not in seen:   # a file with the same cases as an earlier one counts once, as in the benchmark
+            seen.add(digest)
+            raw.append((qs.set, qs.texts, qs.expected))
     need = sorted({h for _, _, exp in raw for e in exp for h in e})
     rest = sorted(ids - set(need))
     extra = random.Random(p.seed).sample(rest, max(0, min(len(rest), p.gate_corpus - len(need)))) \
