@@ -63,7 +63,15 @@ def table(report: dict, mode: str) -> list[str]:
     return out
 
 
-def section(report: dict, train: dict, quant: dict, base: dict, quant_report: dict | None = None) -> str:
+def prompt_note(base: dict) -> str:
+    t = base.get("prompt_test")
+    if not t:
+        return ""
+    verdict = "significant" if t["p_value"] < t["alpha"] else "not significant"
+    return f" (`query: ` − none on dev {t['mrr_diff']:+.3f}, p = {t['p_value']:.2g}: {verdict})"
+
+
+def section(report: dict, train: dict, quant: dict, base: dict) -> str:
     lines = ["Measured by `dvc repro` on default params (2-core CPU, official translations and the",
              "phentrieve files present; benchmark concepts held out of training). MRR / HR@1 over the",
              "full rank of 18,387 English concepts; p = paired permutation test. Full tables with CIs,",
@@ -75,16 +83,14 @@ def section(report: dict, train: dict, quant: dict, base: dict, quant_report: di
     if train:
         lines.append(f"Training (`metrics/train.json`): dev MRR {train.get('dev_mrr_base', float('nan')):.3f} → "
                      f"{train.get('dev_mrr_best', float('nan')):.3f} (best step {train.get('best_step')}). "
-                     f"Base model: `{base.get('source')}`, prompt `{base.get('prompt')}` "
-                     f"(dev MRR by prompt: {base.get('prompt_dev_mrr')}).")
+                     f"Base model: `{base.get('source')}`, prompt `{base.get('prompt')}`{prompt_note(base)}.")
     if quant:
-        folder_mb = (quant_report or {}).get("rows", {}).get(quant.get("chosen"), {}).get("folder_mb")
+        k = "multi.heldout.all.int8_vs_finetuned.mrr_diff"
+        cost = (f"; benchmark: INT8 − fine-tuned held-out MRR {report[k]:+.4f} "
+                f"[{report[k + '_ci_low']:+.4f}, {report[k + '_ci_high']:+.4f}]" if k in report else "")
         lines.append(f"INT8 (`metrics/quantize.json`): `{quant.get('chosen')}`, "
                      f"{quant.get('speed_ratio_b32')}× PyTorch fp32 sentences/s at batch 32 (2 threads), "
-                     f"MRR Δ {quant.get('mrr_delta')}, HR@1 Δ {quant.get('hr1_delta')}, "
-                     f"gate passed: {quant.get('gate_passed')}, {quant.get('size_mb')} MB"
-                     + (f"; `models/onnx` (the CPU server's folder, INT8 its only ONNX file): {folder_mb} MB"
-                        if folder_mb else "") + ".")
+                     f"gate passed: {quant.get('gate_passed')}, {quant.get('size_mb')} MB{cost}.")
     return "\n".join(lines).rstrip() + "\n"
 
 
@@ -97,7 +103,7 @@ def main() -> None:
     if not report:
         sys.exit("reports/benchmark.json: missing; run dvc repro first")
     text = section(report, load(ROOT / "metrics" / "train.json"), load(ROOT / "metrics" / "quantize.json"),
-                   load(ROOT / "metrics" / "base_model.json"), load(ROOT / "reports" / "quantize.json"))
+                   load(ROOT / "metrics" / "base_model.json"))
     readme = ROOT / "README.md"
     s = readme.read_text(encoding="utf-8")
     s = re.sub(r"(<!-- results:start -->\n).*?(<!-- results:end -->)", lambda m: m.group(1) + text + m.group(2),

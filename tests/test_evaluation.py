@@ -148,8 +148,10 @@ def _leaves(d) -> int:
 
 
 # the other stages' metrics files (not produced here): base_model.json and quantize.json
-OTHER_STAGES_ALLOWANCE = {"base_model": 8, "quantize": 20}
-KEY_BUDGET = 120
+OTHER_STAGES_ALLOWANCE = {"base_model": 8, "quantize": 20, "release": 5}
+# 120 until issue #28 added, per set, what INT8 costs (difference and its CI), the fine-tuned
+# model's calibrated thresholds and the release stage; comparison rows (MiniLM) went to 2 figures
+KEY_BUDGET = 130
 
 
 def test_headline_metrics_fit_the_key_budget_on_default_params():
@@ -185,15 +187,18 @@ def test_headline_metrics_fit_the_key_budget_on_default_params():
             for metric in (*bs.rm.METRICS, "n_queries"):
                 report[f"{mode}.{qs.key}.{m}.{metric}"] = 1.0
                 report[f"single.{qs.key}.{m}.{metric}"] = 1.0
-        for k in ("mrr_diff", "p_value", "mrr_diff_ci_low"):
-            report[f"{mode}.{qs.key}.finetuned_vs_base.{k}"] = 0.0
+        for comp in ("finetuned_vs_base", "int8_vs_finetuned"):
+            for k in ("mrr_diff", "p_value", "mrr_diff_ci_low", "mrr_diff_ci_high"):
+                report[f"{mode}.{qs.key}.{comp}.{k}"] = 0.0
     bench = bs.headline(report, sets, models, mode)
-    # per set: 4 metrics x (base, finetuned, minilm) + int8 mrr + diff + p; external sets + n_cases_in_train
-    assert len(bench) == 4 * (3 * 4 + 1 + 2) + 3
+    # per set: 4 metrics x (base, finetuned) + minilm mrr, hr@1 + int8 mrr + (diff, p) + int8 (diff, CI);
+    # external sets + n_cases_in_train
+    assert len(bench) == 4 * (2 * 4 + 2 + 1 + 2 + 3) + 3
+    bench.update({f"calibration.finetuned.threshold@{t}": 0.5 for t in (0.9, 0.95)})   # benchmark/calibrate.headline
     assert "heldout.finetuned_vs_base.p_value" in bench and "phentrieve.small_v1.n_cases_in_train" in bench
     counts = {"hpo": _leaves(hpo), "translate": _leaves(tr), "pairs": _leaves(pa_), "train": _leaves(tn),
               "benchmark": len(bench)}
-    assert counts == {"hpo": 7, "translate": len(langs) + 1, "pairs": 8, "train": 9, "benchmark": 63}
+    assert counts == {"hpo": 7, "translate": len(langs) + 1, "pairs": 8, "train": 9, "benchmark": 69}
     assert sum(counts.values()) + sum(OTHER_STAGES_ALLOWANCE.values()) <= KEY_BUDGET
 
 

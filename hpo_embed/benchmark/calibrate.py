@@ -103,17 +103,10 @@ def calibrate(per_query: pd.DataFrame, sets: list[tuple[str, QuerySet]], models:
 
 
 def headline(cal: dict[str, Any]) -> dict[str, Any]:
-    """Thresholds and their held-out precision / coverage for metrics/benchmark.json."""
-    out: dict[str, Any] = {}
-    for m, e in cal["models"].items():
-        for t in TARGETS:
-            th = e["thresholds"][f"{t}"]["threshold"]
-            out[f"calibration.{m}.threshold@{t}"] = th
-            held = e["sets"].get("heldout", {}).get(f"at_{t}")
-            if held:
-                out[f"calibration.{m}.heldout_precision@{t}"] = held["precision"]
-                out[f"calibration.{m}.heldout_coverage@{t}"] = held["coverage"]
-    return out
+    """The fine-tuned model's thresholds for metrics/benchmark.json (every figure: the
+    calibration file and reports/benchmark.md)."""
+    e = cal["models"].get("finetuned")
+    return {f"calibration.finetuned.threshold@{t}": e["thresholds"][f"{t}"]["threshold"] for t in TARGETS} if e else {}
 
 
 def markdown(dist: dict[str, Any], cal: dict[str, Any], sets: list[tuple[str, QuerySet]], models: list[str],

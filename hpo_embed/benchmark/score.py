@@ -23,6 +23,14 @@ HEADLINE_METRICS = ("mrr", "hr@1", "hr@10", "maxontsim@5")
 HEADLINE_MRR_ONLY = ("int8",)       # int8 vs fp32 is detailed by the quantize stage
 
 
+COMPARISON_METRICS = ("mrr", "hr@1")   # extra models (comparison rows): two figures in the headline
+
+
+# what fine-tuning buys (difference and p), what INT8 costs (difference and its 95% CI)
+HEADLINE_DIFFS = {"finetuned_vs_base": ("mrr_diff", "p_value"),
+                  "int8_vs_finetuned": ("mrr_diff", "mrr_diff_ci_low", "mrr_diff_ci_high")}
+
+
 TOP_N = 10          # retrieved ids kept per query (per_query.parquet)
 
 
@@ -148,12 +156,14 @@ def headline(report: dict[str, Any], sets: list[QuerySet], models: list[str], mo
     out: dict[str, Any] = {}
     for name, qs in headline_sets(sets):
         for m in models:
-            for metric in (("mrr",) if m in HEADLINE_MRR_ONLY else HEADLINE_METRICS):
+            chosen = ("mrr",) if m in HEADLINE_MRR_ONLY else HEADLINE_METRICS if m in PIPELINE_MODELS \
+                else COMPARISON_METRICS
+            for metric in chosen:
                 key = f"{mode}.{qs.key}.{m}.{metric}"
                 if key in report:
                     out[f"{name}.{m}.{metric}"] = report[key]
-        for comp in ("finetuned_vs_base", "int8_vs_finetuned"):   # what fine-tuning buys, what INT8 costs
-            for k in ("mrr_diff", "mrr_diff_ci_low", "mrr_diff_ci_high", "p_value"):
+        for comp, keys in HEADLINE_DIFFS.items():
+            for k in keys:
                 key = f"{mode}.{qs.key}.{comp}.{k}"
                 if key in report:
                     out[f"{name}.{comp}.{k}"] = report[key]

@@ -79,7 +79,8 @@ def _results(metrics: dict[str, Any], report: dict[str, Any], mode: str, sets: l
         cells = [f"{_f(metrics.get(f'{name}.{m}.mrr'))}{ci(f'{mode}.{key}.{m}.mrr')}" for m in ("base", "finetuned", "int8")]
         for comp in ("finetuned_vs_base", "int8_vs_finetuned"):
             d = metrics.get(f"{name}.{comp}.mrr_diff")
-            lo, hi, p = (metrics.get(f"{name}.{comp}.{k}") for k in ("mrr_diff_ci_low", "mrr_diff_ci_high", "p_value"))
+            lo, hi, p = (report.get(f"{mode}.{key}.{comp}.{k}") for k in ("mrr_diff_ci_low", "mrr_diff_ci_high",
+                                                                           "p_value"))
             cells.append("n/a" if d is None else f"{d:+.4f} [{_f(lo, '+.3f')}, {_f(hi, '+.3f')}], p={_f(p, '.3g')}")
         rows.append(f"| {name} | " + " | ".join(cells) + " |")
     seen = [(n, k) for n, k in sets if f"{mode}.{k}.seen.finetuned.mrr" in report]

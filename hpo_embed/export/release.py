@@ -222,9 +222,12 @@ def run(params, paths: ReleasePaths) -> dict[str, Any]:
     except BaseException:
         shutil.rmtree(stage, ignore_errors=True)
         raise
-    out = {"name": name, "max_seq_length": max_len, "files": len(sums) + 1, "digest": folder_digest(sums),
-           "size_mb": round(sum(f.stat().st_size for f in folder.rglob("*") if f.is_file()) / 1e6, 1), **checks}
+    out = {"name": name, "max_seq_length": max_len,
+           "size_mb": round(sum(f.stat().st_size for f in folder.rglob("*") if f.is_file()) / 1e6, 1),
+           **{k: checks[k] for k in ("pytorch_max_abs_diff", "onnx_cosine_min")}}
     write_json(paths.metrics, out)
-    log.info("release: %s (%d files, %.0f MB); plain load = fine-tuned (max |diff| %.1e), onnx cosine min %.4f",
-             folder, out["files"], out["size_mb"], checks["pytorch_max_abs_diff"], checks["onnx_cosine_min"])
+    log.info("release: %s (%d files, %.0f MB, digest %s); plain load = fine-tuned on %d labels (max |diff| %.1e), "
+             "onnx cosine min %.4f mean %.4f", folder, len(sums) + 1, out["size_mb"], folder_digest(sums)[:16],
+             checks["verify_texts"], checks["pytorch_max_abs_diff"], checks["onnx_cosine_min"],
+             checks["onnx_cosine_mean"])
     return out

@@ -124,8 +124,11 @@ def load_rows(params, a: TrainPaths) -> dict[str, Any]:
 def trained_counts(train_df: pd.DataFrame) -> dict[str, dict[str, int]]:
     """Trained rows per pair type and per language pair (``en-de``: anchor-positive): what the
     model card says the model was trained on."""
-    langs = train_df["lang_anchor"].fillna("?") + "-" + train_df["lang_positive"].fillna("?")
-    return {"type": {k: int(v) for k, v in sorted(train_df["pair_type"].value_counts().items())},
+    def col(name: str) -> pd.Series:   # a column absent from a hand-made frame counts as unknown
+        return train_df[name].fillna("?") if name in train_df else pd.Series("?", index=train_df.index)
+
+    langs = col("lang_anchor") + "-" + col("lang_positive")
+    return {"type": {k: int(v) for k, v in sorted(col("pair_type").value_counts().items())},
             "languages": {k: int(v) for k, v in sorted(langs.value_counts().items())}}
 
 
