@@ -6,7 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup repro test release ablation params profile-gpu profile-embedded clean-venv fetch-translations fetch-benchmarks \
+.PHONY: setup repro test release ablation scaling params profile-gpu profile-embedded clean-venv fetch-translations fetch-benchmarks \
 	preflight gpu-estimate gpu-check quantize-select
 
 $(STAMP): requirements.txt requirements-dev.txt
@@ -80,3 +80,9 @@ clean-venv:
 # ABLATION_ARMS="mined iterative" runs some arms only.
 ablation: $(STAMP)
 	PATH="$(abspath $(VENV))/bin:$$PATH" $(PY) scripts/ablation.py run $(ABLATION_ARMS)
+
+# The scaling study (configs/scaling.yaml, issue 25): one `dvc exp run` per arm (the 102k and
+# all-pairs arms take hours on 2 cores), then reports/scaling.md and reports/scaling.png.
+# SCALING_ARMS="pairs_26k" runs some arms only.
+scaling: $(STAMP)
+	PATH="$(abspath $(VENV))/bin:$$PATH" $(PY) scripts/ablation.py --config configs/scaling.yaml run $(SCALING_ARMS)

@@ -4,13 +4,16 @@ onnxruntime profile of where the time goes.
     .venv/bin/python benchmarks/bench_quantize.py [--model models/finetuned] [--candidates all|a,b]
         [--threads 2] [--size 512] [--queries 600] [--gate-corpus 3000] [--repeats 3]
         [--out /tmp/bench_quantize] [--profile NAME[,NAME]]
+    .venv/bin/python benchmarks/bench_quantize.py --from-build models/onnx-build --profile onnx_fp32,fused_dynamic
 
 Runs the stage's own ``method: auto`` path (stages.quantize.run: export, build the
 candidates, interleaved speed in the production shapes against PyTorch fp32, quality gate
 on held-out queries, selection) into ``--out`` (not models/onnx): ``--out/reports/quantize.md``
 is the candidate table. ``--profile`` then profiles the named models (candidates,
 ``onnx_fp32``) with onnxruntime's profiler at batch 32 and prints the share of time per
-operator type, plus the share of an encode() call spent in tokenisation.
+operator type, plus the share of an encode() call spent in tokenisation. ``--from-build``
+profiles the candidates the quantize stage already built (models/onnx-build) on its own
+measurement texts, without rebuilding or re-measuring anything.
 Goal (issue 16): INT8 >= 2x PyTorch fp32 sentences/s at batch 32 on 2 threads, gate passed.
 """
 from __future__ import annotations
@@ -21,6 +24,7 @@ import json
 import logging
 import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -46,7 +50,8 @@ def profile(folder: Path, file_name: str, texts: list[str], threads: int, batch_
     feeds = QO.model_feeds(folder, file_name, texts, batch_size)
     so = QO.ort_session_options(threads)
     so.enable_profiling = True
-    so.profile_file_prefix = str(folder / f"profile_{Path(file_name).stem}")
+    # the trace goes to a temporary folder: never into the (DVC-tracked) build folder
+    so.profile_file_prefix = str(Path(tempfile.mkdtemp(prefix="ort-profile-")) / f"profile_{Path(file_name).stem}")
     sess = ort.InferenceSession(str(folder / file_name), so, providers=["CPUExecutionProvider"])
     for f in feeds:  # warm-up
         sess.run(None, f)
@@ -86,8 +91,16 @@ def main() -> None:
     ap.add_argument("--repeats", type=int)
     ap.add_argument("--out", type=Path, default=Path("/tmp/bench_quantize"))
     ap.add_argument("--profile", default="", help="comma-separated models to profile after the run")
+    ap.add_argument("--from-build", type=Path, help="profile the candidates of this build folder only (no run)")
     args = ap.parse_args()
     logging.getLogger("onnxruntime").setLevel(logging.WARNING)
+    if args.from_build:
+        texts = json.loads((args.from_build / QM.TEXTS_FILE).read_text())["texts"]
+        batch = load_params().quantize.batch_size
+        for name in (args.profile or "onnx_fp32").split(","):
+            fname = QO.FP32_FILE if name == "onnx_fp32" else f"{QC.CANDIDATE_DIR}/{name}.onnx"
+            print(name, json.dumps(profile(args.from_build, fname, texts, args.threads, batch)))
+        return
 
     p = load_params().quantize
     over = {"method": "auto", "threads": args.threads}

@@ -1,11 +1,16 @@
-"""The hard-negative ablation (issue 15): one `dvc exp run` per arm, then a table.
+"""A study of arms (issue 15's hard-negative ablation, issue 25's scaling study): one
+`dvc exp run` per arm, then a table (and, for a study with ``plot:``, a PNG).
 
-The arms and the settings they share live in configs/ablation.yaml. Every arm is a
-workspace experiment of the real pipeline up to the benchmark stage, named ``abl-<arm>``:
+A config (default configs/ablation.yaml; ``--config configs/scaling.yaml``) names the study
+(``name``: reports/<name>.md, reports/<name>/ for the arms' files, the README section
+between ``<!-- <readme_mark>:start/end -->``), the arms and the settings they share. Every
+arm is a workspace experiment of the real pipeline up to the benchmark stage, named
+``<prefix>-<arm>``:
 
     python scripts/ablation.py run            # all arms, one after the other (~15 min each on 2 cores)
     python scripts/ablation.py run mined      # one arm
     python scripts/ablation.py table          # reports/ablation.md + the README section
+    python scripts/ablation.py --config configs/scaling.yaml run pairs_26k   # make scaling
 
 ``run`` restores params.yaml, dvc.lock and the outputs of the current commit after every arm
 (the arm's results stay in its experiment ref), and copies the arm's benchmark report to
@@ -30,9 +35,9 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))   # hpo_embed (params, statistics) when run as a script
 CONFIG = ROOT / "configs" / "ablation.yaml"
-OUT = ROOT / "reports" / "ablation"
+OUT = ROOT / "reports" / "ablation"      # set from the config's name in main()
 README = ROOT / "README.md"
-MARK = ("<!-- negatives-ablation:start -->", "<!-- negatives-ablation:end -->")
+MARK = ("<!-- negatives-ablation:start -->", "<!-- negatives-ablation:end -->")   # from readme_mark
 LANG_NAMES = {"de": "German", "fr": "French", "es": "Spanish", "en": "English syn.", "all": "all"}
 
 
@@ -52,9 +57,10 @@ def set_args(settings: dict) -> list[str]:
 
 def restore() -> None:
     """Back to the commit's params, lock and outputs (the experiment keeps the arm's)."""
-    keep = ("README.md", "reports/ablation.md")   # and the arms' own results under reports/ablation/
+    study = OUT.relative_to(ROOT).as_posix()
+    keep = ("README.md", f"{study}.md", f"{study}.png")   # and the arms' own results under reports/<name>/
     changed = [f for f in sh("git", "diff", "--name-only").split()
-               if f not in keep and not f.startswith("reports/ablation/")]
+               if f not in keep and not f.startswith(f"{study}/")]
     if changed:   # params.yaml, dvc.lock, metrics, reports and git-tracked plots of the arm
         sh("git", "checkout", "--", *changed)
     sh("dvc", "checkout", "--force", "--quiet")
@@ -64,7 +70,7 @@ def run(arms: list[str], config: dict) -> None:
     OUT.mkdir(parents=True, exist_ok=True)
     for arm in arms:
         settings = {**config["common"], **config["arms"][arm]}
-        name = f"abl-{arm}"
+        name = f"{config.get('prefix', 'abl')}-{arm}"
         sh("dvc", "exp", "remove", name) if name in sh("dvc", "exp", "list", "--name-only") else None
         sh("dvc", "exp", "run", "-n", name, *set_args(settings), config.get("target", "benchmark"))
         save_arm(arm, name, settings)
@@ -78,7 +84,8 @@ def save_arm(arm: str, experiment: str, settings: dict) -> None:
     mine = ROOT / "metrics" / "mine.json"
     payload = {"arm": arm, "experiment": experiment, "base_commit": sh("git", "rev-parse", "HEAD").strip(),
                "settings": settings, "train": train, "mine": json.loads(mine.read_text()) if mine.exists() else None,
-               "benchmark": {k: v for k, v in report.items() if ".finetuned." in k or k.endswith("n_queries")}}
+               "benchmark": {k: v for k, v in report.items()
+                             if ".finetuned." in k or ".finetuned_vs_base." in k or k.endswith("n_queries")}}
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / f"{arm}.json").write_text(json.dumps(payload, indent=1, sort_keys=True) + "\n")
     import pandas as pd
@@ -191,8 +198,63 @@ def table(config: dict) -> str:
     lines.append("| dev sample (train stage) | MRR | " + " | ".join(dev) + " |")
     secs = [f"{found[a]['train']['train_time_s']:.0f}" for a in arms]
     lines.append("| training time, s (both rounds; 2 idle cores) | | " + " | ".join(secs) + " |")
+    if config.get("plot"):   # a scaling study: its x axes, and each arm against the untuned base
+        pairs = [f"{found[a]['train'].get('pairs', '–')}" for a in arms]
+        lines.append("| training pairs | | " + " | ".join(pairs) + " |")
+        for key, title in rows(first, mode):
+            cells = [delta_cell(vs_base(found[a]["benchmark"], mode, key)) for a in arms]
+            lines.append(f"| {title} | Δ MRR vs untuned base | " + " | ".join(cells) + " |")
     lines += ["", "Where each arm's numbers come from:", *sources]
     return "\n".join(lines) + "\n"
+
+
+def vs_base(report: dict, mode: str, key: str) -> dict | None:
+    """The benchmark stage's own paired fine-tuned − base comparison on set ``key``."""
+    prefix = f"{mode}.{key}.finetuned_vs_base."
+    if prefix + "mrr_diff" not in report:
+        return None
+    return {"diff": report[prefix + "mrr_diff"], "diff_ci_low": report[prefix + "mrr_diff_ci_low"],
+            "diff_ci_high": report[prefix + "mrr_diff_ci_high"], "p_value": report[prefix + "p_value"]}
+
+
+PLOT_SETS = ("heldout.de", "heldout.all", "phentrieve.70cases_gemini_v1", "phentrieve.70cases_o3_v1")
+
+
+def plot(config: dict, path: Path) -> bool:
+    """MRR (95% CI) of each set against training pairs and against training minutes, one
+    point per arm run; False (nothing written) without matplotlib or with fewer than 2 arms."""
+    found = [json.loads((OUT / f"{a}.json").read_text()) for a in config["arms"] if (OUT / f"{a}.json").exists()]
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib is not installed: no plot (pip install matplotlib)")
+        return False
+    if len(found) < 2:
+        return False
+    mode = config.get("mode", "multi")
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
+    for ax, (xlabel, xof) in zip(axes, (("training pairs", lambda r: r["train"]["pairs"]),
+                                        ("training minutes (2 cores)", lambda r: r["train"]["train_time_s"] / 60))):
+        for key in PLOT_SETS:
+            pts = sorted((xof(r), r["benchmark"].get(f"{mode}.{key}.finetuned.mrr"),
+                          r["benchmark"].get(f"{mode}.{key}.finetuned.mrr_ci_low"),
+                          r["benchmark"].get(f"{mode}.{key}.finetuned.mrr_ci_high")) for r in found)
+            pts = [p for p in pts if p[1] is not None]
+            if pts:
+                x, y, lo, hi = zip(*pts)
+                ax.errorbar(x, y, yerr=[[a - b for a, b in zip(y, lo)], [b - a for a, b in zip(y, hi)]],
+                            marker="o", capsize=3, label=key.replace("phentrieve.", ""))
+        ax.set_xscale("log")
+        ax.set_xlabel(xlabel)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel(f"fine-tuned MRR ({mode}-vector, 95% CI)")
+    axes[1].legend(fontsize=8)
+    fig.suptitle(config.get("title", "study"))
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    return True
 
 
 README_SETS = ("heldout.de", "heldout.fr", "heldout.es", "phentrieve.70cases_gemini_v1", "phentrieve.70cases_o3_v1")
@@ -210,8 +272,8 @@ def compact(config: dict) -> str:
     pooled = "heldout.all"
     lines = [f"MRR / HR@1 (fine-tuned, {mode}-vector, {config['steps']}); Δ MRR vs "
              f"{config['titles'].get(base, base)} on all held-out queries, paired (95% CI, p); more: "
-             "[reports/ablation.md](reports/ablation.md).", "",
-             "| negatives | " + " | ".join(names) + " | Δ MRR held-out |", "|---|" + "---|" * (len(sets) + 1)]
+             f"[reports/{OUT.name}.md](reports/{OUT.name}.md).", "",
+             f"| {config.get('arm_column', 'negatives')} | " + " | ".join(names) + " | Δ MRR held-out |", "|---|" + "---|" * (len(sets) + 1)]
     resamples, seed = stats_params()
     base_rows = per_query(base) if base in found else None
     for arm, res in found.items():
@@ -227,7 +289,11 @@ def compact(config: dict) -> str:
 
 def write_table(config: dict) -> None:
     text = table(config)
-    (ROOT / "reports" / "ablation.md").write_text("# Hard-negative ablation\n\n" + text)
+    report = OUT.with_suffix(".md")
+    png = OUT.with_suffix(".png")
+    if config.get("plot") and plot(config, png):
+        text += f"\n![MRR against training pairs and minutes]({png.name})\n"
+    report.write_text(f"# {config.get('title', 'Hard-negative ablation')}\n\n" + text)
     readme = README.read_text()
     short = compact(config)
     if MARK[0] in readme:
@@ -237,16 +303,27 @@ def write_table(config: dict) -> None:
     print(text)
 
 
+def use_config(path: Path) -> dict:
+    """Read a study config and point OUT / MARK at its files."""
+    global OUT, MARK
+    config = yaml.safe_load(path.read_text())
+    OUT = ROOT / "reports" / config.get("name", "ablation")
+    mark = config.get("readme_mark", "negatives-ablation")
+    MARK = (f"<!-- {mark}:start -->", f"<!-- {mark}:end -->")
+    return config
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--config", type=Path, default=CONFIG, help="the study (default configs/ablation.yaml)")
     ap.add_argument("command", choices=("run", "adopt", "table"),
                     help="run: dvc exp run per arm; adopt: take the arm from the committed default dvc repro; table")
     ap.add_argument("arms", nargs="*", help="arms to run (default: all of configs/ablation.yaml)")
     a = ap.parse_args(argv)
-    config = yaml.safe_load(CONFIG.read_text())
+    config = use_config(a.config)
     unknown = [x for x in a.arms if x not in config["arms"]]
     if unknown:
-        sys.exit(f"error: {CONFIG.relative_to(ROOT)}: unknown arm(s) {unknown}; known: {list(config['arms'])}")
+        sys.exit(f"error: {a.config}: unknown arm(s) {unknown}; known: {list(config['arms'])}")
     if a.command == "run":
         run(a.arms or list(config["arms"]), config)
     elif a.command == "adopt":

@@ -5,6 +5,7 @@ import importlib.util
 import json
 from pathlib import Path
 
+import pytest
 import yaml
 
 REPO = Path(__file__).resolve().parent.parent
@@ -17,19 +18,21 @@ def load_script():
     return mod
 
 
-def test_config_arms_are_valid_params():
-    """Every arm's settings, applied to params.yaml, validate (a typo would cost a 15-minute run)."""
+@pytest.mark.parametrize("study", ["ablation", "scaling"])
+def test_config_arms_are_valid_params(study):
+    """Every arm's settings, applied to params.yaml, validate (a typo would cost a long run)."""
     from hpo_embed.params import parse_params
-    config = yaml.safe_load((REPO / "configs" / "ablation.yaml").read_text())
+    config = yaml.safe_load((REPO / "configs" / f"{study}.yaml").read_text())
     base = yaml.safe_load((REPO / "params.yaml").read_text())
     for arm, settings in config["arms"].items():
         raw = json.loads(json.dumps(base))
         for key, value in {**config["common"], **settings}.items():
-            section, name = key.split(".")
-            assert name in raw[section], f"{arm}: {key} is not a parameter"
-            raw[section][name] = value
+            section, _, name = key.rpartition(".")
+            target = raw[section] if section else raw
+            assert name in target, f"{arm}: {key} is not a parameter"
+            target[name] = value
         parse_params(raw)
-    assert set(config["titles"]) == set(config["arms"])
+    assert set(config["titles"]) == set(config["arms"]) and config.get("baseline") in config["arms"]
 
 
 def test_set_args_quote_lists_and_scalars():
@@ -106,3 +109,34 @@ def test_readme_ablation_table_is_the_committed_arms():
     assert "Not run yet" not in section
     for arm in config["arms"]:
         assert (REPO / "reports" / "ablation" / f"{arm}.per_query.parquet").is_file(), arm
+
+
+def test_scaling_study_table_and_plot(tmp_path, monkeypatch):
+    """A study with ``plot:`` gets its x axes (pairs, minutes), each arm's paired difference to
+    the untuned base from the benchmark stage's report, and a PNG of MRR against both axes."""
+    abl = load_script()
+    config = abl.use_config(REPO / "configs" / "scaling.yaml")
+    assert abl.OUT == REPO / "reports" / "scaling" and abl.MARK[0] == "<!-- scaling:start -->"
+    monkeypatch.setattr(abl, "OUT", tmp_path / "scaling")
+    abl.OUT.mkdir()
+    config = {**config, "arms": {"pairs_6k": {}, "pairs_26k": {}}}
+    for arm, pairs, mrr in (("pairs_6k", 6400, 0.70), ("pairs_26k", 25600, 0.74)):
+        bench = {}
+        for k in ("heldout.de", "heldout.all", "phentrieve.70cases_o3_v1"):
+            bench |= {f"multi.{k}.finetuned.mrr": mrr, f"multi.{k}.finetuned.mrr_ci_low": mrr - 0.02,
+                      f"multi.{k}.finetuned.mrr_ci_high": mrr + 0.02, f"multi.{k}.finetuned.hr@1": mrr - 0.1,
+                      f"multi.{k}.finetuned.n_queries": 70, f"multi.{k}.finetuned_vs_base.mrr_diff": mrr - 0.65,
+                      f"multi.{k}.finetuned_vs_base.mrr_diff_ci_low": mrr - 0.68,
+                      f"multi.{k}.finetuned_vs_base.mrr_diff_ci_high": mrr - 0.62,
+                      f"multi.{k}.finetuned_vs_base.p_value": 0.002}
+        (abl.OUT / f"{arm}.json").write_text(json.dumps({"benchmark": bench, "experiment": f"scl-{arm}",
+                                                         "base_commit": "0123456789", "train": {
+                                                             "dev_mrr_best": mrr, "train_time_s": pairs / 24,
+                                                             "pairs": pairs}}))
+    text = abl.table(config)
+    assert "| training pairs | | 6400 | 25600 |" in text
+    assert "| held-out German | Δ MRR vs untuned base | +0.050 [+0.020, +0.080] p=0.002 | +0.090 [+0.060, +0.120] " \
+           "p=0.002 |" in text
+    png = tmp_path / "scaling.png"
+    assert abl.plot(config, png) and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+    assert not abl.plot({**config, "arms": {"pairs_6k": {}}}, tmp_path / "one.png")   # one point is no curve

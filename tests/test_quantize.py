@@ -30,7 +30,10 @@ def _replace(p: QuantizeParams, **changes) -> QuantizeParams:
 PARAMS = _replace(QuantizeParams(), method="auto", candidates=CANDS, sensitive_keep=1,
                              measure_size=12, agreement_queries=10, repeats=1, batch_size=4, index_batch_size=8,
                              latency_queries=2, calibration_size=16, gate_corpus=0, bootstrap_resamples=100,
-                             threads=1, block_size=16, exclude_nodes=[])
+                             threads=1, block_size=16, exclude_nodes=[],
+                             # a random tiny model's INT8 deltas on 10 queries are noise: every candidate
+                             # passes here so the published file is an INT8 one (the rule: test_select_*)
+                             gate_mrr_delta=-1.0, gate_hr1_delta=-1.0)
 FIXED = _replace(PARAMS, method="matmul_nbits", optimization="O2")
 BUILD_ONLY = _replace(PARAMS, candidates=["nbits_b32", "fused_dynamic"])  # no calibration texts needed
 
@@ -98,7 +101,8 @@ def test_auto_builds_every_candidate_and_publishes_the_selected_one(built):
     cands = {n: r for n, r in rep["rows"].items() if n in CANDS}
     assert (chosen, rep["gate_passed"]) == QG.select(cands, PARAMS.gate_mrr_delta, PARAMS.gate_hr1_delta)[:2]
     assert [n for n, r in cands.items() if r["gate"]] == [
-        n for n, r in cands.items() if r["mrr_delta"] >= -0.005 and r["hr1_delta"] >= -0.01]
+        n for n, r in cands.items() if r["mrr_delta"] >= PARAMS.gate_mrr_delta and r["hr1_delta"] >= PARAMS.gate_hr1_delta]
+    assert rep["gate_passed"] and chosen in CANDS
     # each candidate really is the graph it claims
     assert "MatMulNBits" in _ops(build / "onnx/candidates/nbits_b32.onnx")
     fused = _ops(build / "onnx/candidates/fused_dynamic.onnx")
