@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 
 from hpo_embed.benchmark.inputs import PIPELINE_MODELS
+from hpo_embed.benchmark.score import set_rows
 from hpo_embed.common import log
 from hpo_embed.pairs.external_sets import QuerySet
 from hpo_embed.retrieval import calibration as K
@@ -48,9 +49,9 @@ def top1(df: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
     return s, (df["rank"].to_numpy() == 1).astype(float)
 
 
-def _rows(per_query: pd.DataFrame, mode: str, qs_set: str, lang: str | None, model: str) -> pd.DataFrame:
-    return per_query[(per_query["retrieval"] == mode) & (per_query["set"] == qs_set)
-                     & (per_query["lang"].fillna("") == (lang or "")) & (per_query["model"] == model)]
+def _rows(per_query: pd.DataFrame, mode: str, qs: QuerySet, model: str) -> pd.DataFrame:
+    rows = set_rows(per_query, mode, qs)
+    return rows[rows["model"] == model]
 
 
 def distributions(per_query: pd.DataFrame, sets: list[tuple[str, QuerySet]], models: list[str],
@@ -60,7 +61,7 @@ def distributions(per_query: pd.DataFrame, sets: list[tuple[str, QuerySet]], mod
     out: dict[str, Any] = {}
     for _, qs in sets:
         for m in models:
-            s, y = top1(_rows(per_query, mode, qs.set, qs.lang, m))
+            s, y = top1(_rows(per_query, mode, qs, m))
             prefix = f"{mode}.{qs.key}.{m}.top1_cos"
             for label, sel in (("correct", y == 1), ("wrong", y == 0)):
                 x = s[sel]
@@ -81,7 +82,7 @@ def calibrate(per_query: pd.DataFrame, sets: list[tuple[str, QuerySet]], models:
                                     "over its label and EXACT synonym vectors), as SentenceTransformer.encode + "
                                     "cosine gives it", "models": {}}
     for m in [m for m in models if m in PIPELINE_MODELS]:
-        s, y = top1(_rows(per_query, mode, DEV_SET, None, m))
+        s, y = top1(_rows(per_query, mode, QuerySet(DEV_SET, None, [], []), m))
         try:
             cals = K.fit_all(s, y, minimum=MIN_DEV, where=f"benchmark calibration ({m}, dev)")
         except ValueError as exc:
@@ -92,7 +93,7 @@ def calibrate(per_query: pd.DataFrame, sets: list[tuple[str, QuerySet]], models:
                                                  if k != "none"},
                                  "thresholds": {f"{t}": K.best_threshold(s, y, t) for t in TARGETS}, "sets": {}}
         for name, qs in sets:
-            st, yt = top1(_rows(per_query, mode, qs.set, qs.lang, m))
+            st, yt = top1(_rows(per_query, mode, qs, m))
             if not len(st):
                 continue
             entry["sets"][name] = {

@@ -78,7 +78,8 @@ def _finite(x: float) -> float | None:
     return None if x is None or (isinstance(x, float) and not math.isfinite(x)) else x
 
 
-def _subset(per_query: pd.DataFrame, mode: str, qs: QuerySet) -> pd.DataFrame:
+def set_rows(per_query: pd.DataFrame, mode: str, qs: QuerySet) -> pd.DataFrame:
+    """The per-query rows of set ``qs`` in retrieval ``mode`` (every model)."""
     return per_query[(per_query["retrieval"] == mode) & (per_query["set"] == qs.set)
                      & (per_query["lang"].fillna("") == (qs.lang or ""))]
 
@@ -101,7 +102,7 @@ def summarize(per_query: pd.DataFrame, sets: list[QuerySet], models: list[str], 
             out[f"{qs.key}.{k}"] = v
     for mode in modes:
         for qs in tqdm(sets, desc=f"bootstrap CIs ({mode})", unit="set", leave=False):
-            sub = _subset(per_query, mode, qs)
+            sub = set_rows(per_query, mode, qs)
             by_model = {m: sub[sub["model"] == m] for m in models}
             subsets = [("", by_model)]
             seen = sub["seen"].dropna() if "seen" in sub else pd.Series(dtype=bool)
@@ -136,7 +137,7 @@ def branch_summary(per_query: pd.DataFrame, sets: list[QuerySet], models: list[s
     out: dict[str, Any] = {}
     for _, qs in headline_sets([s for s in sets if s.set == "heldout"]):
         for mode in modes:
-            sub = _subset(per_query, mode, qs).dropna(subset=["branch"])
+            sub = set_rows(per_query, mode, qs).dropna(subset=["branch"])
             for (branch, m), df in sub.groupby(["branch", "model"]):
                 out[f"{mode}.heldout.branch.{branch}.{m}.mrr"] = float(df["mrr"].mean())
                 out[f"{mode}.heldout.branch.{branch}.{m}.n_queries"] = len(df)
@@ -179,7 +180,7 @@ def write_curves(per_query: pd.DataFrame, sets: list[QuerySet], models: list[str
     final, folder = folder, temp_sibling(folder)
     folder.mkdir(parents=True)
     for qs in sets:
-        sub = _subset(per_query, mode, qs)
+        sub = set_rows(per_query, mode, qs)
         lines = ["k,model,hit_rate"]
         for m in models:
             ranks = sub.loc[sub["model"] == m, "rank"].to_numpy()

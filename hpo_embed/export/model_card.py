@@ -114,7 +114,7 @@ def release_card(name: str, *, languages: list[str], base: dict[str, Any], hpo: 
                mode: str, sets: list[tuple[str, str]], holdout_all: bool, max_seq_length: int) -> str:
     """The README.md of the release folder (module docstring). ``sets``: (metrics name,
     report key) of each headline set."""
-    prompt = (base.get("prompt") == "query") and "query: " or None
+    prompt = "query: " if base.get("prompt") == "query" else None
     lines = _front_matter(name, languages, base) + [
         f"# {name}", "",
         "Multilingual sentence embeddings specialised for Human Phenotype Ontology (HPO) concepts: a clinical "
