@@ -6,7 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup repro test release ablation scaling params profile-gpu profile-embedded clean-venv fetch-translations fetch-benchmarks \
+.PHONY: setup repro test release ablation scaling params profile-gpu profile-embedded profile-release clean-venv fetch-translations fetch-benchmarks \
 	preflight gpu-estimate gpu-check quantize-select
 
 $(STAMP): requirements.txt requirements-dev.txt
@@ -41,6 +41,11 @@ profile-gpu: $(STAMP)
 
 profile-embedded: $(STAMP)
 	$(PY) -m hpo_embed.gpu.profile embedded
+
+# The release model (profiles/release.yaml): the scaling study's best arm trained on every
+# concept, benchmark concepts included (reported as seen / unseen); CPU, offline, <= 3 h.
+profile-release: $(STAMP)
+	$(PY) -m hpo_embed.gpu.profile release
 
 # Checks of the active params in seconds (models resolve offline, CUDA for train.device:
 # cuda, memory/time/disk estimate); `dvc repro` runs it first as the preflight stage.

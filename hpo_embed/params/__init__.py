@@ -75,6 +75,10 @@ class Params(BaseModel):
         if absent:
             raise ValueError(f"benchmark.languages: {', '.join(absent)} is not a language of this run "
                              f"(en + translate.languages: {', '.join(known)}), so it has no held-out queries")
+        absent = [lang for lang in self.train.language_weights if lang not in known]
+        if absent:
+            raise ValueError(f"train.language_weights: {', '.join(absent)} is not a language of this run "
+                             f"(en + translate.languages: {', '.join(known)})")
         return self
 
 

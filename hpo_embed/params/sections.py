@@ -126,6 +126,10 @@ class TrainParams(Section):
                                             "on CPU, but held-out MRR -0.010 at the embedded budget (docs/throughput.md)")
     seed: Int = spec(42, min=0, doc="seed for sampling, shuffling and initialisation")
     max_train_pairs: Int | None = spec(6400, min=1, doc="random cap on training pairs; null = all")
+    language_weights: dict[str, Float] = spec(default_factory=dict,
+                                              doc="sampling weight of a pair under max_train_pairs by its non-English "
+                                                  "language ({de: 4}: a German pair is 4x as likely to be drawn); "
+                                                  "absent = 1; {} = a uniform sample")
     eval_steps: Int = spec(100, min=1, doc="dev evaluation every N steps (and at the last step)")
     save_steps: Int = spec(100, min=1, doc="checkpoint every N steps; a multiple of eval_steps")
     save_total_limit: Int = spec(2, min=1, doc="checkpoints kept (the best is always kept)")
@@ -153,6 +157,9 @@ class TrainParams(Section):
         bad = [d for d in self.matryoshka_dims if d < 1]
         if bad:
             raise ValueError(f"matryoshka_dims: {bad} must be >= 1")
+        for lang, w in self.language_weights.items():
+            if not w > 0:
+                raise ValueError(f"language_weights.{lang}: must be > 0, got {w}")
         return self
 
 

@@ -113,7 +113,7 @@ def load_rows(params, a: TrainPaths) -> dict[str, Any]:
     p = params.train
     all_pairs = read_table(a.pairs / "train.parquet", "pairs")
     train_df, available = select_training_rows(all_pairs, p.pair_types, p.max_train_pairs, p.seed,
-                                               a.pairs / "train.parquet")
+                                               a.pairs / "train.parquet", p.language_weights)
     langs = sorted(set(train_df.get("lang_anchor", pd.Series(dtype=str)).dropna())
                    | set(train_df.get("lang_positive", pd.Series(dtype=str)).dropna()))
     queries = read_table(a.pairs / "queries.parquet", "queries")
