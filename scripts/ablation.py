@@ -47,12 +47,15 @@ def sh(*cmd: str) -> str:
 
 
 def set_args(settings: dict) -> list[str]:
-    args: list[str] = []
-    for key, value in settings.items():
-        text = json.dumps(value) if isinstance(value, (list, dict)) else (
-            "null" if value is None else str(value).lower() if isinstance(value, bool) else str(value))
-        args += ["-S", f"{key}={text}"]
-    return args
+    """``-S key=value`` in the override grammar `dvc exp run` parses (Hydra's: JSON lists
+    pass, but a mapping's keys must be bare: ``{de: 8}``)."""
+    def text(value) -> str:
+        if isinstance(value, dict):
+            return "{" + ", ".join(f"{k}: {text(v)}" for k, v in value.items()) + "}"
+        if isinstance(value, list):
+            return json.dumps(value)
+        return "null" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
+    return [arg for key, value in settings.items() for arg in ("-S", f"{key}={text(value)}")]
 
 
 def restore() -> None:
@@ -81,6 +84,8 @@ def save_arm(arm: str, experiment: str, settings: dict) -> None:
     """reports/ablation/<arm>.json from the workspace's benchmark/train/mine outputs."""
     report = json.loads((ROOT / "reports" / "benchmark.json").read_text())
     train = json.loads((ROOT / "metrics" / "train.json").read_text())
+    train_report = json.loads((ROOT / "reports" / "train.json").read_text())
+    train |= {"pairs": train_report["pairs"], "pairs_by_language": train_report["pairs_by"]["languages"]}
     mine = ROOT / "metrics" / "mine.json"
     payload = {"arm": arm, "experiment": experiment, "base_commit": sh("git", "rev-parse", "HEAD").strip(),
                "settings": settings, "train": train, "mine": json.loads(mine.read_text()) if mine.exists() else None,
@@ -138,9 +143,11 @@ def adopt(arm: str, config: dict) -> None:
     that arm (the default run): the shared cheap settings change nothing the table shows."""
     raw = yaml.safe_load((ROOT / "params.yaml").read_text())
     for key, value in config["arms"][arm].items():
-        section, name = key.split(".")
-        if raw.get(section, {}).get(name) != value:
-            sys.exit(f"error: params.yaml has {key}={raw.get(section, {}).get(name)!r}, arm {arm} needs {value!r}")
+        have = raw
+        for part in key.split("."):   # lr, train.max_train_pairs
+            have = (have or {}).get(part)
+        if have != value:
+            sys.exit(f"error: params.yaml has {key}={have!r}, arm {arm} needs {value!r}")
     if "dvc.lock" in sh("git", "status", "--porcelain", "dvc.lock"):
         sys.exit("error: dvc.lock has uncommitted changes: commit the `dvc repro` run first")
     save_arm(arm, "dvc repro (default params)", config["arms"][arm])
@@ -204,8 +211,29 @@ def table(config: dict) -> str:
         for key, title in rows(first, mode):
             cells = [delta_cell(vs_base(found[a]["benchmark"], mode, key)) for a in arms]
             lines.append(f"| {title} | Δ MRR vs untuned base | " + " | ".join(cells) + " |")
+    lines += steps(config, found, mode)
     lines += ["", "Where each arm's numbers come from:", *sources]
     return "\n".join(lines) + "\n"
+
+
+def steps(config: dict, found: dict, mode: str) -> list[str]:
+    """The study's one-factor steps (config ``parent: {arm: the arm it changes one factor of}``):
+    each step's MRR change, paired per query, on the plotted sets. A step whose CI includes 0
+    is where that axis stops paying at this precision."""
+    done = [(a, b) for a, b in (config.get("parent") or {}).items() if a in found and b in found]
+    if not done:
+        return []
+    resamples, seed = stats_params()
+    first = next(iter(found.values()))["benchmark"]
+    sets = [k for k in PLOT_SETS if f"{mode}.{k}.finetuned.mrr" in first]
+    t = config["titles"]
+    out = ["", "**One-factor steps** (Δ MRR of each arm minus the arm it changes one factor of, paired per query, "
+           "95% CI, permutation p):", "", "| step | " + " | ".join(sets) + " |", "|---|" + "---|" * len(sets)]
+    for arm, parent in done:
+        a, b = per_query(arm), per_query(parent)
+        out.append(f"| {t.get(parent, parent)} → {t.get(arm, arm)} | " +
+                   " | ".join(delta_cell(paired(a, b, mode, k, resamples, seed)) for k in sets) + " |")
+    return out
 
 
 def vs_base(report: dict, mode: str, key: str) -> dict | None:

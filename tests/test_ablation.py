@@ -39,6 +39,10 @@ def test_set_args_quote_lists_and_scalars():
     abl = load_script()
     assert abl.set_args({"mine.sources": ["ontology", "model"], "mine.rounds": 2, "x.flag": True, "y": None}) == [
         "-S", 'mine.sources=["ontology", "model"]', "-S", "mine.rounds=2", "-S", "x.flag=true", "-S", "y=null"]
+    # a mapping in Hydra's grammar, which `dvc exp run -S` parses (it refuses quoted keys)
+    (arg,) = abl.set_args({"train.language_weights": {"de": 8}})[1:]
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    assert OverridesParser.create().parse_override(arg).value() == {"de": 8}
 
 
 def test_tables_from_arm_reports(tmp_path, monkeypatch):
@@ -81,6 +85,11 @@ def test_tables_from_arm_reports(tmp_path, monkeypatch):
     assert "| mined | 0.750 / 0.650 | 0.750 / 0.650 | 0.750 / 0.650 | +0.050 [+0.050, +0.050] p=0.00" in short
     assert "| in-batch | 0.700 / 0.600 | 0.700 / 0.600 | 0.700 / 0.600 | – |" in short
     assert "Not run yet: iterative." in short
+    # one-factor steps: b changes one factor of a (c is not run: no row)
+    stepped = abl.table({**config, "parent": {"b": "a", "c": "b"}})
+    row = [ln for ln in stepped.splitlines() if ln.startswith("| in-batch → mined |")]
+    assert len(row) == 1 and row[0].count("+0.050 [+0.050, +0.050] p=0.00") == 2   # the plotted sets present: de, o3
+    assert "→ iterative" not in stepped and "**One-factor steps**" not in full
 
 
 def test_paired_difference_refuses_different_queries(tmp_path):
