@@ -48,14 +48,15 @@ def sh(*cmd: str) -> str:
 
 def set_args(settings: dict) -> list[str]:
     """``-S key=value`` in the override grammar `dvc exp run` parses (Hydra's: JSON lists
-    pass, but a mapping's keys must be bare: ``{de: 8}``)."""
+    pass; a mapping needs bare keys, ``{de: 8}``, and ``++`` to replace an empty ``{}``)."""
     def text(value) -> str:
         if isinstance(value, dict):
             return "{" + ", ".join(f"{k}: {text(v)}" for k, v in value.items()) + "}"
         if isinstance(value, list):
             return json.dumps(value)
         return "null" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
-    return [arg for key, value in settings.items() for arg in ("-S", f"{key}={text(value)}")]
+    return [arg for key, value in settings.items()
+            for arg in ("-S", f"{'++' if isinstance(value, dict) else ''}{key}={text(value)}")]
 
 
 def restore() -> None:

@@ -35,14 +35,18 @@ def test_config_arms_are_valid_params(study):
     assert set(config["titles"]) == set(config["arms"]) and config.get("baseline") in config["arms"]
 
 
-def test_set_args_quote_lists_and_scalars():
+def test_set_args_quote_lists_and_scalars(tmp_path):
     abl = load_script()
     assert abl.set_args({"mine.sources": ["ontology", "model"], "mine.rounds": 2, "x.flag": True, "y": None}) == [
         "-S", 'mine.sources=["ontology", "model"]', "-S", "mine.rounds=2", "-S", "x.flag=true", "-S", "y=null"]
-    # a mapping in Hydra's grammar, which `dvc exp run -S` parses (it refuses quoted keys)
+    # a mapping in Hydra's grammar, applied as `dvc exp run -S` applies it (it refuses quoted
+    # keys, and a plain override of an empty {} in params.yaml)
     (arg,) = abl.set_args({"train.language_weights": {"de": 8}})[1:]
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-    assert OverridesParser.create().parse_override(arg).value() == {"de": 8}
+    from dvc.utils.hydra import apply_overrides
+    params = tmp_path / "params.yaml"
+    params.write_text("lr: 1.0e-05\ntrain:\n  language_weights: {}   # comment\n")
+    apply_overrides(str(params), [arg])
+    assert yaml.safe_load(params.read_text())["train"]["language_weights"] == {"de": 8}
 
 
 def test_tables_from_arm_reports(tmp_path, monkeypatch):
