@@ -322,7 +322,13 @@ def write_table(config: dict) -> None:
     png = OUT.with_suffix(".png")
     if config.get("plot") and plot(config, png):
         text += f"\n![MRR against training pairs and minutes]({png.name})\n"
-    report.write_text(f"# {config.get('title', 'Hard-negative ablation')}\n\n" + text)
+    # the reading of the numbers (where a curve flattens, what was not run) is written by a
+    # person between these marks and kept when the tables are regenerated
+    notes = ""
+    if report.is_file():
+        m = re.search(r"<!-- notes:start -->.*?<!-- notes:end -->\n", report.read_text(), flags=re.S)
+        notes = m.group(0) + "\n" if m else ""
+    report.write_text(f"# {config.get('title', 'Hard-negative ablation')}\n\n" + notes + text)
     readme = README.read_text()
     short = compact(config)
     if MARK[0] in readme:

@@ -153,3 +153,10 @@ def test_scaling_study_table_and_plot(tmp_path, monkeypatch):
     png = tmp_path / "scaling.png"
     assert abl.plot(config, png) and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
     assert not abl.plot({**config, "arms": {"pairs_6k": {}}}, tmp_path / "one.png")   # one point is no curve
+    # regenerating keeps the person-written reading of the numbers
+    monkeypatch.setattr(abl, "README", tmp_path / "README.md")
+    (tmp_path / "README.md").write_text("# x\n")
+    (tmp_path / "scaling.md").write_text("# old\n\n<!-- notes:start -->\nflattens at 25.6k\n<!-- notes:end -->\nold table\n")
+    abl.write_table(config)
+    again = (tmp_path / "scaling.md").read_text()
+    assert "flattens at 25.6k" in again and "old table" not in again and "| training pairs | | 6400 | 25600 |" in again
