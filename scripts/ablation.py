@@ -11,6 +11,7 @@ arm is a workspace experiment of the real pipeline up to the benchmark stage, na
     python scripts/ablation.py run mined      # one arm
     python scripts/ablation.py table          # reports/ablation.md + the README section
     python scripts/ablation.py --config configs/scaling.yaml run pairs_26k   # make scaling
+    python scripts/ablation.py --config configs/scaling.yaml queue pairs_26k pairs_all  # via dvc queue
 
 ``run`` restores params.yaml, dvc.lock and the outputs of the current commit after every arm
 (the arm's results stay in its experiment ref), and copies the arm's benchmark report to
@@ -28,6 +29,7 @@ import json
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import yaml
@@ -70,14 +72,71 @@ def restore() -> None:
     sh("dvc", "checkout", "--force", "--quiet")
 
 
+# Git-ignored inputs a queued arm needs in its temporary copy of the repository: the
+# optional downloaded files (translate and benchmark deps) and the embedding caches.
+COPY_PATHS = ("data/external", "data/benchmark/cache", "data/cache")
+
+
+def exp_name(arm: str, config: dict) -> str:
+    return f"{config.get('prefix', 'abl')}-{arm}"
+
+
 def run(arms: list[str], config: dict) -> None:
+    """Each arm in the workspace, one after the other: an interrupted arm, started again,
+    resumes its training from models/checkpoints (the train stage's own resume)."""
     OUT.mkdir(parents=True, exist_ok=True)
     for arm in arms:
         settings = {**config["common"], **config["arms"][arm]}
-        name = f"{config.get('prefix', 'abl')}-{arm}"
+        name = exp_name(arm, config)
         sh("dvc", "exp", "remove", name) if name in sh("dvc", "exp", "list", "--name-only") else None
         sh("dvc", "exp", "run", "-n", name, *set_args(settings), config.get("target", "benchmark"))
         save_arm(arm, name, settings)
+        restore()
+
+
+def queue(arms: list[str], config: dict, poll_s: float = 60.0) -> None:
+    """Every arm into DVC's queue (`dvc exp run --queue`, the git-ignored inputs copied
+    along), one worker (`dvc queue start`: arms never share the two cores), wait, collect.
+    The workspace stays free for other work; a queued arm runs in a temporary copy, so
+    a killed worker restarts its arm from the beginning (``run`` resumes instead)."""
+    copy = [arg for path in COPY_PATHS if (ROOT / path).exists() for arg in ("-C", path)]
+    known = sh("dvc", "exp", "list", "--name-only")
+    for arm in arms:
+        name = exp_name(arm, config)
+        sh("dvc", "exp", "remove", name) if name in known else None
+        settings = {**config["common"], **config["arms"][arm]}
+        sh("dvc", "exp", "run", "--queue", "-n", name, *copy, *set_args(settings), config.get("target", "benchmark"))
+    sh("dvc", "queue", "start", "-j", "1")
+    names = {exp_name(arm, config) for arm in arms}
+    while True:
+        states = queue_states(sh("dvc", "queue", "status"), names)
+        print("queue:", ", ".join(f"{n} {s}" for n, s in sorted(states.items())), flush=True)
+        if all(s not in ("Queued", "Running") for s in states.values()):
+            break
+        time.sleep(poll_s)
+    failed = [n for n, s in states.items() if s != "Success"]
+    if failed:
+        print(f"warning: {failed} did not succeed (`dvc queue logs <name>` says why); "
+              "collecting the others", file=sys.stderr)
+    collect([arm for arm in arms if states.get(exp_name(arm, config)) == "Success"], config)
+
+
+def queue_states(status: str, names: set[str]) -> dict[str, str]:
+    """Status of each named experiment in `dvc queue status`'s table (Task Name Created Status)."""
+    states = {}
+    for line in status.splitlines():
+        words = line.split()
+        if len(words) >= 3 and words[1] in names:
+            states[words[1]] = words[-1]
+    return states
+
+
+def collect(arms: list[str], config: dict) -> None:
+    """reports/<study>/<arm>.* from finished experiments (`dvc exp apply`, then back)."""
+    for arm in arms:
+        name = exp_name(arm, config)
+        sh("dvc", "exp", "apply", name)
+        save_arm(arm, name, {**config["common"], **config["arms"][arm]})
         restore()
 
 
@@ -351,16 +410,18 @@ def use_config(path: Path) -> dict:
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--config", type=Path, default=CONFIG, help="the study (default configs/ablation.yaml)")
-    ap.add_argument("command", choices=("run", "adopt", "table"),
-                    help="run: dvc exp run per arm; adopt: take the arm from the committed default dvc repro; table")
+    ap.add_argument("command", choices=("run", "queue", "collect", "adopt", "table"),
+                    help="run: dvc exp run per arm in the workspace; queue: the same through DVC's queue "
+                         "(one worker), then collect; collect: results of finished experiments; "
+                         "adopt: take the arm from the committed default dvc repro; table")
     ap.add_argument("arms", nargs="*", help="arms to run (default: all of configs/ablation.yaml)")
     a = ap.parse_args(argv)
     config = use_config(a.config)
     unknown = [x for x in a.arms if x not in config["arms"]]
     if unknown:
         sys.exit(f"error: {a.config}: unknown arm(s) {unknown}; known: {list(config['arms'])}")
-    if a.command == "run":
-        run(a.arms or list(config["arms"]), config)
+    if a.command in ("run", "queue", "collect"):
+        {"run": run, "queue": queue, "collect": collect}[a.command](a.arms or list(config["arms"]), config)
     elif a.command == "adopt":
         for arm in a.arms:
             adopt(arm, config)

@@ -160,3 +160,38 @@ def test_scaling_study_table_and_plot(tmp_path, monkeypatch):
     abl.write_table(config)
     again = (tmp_path / "scaling.md").read_text()
     assert "flattens at 25.6k" in again and "old table" not in again and "| training pairs | | 6400 | 25600 |" in again
+
+
+def test_queue_enqueues_each_arm_with_copied_inputs_then_collects_the_successful(monkeypatch):
+    """`queue`: one `dvc exp run --queue` per arm (git-ignored inputs copied along, the arm's
+    -S settings), one worker, wait until no arm is queued or running, collect only the arms
+    that succeeded."""
+    abl = load_script()
+    config = {"prefix": "scl", "target": "benchmark", "common": {"quantize.method": "dynamic"},
+              "arms": {"big": {"lr": 1e-4}, "bigger": {"train.max_train_pairs": None}}}
+    calls, polls = [], iter([
+        "Task     Name        Created    Status\nab12cd3  scl-big     11:02 PM   Running\n"
+        "ef45ab6  scl-bigger  11:02 PM   Queued\n\nWorker status: 1 active, 0 idle\n",
+        "Task     Name        Created    Status\nab12cd3  scl-big     11:02 PM   Success\n"
+        "ef45ab6  scl-bigger  11:02 PM   Failed\n\nWorker status: 0 active, 1 idle\n"])
+
+    def sh(*cmd):
+        calls.append(cmd)
+        if cmd[:3] == ("dvc", "queue", "status"):
+            return next(polls)
+        return "scl-big\n" if cmd[:3] == ("dvc", "exp", "list") else ""
+    collected = []
+    monkeypatch.setattr(abl, "sh", sh)
+    monkeypatch.setattr(abl, "collect", lambda arms, cfg: collected.extend(arms))
+    monkeypatch.setattr(abl, "COPY_PATHS", ("data", "no/such/dir"))
+    abl.queue(["big", "bigger"], config, poll_s=0)
+    assert ("dvc", "exp", "remove", "scl-big") in calls and ("dvc", "exp", "remove", "scl-bigger") not in calls
+    queued = [c for c in calls if c[:4] == ("dvc", "exp", "run", "--queue")]
+    assert queued == [
+        ("dvc", "exp", "run", "--queue", "-n", "scl-big", "-C", "data",
+         "-S", "quantize.method=dynamic", "-S", "lr=0.0001", "benchmark"),
+        ("dvc", "exp", "run", "--queue", "-n", "scl-bigger", "-C", "data",
+         "-S", "quantize.method=dynamic", "-S", "train.max_train_pairs=null", "benchmark")]
+    assert calls.index(("dvc", "queue", "start", "-j", "1")) > calls.index(queued[-1])
+    assert sum(c[:3] == ("dvc", "queue", "status") for c in calls) == 2
+    assert collected == ["big"]
