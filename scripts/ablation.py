@@ -99,7 +99,7 @@ def queue(arms: list[str], config: dict, poll_s: float = 60.0) -> None:
     along), one worker (`dvc queue start`: arms never share the two cores), wait, collect.
     The workspace stays free for other work; a queued arm runs in a temporary copy, so
     a killed worker restarts its arm from the beginning (``run`` resumes instead)."""
-    copy = [arg for path in COPY_PATHS if (ROOT / path).exists() for arg in ("-C", path)]
+    copy = [arg for path in ignored(COPY_PATHS) for arg in ("-C", path)]
     known = sh("dvc", "exp", "list", "--name-only")
     for arm in arms:
         name = exp_name(arm, config)
@@ -119,6 +119,14 @@ def queue(arms: list[str], config: dict, poll_s: float = 60.0) -> None:
         print(f"warning: {failed} did not succeed (`dvc queue logs <name>` says why); "
               "collecting the others", file=sys.stderr)
     collect([arm for arm in arms if states.get(exp_name(arm, config)) == "Success"], config)
+
+
+def ignored(paths: tuple[str, ...]) -> list[str]:
+    """The git-ignored files and wholly ignored folders under ``paths``: what `--copy-paths`
+    must name (DVC copies a folder only where the temporary copy has none, and these folders
+    hold tracked READMEs)."""
+    listing = sh("git", "ls-files", "--others", "--ignored", "--exclude-standard", "--directory", "--", *paths)
+    return [line.rstrip("/") for line in listing.splitlines() if line.strip()]
 
 
 def queue_states(status: str, names: set[str]) -> dict[str, str]:

@@ -179,18 +179,22 @@ def test_queue_enqueues_each_arm_with_copied_inputs_then_collects_the_successful
         calls.append(cmd)
         if cmd[:3] == ("dvc", "queue", "status"):
             return next(polls)
+        if cmd[:2] == ("git", "ls-files"):
+            assert cmd[-2:] == ("--", "data/external")
+            return "data/benchmark/cache/\ndata/external/hpo-translations/hp-de.babelon.tsv\n"
         return "scl-big\n" if cmd[:3] == ("dvc", "exp", "list") else ""
     collected = []
     monkeypatch.setattr(abl, "sh", sh)
     monkeypatch.setattr(abl, "collect", lambda arms, cfg: collected.extend(arms))
-    monkeypatch.setattr(abl, "COPY_PATHS", ("data", "no/such/dir"))
+    monkeypatch.setattr(abl, "COPY_PATHS", ("data/external",))
     abl.queue(["big", "bigger"], config, poll_s=0)
     assert ("dvc", "exp", "remove", "scl-big") in calls and ("dvc", "exp", "remove", "scl-bigger") not in calls
     queued = [c for c in calls if c[:4] == ("dvc", "exp", "run", "--queue")]
+    copied = ("-C", "data/benchmark/cache", "-C", "data/external/hpo-translations/hp-de.babelon.tsv")
     assert queued == [
-        ("dvc", "exp", "run", "--queue", "-n", "scl-big", "-C", "data",
+        ("dvc", "exp", "run", "--queue", "-n", "scl-big", *copied,
          "-S", "quantize.method=dynamic", "-S", "lr=0.0001", "benchmark"),
-        ("dvc", "exp", "run", "--queue", "-n", "scl-bigger", "-C", "data",
+        ("dvc", "exp", "run", "--queue", "-n", "scl-bigger", *copied,
          "-S", "quantize.method=dynamic", "-S", "train.max_train_pairs=null", "benchmark")]
     assert calls.index(("dvc", "queue", "start", "-j", "1")) > calls.index(queued[-1])
     assert sum(c[:3] == ("dvc", "queue", "status") for c in calls) == 2
