@@ -247,8 +247,9 @@ def table(config: dict) -> str:
     mode = config.get("mode", "multi")
     first = next(iter(found.values()))["benchmark"]
     arms = list(found)
-    lines = [f"Fine-tuned model, {mode}-vector retrieval, the same step budget ({config['steps']}) for every arm; MRR and HR@1 with bootstrap 95% CIs; n = queries. Regenerate: "
-             "`python scripts/ablation.py run && python scripts/ablation.py table`.", ""]
+    cli = "python scripts/ablation.py" + ("" if config.get("name", "ablation") == "ablation" else f" --config configs/{config['name']}.yaml")
+    lines = [f"Fine-tuned model, {mode}-vector retrieval, training: {config['steps']}; MRR and HR@1 with bootstrap 95% CIs; n = queries. Regenerate: "
+             f"`{cli} run && {cli} table`.", ""]
     lines.append("| query set | metric | " + " | ".join(config["titles"].get(a, a) for a in arms) + " |")
     lines.append("|---|---|" + "---|" * len(arms))
     for key, title in rows(first, mode):
