@@ -81,16 +81,20 @@ def exp_name(arm: str, config: dict) -> str:
     return f"{config.get('prefix', 'abl')}-{arm}"
 
 
+def arm_settings(arm: str, config: dict) -> dict:
+    """The parameters an arm sets: the study's shared ones, then its own."""
+    return {**config["common"], **config["arms"][arm]}
+
+
 def run(arms: list[str], config: dict) -> None:
     """Each arm in the workspace, one after the other: an interrupted arm, started again,
     resumes its training from models/checkpoints (the train stage's own resume)."""
     OUT.mkdir(parents=True, exist_ok=True)
     for arm in arms:
-        settings = {**config["common"], **config["arms"][arm]}
         name = exp_name(arm, config)
         sh("dvc", "exp", "remove", name) if name in sh("dvc", "exp", "list", "--name-only") else None
-        sh("dvc", "exp", "run", "-n", name, *set_args(settings), config.get("target", "benchmark"))
-        save_arm(arm, name, settings)
+        sh("dvc", "exp", "run", "-n", name, *set_args(arm_settings(arm, config)), config.get("target", "benchmark"))
+        save_arm(arm, name, arm_settings(arm, config))
         restore()
 
 
@@ -104,8 +108,8 @@ def queue(arms: list[str], config: dict, poll_s: float = 60.0) -> None:
     for arm in arms:
         name = exp_name(arm, config)
         sh("dvc", "exp", "remove", name) if name in known else None
-        settings = {**config["common"], **config["arms"][arm]}
-        sh("dvc", "exp", "run", "--queue", "-n", name, *copy, *set_args(settings), config.get("target", "benchmark"))
+        sh("dvc", "exp", "run", "--queue", "-n", name, *copy, *set_args(arm_settings(arm, config)),
+           config.get("target", "benchmark"))
     sh("dvc", "queue", "start", "-j", "1")
     names = {exp_name(arm, config) for arm in arms}
     while True:
@@ -144,7 +148,7 @@ def collect(arms: list[str], config: dict) -> None:
     for arm in arms:
         name = exp_name(arm, config)
         sh("dvc", "exp", "apply", name)
-        save_arm(arm, name, {**config["common"], **config["arms"][arm]})
+        save_arm(arm, name, arm_settings(arm, config))
         restore()
 
 
