@@ -170,6 +170,51 @@ def test_rerank_keeps_the_biencoder_rank_when_gold_is_not_among_the_candidates()
     assert rr["rr_ids"][1] == ["B", "C", "A"] and rr["top_logit"].tolist() == [2.0, 3.0]
 
 
+
+def _fusion_lists():
+    # query a: the bi-encoder is right (gold first, large cosine gap), the logits slightly wrong;
+    # query b: the bi-encoder is narrowly wrong (gap 0.01), the logits clearly right;
+    # query c: both wrong, gold ("Z") not among the candidates -> its bi-encoder rank stays
+    cands = pd.DataFrame([
+        {"query": "a", "expected": ["X"], "gold_rank": 1, "cand_ids": ["X", "B"], "cand_scores": [0.90, 0.80]},
+        {"query": "b", "expected": ["Y"], "gold_rank": 2, "cand_ids": ["A", "Y"], "cand_scores": [0.86, 0.85]},
+        {"query": "c", "expected": ["Z"], "gold_rank": 40, "cand_ids": ["A", "B"], "cand_scores": [0.70, 0.60]}])
+    logits = [np.array([1.0, 2.0]), np.array([-1.0, 3.0]), np.array([0.0, 0.0])]
+    return cands, logits
+
+
+def test_fused_scores_are_cosine_plus_weight_times_logit():
+    cands, logits = _fusion_lists()
+    fz = M.fused_scores(cands, logits, 0.05)
+    np.testing.assert_allclose(fz[0], [0.90 + 0.05, 0.80 + 0.10])
+    np.testing.assert_allclose(fz[1], [0.86 - 0.05, 0.85 + 0.15])
+    assert M.rerank(cands, fz)["rr_rank"].tolist() == [1, 1, 40]   # a: 0.95 > 0.90; b: 1.00 > 0.81
+
+
+def test_fusion_weight_on_dev_beats_both_the_biencoder_and_the_logits_alone():
+    cands, logits = _fusion_lists()
+    w, mrr = M.choose_fusion_weight(cands, logits, (0.0, 0.005, 0.05, 10.0))
+    # w 0: bi-encoder order (ranks 1, 2, 40); w 0.005: b flips only above w = 0.0025 -> 1, 1;
+    # 10: the logits decide (a falls to rank 2)
+    assert mrr == {"0": round((1 + 0.5 + 1 / 40) / 3, 6), "0.005": round((1 + 1 + 1 / 40) / 3, 6),
+                   "0.05": round((1 + 1 + 1 / 40) / 3, 6), "10": round((0.5 + 1 + 1 / 40) / 3, 6)}
+    assert w == 0.005   # a tie goes to the smaller weight
+    assert M.choose_fusion_weight(cands.iloc[:1], logits[:1], (0.0, 10.0))[0] == 0.0
+
+
+def test_the_rerank_report_has_a_fusion_section_with_the_chosen_weight():
+    from hpo_embed.rerank import evaluate as E
+    cands, logits = _fusion_lists()
+    cands = cands.assign(set="heldout", lang="de")
+    rr = M.rerank(cands, logits)
+    fz = M.rerank(cands, M.fused_scores(cands, logits, 0.05))
+    cmp, fused = E.compare(rr, 50, 0), E.compare(fz, 50, 0)
+    assert fused["heldout.de"]["reranked"]["mrr"] > cmp["heldout.de"]["reranked"]["mrr"]
+    assert fused["heldout.de"]["wins"] == 1 and fused["heldout.de"]["losses"] == 0
+    fusion = {"weight": 0.05, "chosen_on": "dev MRR over 3 queries", "dev_mrr": {"0": 0.5, "0.05": 0.675}}
+    text = "\n".join(E.fusion_section(fused, fusion))
+    assert "w = 0.05" in text and "0.05: 0.6750" in text and "| heldout.de | 3 |" in text
+
 # --------------------------------------------------------------------------- tiny CrossEncoder
 
 def test_tiny_cross_encoder_trains_and_reorders_a_candidate_list(tiny_model_dir, tmp_path):
@@ -273,3 +318,43 @@ def test_disabled_stages_write_disabled_outputs_quickly(tmp_path):
     assert "rerank.enabled=true" in (t / "rerank.md").read_text()
     assert (t / "plots" / "ideal.csv").is_file()
     assert (t / "ck").is_dir()   # every declared output exists, or dvc repro fails after the stage
+
+
+def test_calibrate_chooses_a_fusion_weight_and_the_benchmark_reports_it(tmp_path, monkeypatch):
+    # the stages' wiring with a stand-in scorer: the bi-encoder ranks a wrong concept narrowly
+    # first; the "cross-encoder" scores the gold highest in 3 of 4 queries (else a third concept)
+    from hpo_embed.rerank import benchmark as B, calibrate as CAL
+    terms = pd.DataFrame([{"id": f"HP:{i:07d}", "label": f"term {i}", "synonyms": [], "branch": "HP:0000118",
+                           "selected": True} for i in range(6)])
+    terms.to_parquet(tmp_path / "terms.parquet")
+    rows = []
+    for i, (split, lang) in enumerate([("dev", "de")] * 120 + [("heldout", "de")] * 40 + [("heldout", "fr")] * 40
+                                      + [("70cases_x", "de")] * 20):
+        gold, wrong, other = f"HP:{i % 6:07d}", f"HP:{(i + 1) % 6:07d}", f"HP:{(i + 2) % 6:07d}"
+        rows.append({"set": split, "lang": lang, "query": f"q{i}", "expected": [gold], "branch": "HP:0000118",
+                     "gold_rank": 2, "cand_ids": [wrong, gold, other], "cand_scores": [0.86, 0.85, 0.60]})
+    pd.DataFrame(rows).to_parquet(tmp_path / "c.parquet")
+
+    def fake_scores(model, cands, docs, batch_size=64):
+        return [np.array([0.0, 2.0, 1.0]) if int(r.query[1:]) % 4 else np.array([0.0, 1.0, 2.0])
+                for r in cands.itertuples(index=False)]
+    for mod in (CAL, B):
+        monkeypatch.setattr(mod, "score_candidates", fake_scores)
+        monkeypatch.setattr(mod, "load_cross_encoder", lambda *a, **k: None)
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "config.json").write_text("{}")
+    p = RerankParams(enabled=True, test_queries=None, bootstrap_resamples=200)
+    CAL.run(p, tmp_path / "c.parquet", tmp_path / "model", tmp_path / "terms.parquet", tmp_path / "cal.json",
+            tmp_path / "plots", tmp_path / "calm.json")
+    fusion = json.loads((tmp_path / "cal.json").read_text())["fusion"]
+    # w = 0: MRR 0.5; the reranker's order alone: 3/4 x 1 + 1/4 x 1/2 = 0.875; fusion with a small w
+    # keeps the bi-encoder's 0.85 ahead of the third concept (0.60): gold first in every query
+    assert fusion["dev_mrr"]["0"] == 0.5 and fusion["dev_mrr"]["10"] == 0.875
+    assert fusion["weight"] == 0.02 and fusion["dev_mrr"]["0.02"] == 1.0
+    B.run(p, tmp_path / "c.parquet", tmp_path / "model", tmp_path / "cal.json", tmp_path / "terms.parquet",
+          tmp_path / "pq.parquet", tmp_path / "rerank.md", tmp_path / "rm.json")
+    m = json.loads((tmp_path / "rm.json").read_text())
+    assert m["fusion_weight"] == 0.02 and m["heldout.all.mrr_fused"] == 1.0 and m["heldout.all.mrr_rr"] == 0.875
+    assert m["heldout.all.mrr_bi"] == 0.5 and m["fusion_better"] and m["70cases_x.mrr_fused"] == 1.0
+    assert "## Score fusion: bi-encoder cosine + w × cross-encoder logit (w = 0.02)" in (tmp_path / "rerank.md").read_text()
+    assert pd.read_parquet(tmp_path / "pq.parquet")["fused_rank"].tolist() == [1] * 100

@@ -87,23 +87,39 @@ def _f(x: float | None, nd: int = 3) -> str:
     return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{nd}f}"
 
 
+def comparison_table(cmp: dict, side: str) -> list[str]:
+    """One row per query set: bi-encoder vs ``side`` (reranked / fused) with the paired Δ."""
+    rows = [f"| query set | n | gold in top-k | MRR bi-encoder | MRR {side} | Δ MRR (95% CI) | p | HR@1 bi | "
+            f"HR@1 {side} | Δ HR@1 (p) | HR@10 bi | HR@10 {side} | wins / losses |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for name, e in cmp.items():
+        d, d1 = e["diff"]["mrr"], e["diff"]["hr@1"]
+        rows.append(f"| {name} | {e['n']} | {_f(e['gold_in_top_k'], 2)} | {_f(e['biencoder']['mrr'])} | "
+                    f"{_f(e['reranked']['mrr'])} | {d['diff']:+.3f} ({d['diff_ci_low']:+.3f} to {d['diff_ci_high']:+.3f}) | "
+                    f"{_f(d['p_value'])} | {_f(e['biencoder']['hr@1'])} | {_f(e['reranked']['hr@1'])} | "
+                    f"{d1['diff']:+.3f} ({_f(d1['p_value'])}) | {_f(e['biencoder']['hr@10'])} | "
+                    f"{_f(e['reranked']['hr@10'])} | {e['wins']} / {e['losses']} |")
+    return rows
+
+
+def fusion_section(fused: dict, fusion: dict) -> list[str]:
+    """Score fusion (cosine + w x logit, w chosen on dev) against the bi-encoder alone."""
+    grid = ", ".join(f"{w}: {m:.4f}" for w, m in fusion["dev_mrr"].items())
+    return ["", f"## Score fusion: bi-encoder cosine + w × cross-encoder logit (w = {fusion['weight']:g})", "",
+            f"w chosen on {fusion['chosen_on']} (w = 0 is the bi-encoder alone; the largest w is the cross-encoder's "
+            f"order with the cosine breaking ties). Dev MRR per w: {grid}.", "", *comparison_table(fused, "fused")]
+
+
 def report_markdown(cmp: dict, fail: pd.DataFrame, worst: list[dict], calib: dict, thresholds: dict,
-                    labels: dict[str, str], info: dict) -> str:
+                    labels: dict[str, str], info: dict, fused: dict | None = None) -> str:
     lines = ["# Reranker: bi-encoder vs bi-encoder + cross-encoder", "",
              f"Candidates: the fine-tuned bi-encoder's top-{info['k']} ({info['retrieval']}-vector retrieval); the "
              f"cross-encoder reorders them (documents past k keep their places). MRR / HR over the full rank, "
              f"95 % bootstrap CIs, p = paired permutation test (reranked vs bi-encoder). Held-out sets are capped at "
              f"{info['test_queries']} random queries per language (`rerank.test_queries`).", "",
-             "| query set | n | gold in top-k | MRR bi-encoder | MRR reranked | Δ MRR (95% CI) | p | HR@1 bi | HR@1 rr | "
-             "Δ HR@1 (p) | HR@10 bi | HR@10 rr | wins / losses |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    for name, e in cmp.items():
-        d, d1 = e["diff"]["mrr"], e["diff"]["hr@1"]
-        lines.append(f"| {name} | {e['n']} | {_f(e['gold_in_top_k'], 2)} | {_f(e['biencoder']['mrr'])} | "
-                     f"{_f(e['reranked']['mrr'])} | {d['diff']:+.3f} ({d['diff_ci_low']:+.3f} to {d['diff_ci_high']:+.3f}) | "
-                     f"{_f(d['p_value'])} | {_f(e['biencoder']['hr@1'])} | {_f(e['reranked']['hr@1'])} | "
-                     f"{d1['diff']:+.3f} ({_f(d1['p_value'])}) | {_f(e['biencoder']['hr@10'])} | "
-                     f"{_f(e['reranked']['hr@10'])} | {e['wins']} / {e['losses']} |")
+             *comparison_table(cmp, "reranked")]
+    if fused is not None:
+        lines += fusion_section(fused, info["fusion"])
     lines += ["", "## Calibration of the reranked top-1 (P(top-1 correct | logit))", "",
               f"Fitted on {calib['dev_queries']} dev queries; ECE with 15 equal-width bins. Test = the held-out "
               "queries above (not used for fitting).", "",

@@ -151,3 +151,28 @@ def rerank(cands: pd.DataFrame, logits: list[np.ndarray]) -> pd.DataFrame:
         top.append(float(lg[order[0]]) if len(order) else float("nan"))
     return cands.assign(rr_ids=rr_ids, rr_logits=rr_logits, rr_rank=np.asarray(rr_rank, dtype=np.int64),
                         top_logit=top)
+
+
+# Score fusion: final score = bi-encoder cosine + w x cross-encoder logit, w chosen on dev.
+# The grid spans "bi-encoder only" (0) to "cross-encoder decides" (a cosine gap of the top-k,
+# ~0.01-0.1, is then smaller than any logit difference); dev picks the point.
+FUSION_WEIGHTS = (0.0, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 10.0)
+
+
+def fused_scores(cands: pd.DataFrame, logits: list[np.ndarray], weight: float) -> list[np.ndarray]:
+    """Each row's ``cand_scores`` (bi-encoder cosine) + ``weight`` x its cross-encoder logits
+    (``rerank`` orders by them like by logits)."""
+    return [np.asarray(r.cand_scores, dtype=np.float64) + weight * np.asarray(lg, dtype=np.float64)
+            for r, lg in zip(cands.itertuples(index=False), logits)]
+
+
+def choose_fusion_weight(cands: pd.DataFrame, logits: list[np.ndarray],
+                         weights: tuple[float, ...] = FUSION_WEIGHTS) -> tuple[float, dict[str, float]]:
+    """The weight with the best MRR (full rank) on ``cands`` (dev queries) and the MRR of
+    every weight tried; a tie goes to the smaller weight (closer to the bi-encoder alone)."""
+    mrr = {}
+    for w in weights:
+        ranks = rerank(cands, fused_scores(cands, logits, w))["rr_rank"].to_numpy(dtype=float)
+        mrr[w] = float(np.mean(np.where(ranks > 0, 1.0 / np.maximum(ranks, 1), 0.0))) if len(ranks) else 0.0
+    best = max(weights, key=lambda w: (mrr[w], -w))
+    return best, {f"{w:g}": round(v, 6) for w, v in mrr.items()}
