@@ -8,12 +8,20 @@ read back (JSON parses, torch zip archives pass their CRC check, safetensors fil
 long as their header says). A run killed while saving, or a file damaged later, makes the
 checkpoint incomplete: it is removed with one warning and the previous one is tried. The
 newest checkpoint is found by transformers' ``get_last_checkpoint``.
+
+Where: the stage's ``--checkpoints`` folder, or, when the environment names a root
+(``HPO_EMBED_CHECKPOINT_ROOT``, absolute), ``<root>/<fingerprint>``. The root is for runs
+in a throw-away workspace: an arm of ``dvc exp run --queue`` runs in a temporary copy of the
+repository that a killed worker takes with it, so the queue runner points every arm at one
+root outside it and a requeued arm finds its own checkpoints by fingerprint and resumes. A
+run that finishes removes its folder under the root (its model is in the DVC cache).
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import logging
+import os
 import re
 import shutil
 import struct
@@ -23,11 +31,12 @@ from typing import Any
 
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
 
-from hpo_embed.common import write_json
+from hpo_embed.common import UserError, write_json
 
 log = logging.getLogger("hpo_embed.checkpoints")
 
 RUN_FILE = "run.json"   # {"fingerprint": ...} of the run whose checkpoints the folder holds
+ROOT_ENV = "HPO_EMBED_CHECKPOINT_ROOT"   # checkpoints under <root>/<fingerprint> (queued experiments)
 _STEP = re.compile(rf"^{PREFIX_CHECKPOINT_DIR}-(\d+)$")
 
 
@@ -39,6 +48,26 @@ def fingerprint(ident: dict[str, Any], files: list[Path]) -> str:
         h.update(f.name.encode())
         h.update(hashlib.sha256(f.read_bytes()).digest() if f.is_file() else b"-")
     return h.hexdigest()[:16]
+
+
+def run_folder(folder: Path, fp: str) -> Path:
+    """The folder a run of fingerprint ``fp`` keeps its checkpoints in: ``folder`` (the
+    stage's ``--checkpoints``), or ``<root>/<fp>`` when ``HPO_EMBED_CHECKPOINT_ROOT`` is set."""
+    root = os.environ.get(ROOT_ENV)
+    if not root:
+        return folder
+    if not Path(root).is_absolute():
+        raise UserError(f"{ROOT_ENV}={root}: must be an absolute path (the stage runs in another directory)")
+    return Path(root) / fp
+
+
+def finish(folder: Path) -> None:
+    """After a run has published its model: remove its folder when it lies under the
+    ``HPO_EMBED_CHECKPOINT_ROOT`` root (the stage's own ``--checkpoints`` folder stays)."""
+    root = os.environ.get(ROOT_ENV)
+    if root and folder.parent == Path(root) and folder.is_dir():
+        shutil.rmtree(folder)
+        log.info("removed %s (the run finished; its model is published)", folder)
 
 
 def _safetensors_problem(path: Path) -> str | None:

@@ -13,6 +13,10 @@ arm is a workspace experiment of the real pipeline up to the benchmark stage, na
     python scripts/ablation.py --config configs/scaling.yaml run pairs_26k   # make scaling
     python scripts/ablation.py --config configs/scaling.yaml queue pairs_26k pairs_all  # via dvc queue
 
+``queue`` points the arms' trainers at one checkpoint root outside DVC's temporary copies
+(models/checkpoints-queue/<fingerprint>, ``HPO_EMBED_CHECKPOINT_ROOT``): an arm whose worker
+was killed resumes from its last checkpoint when it is queued again (the same command).
+
 ``run`` restores params.yaml, dvc.lock and the outputs of the current commit after every arm
 (the arm's results stay in its experiment ref), and copies the arm's benchmark report to
 reports/ablation/<arm>.json together with the experiment's name and parameters, and the
@@ -26,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import subprocess
 import sys
@@ -40,12 +45,16 @@ CONFIG = ROOT / "configs" / "ablation.yaml"
 OUT = ROOT / "reports" / "ablation"      # set from the config's name in main()
 README = ROOT / "README.md"
 MARK = ("<!-- negatives-ablation:start -->", "<!-- negatives-ablation:end -->")   # from readme_mark
+QUEUE_CHECKPOINTS = ROOT / "models" / "checkpoints-queue"   # HPO_EMBED_CHECKPOINT_ROOT of queued arms
 LANG_NAMES = {"de": "German", "fr": "French", "es": "Spanish", "en": "English syn.", "all": "all"}
 
 
-def sh(*cmd: str) -> str:
+def sh(*cmd: str, capture: bool = True) -> str:
+    """Run ``cmd`` in the repository; its stdout (``capture``; without it the output is
+    dropped: a command that leaves a daemon behind, which would hold a pipe open)."""
     print("+", " ".join(cmd), flush=True)
-    return subprocess.run(cmd, cwd=ROOT, check=True, text=True, stdout=subprocess.PIPE).stdout
+    out = subprocess.PIPE if capture else subprocess.DEVNULL
+    return subprocess.run(cmd, cwd=ROOT, check=True, text=True, stdout=out).stdout or ""
 
 
 def set_args(settings: dict) -> list[str]:
@@ -102,15 +111,17 @@ def queue(arms: list[str], config: dict, poll_s: float = 60.0) -> None:
     """Every arm into DVC's queue (`dvc exp run --queue`, the git-ignored inputs copied
     along), one worker (`dvc queue start`: arms never share the two cores), wait, collect.
     The workspace stays free for other work; a queued arm runs in a temporary copy, so
-    a killed worker restarts its arm from the beginning (``run`` resumes instead)."""
+    its trainers keep their checkpoints under QUEUE_CHECKPOINTS (the worker inherits
+    HPO_EMBED_CHECKPOINT_ROOT), so queueing a killed arm again resumes it."""
     copy = [arg for path in ignored(COPY_PATHS) for arg in ("-C", path)]
+    os.environ["HPO_EMBED_CHECKPOINT_ROOT"] = str(QUEUE_CHECKPOINTS)
     known = sh("dvc", "exp", "list", "--name-only")
     for arm in arms:
         name = exp_name(arm, config)
         sh("dvc", "exp", "remove", name) if name in known else None
         sh("dvc", "exp", "run", "--queue", "-n", name, *copy, *set_args(arm_settings(arm, config)),
            config.get("target", "benchmark"))
-    sh("dvc", "queue", "start", "-j", "1")
+    sh("dvc", "queue", "start", "-j", "1", capture=False)   # its worker daemon outlives the call
     names = {exp_name(arm, config) for arm in arms}
     while True:
         states = queue_states(sh("dvc", "queue", "status"), names)

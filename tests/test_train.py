@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -437,24 +437,30 @@ def complete(ckpt: Path) -> bool:
         return False
 
 
-def test_kill_and_resume(tiny_model, tmp_path):
-    """Kill a run after its first checkpoint; the rerun resumes from it and finishes."""
-    inputs = write_inputs(tmp_path)
-    params = write_params(tmp_path / "p.yaml", tiny_model, epochs=12, eval_steps=12, save_steps=12,
-                          dev_corpus_size=20)
-    cmd = cli(tmp_path, inputs, params)
-    proc = subprocess.Popen(cmd, env=env(), cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+def kill_after_first_checkpoint(cmd: list[str], environ: dict[str, str], folder: Path) -> None:
+    """Start ``cmd``; SIGKILL it (whole process group) once a complete checkpoint is in ``folder``
+    (or in a subfolder of it: <root>/<fingerprint>/checkpoint-N)."""
+    proc = subprocess.Popen(cmd, env=environ, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
     try:
         deadline, saved = time.time() + 600, False   # generous: a loaded CI machine is slow
         while time.time() < deadline and proc.poll() is None and not saved:
-            saved = any(complete(d) for d in (tmp_path / "checkpoints").glob("checkpoint-*"))
+            saved = any(complete(d) for d in [*folder.glob("checkpoint-*"), *folder.glob("*/checkpoint-*")])
             time.sleep(0.05)
         assert proc.poll() is None, "run ended before its first checkpoint could be interrupted"
         assert saved, "no complete checkpoint within 600 s: nothing to resume from"
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
+
+
+def test_kill_and_resume(tiny_model, tmp_path):
+    """Kill a run after its first checkpoint; the rerun resumes from it and finishes."""
+    inputs = write_inputs(tmp_path)
+    params = write_params(tmp_path / "p.yaml", tiny_model, epochs=12, eval_steps=12, save_steps=12,
+                          dev_corpus_size=20)
+    cmd = cli(tmp_path, inputs, params)
+    kill_after_first_checkpoint(cmd, env(), tmp_path / "checkpoints")
     assert not (tmp_path / "train.json").exists() and not (tmp_path / "finetuned").exists()
     r = subprocess.run(cmd, env=env(), cwd=REPO, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-2000:]
@@ -467,6 +473,34 @@ def test_kill_and_resume(tiny_model, tmp_path):
     for tsv in (tmp_path / "dvclive/plots/metrics").rglob("*.tsv"):   # no step plotted twice (resume)
         steps = pd.read_csv(tsv, sep="\t")["step"]
         assert steps.is_monotonic_increasing and not steps.duplicated().any(), tsv
+
+
+def test_a_queued_run_killed_in_its_temporary_copy_resumes_in_the_next_copy(tiny_model, tmp_path):
+    """`dvc exp run --queue` runs an arm in a temporary copy of the repository that a killed
+    worker takes with it. With HPO_EMBED_CHECKPOINT_ROOT (what `scripts/ablation.py queue`
+    sets) the checkpoints live in <root>/<fingerprint>: the arm queued again, in a new copy
+    with the same inputs, resumes there; the finished run removes its folder."""
+    root = tmp_path / "queue-checkpoints"
+    environ = {**env(), "HPO_EMBED_CHECKPOINT_ROOT": str(root)}
+    cmds = []
+    for copy in ("copy1", "copy2"):
+        inputs = write_inputs(tmp_path / copy)
+        params = write_params(tmp_path / copy / "p.yaml", tiny_model, epochs=12, eval_steps=12, save_steps=12,
+                              dev_corpus_size=20)
+        cmds.append(cli(tmp_path / copy, inputs, params))
+    kill_after_first_checkpoint(cmds[0], environ, root)
+    assert not (tmp_path / "copy1" / "checkpoints").exists()   # nothing went into the copy itself
+    shutil.rmtree(tmp_path / "copy1")                            # the worker's copy is gone
+    r = subprocess.run(cmds[1], env=environ, cwd=REPO, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    m = json.loads((tmp_path / "copy2" / "train.report.json").read_text())
+    assert m["resumed_from_step"] >= 12 and m["steps"] >= 144
+    assert list(root.iterdir()) == []                            # finished: its checkpoints removed
+    relative = subprocess.run(cmds[1], env={**environ, "HPO_EMBED_CHECKPOINT_ROOT": "rel/dir"}, cwd=REPO,
+                              capture_output=True, text=True)
+    assert relative.returncode != 0
+    assert "HPO_EMBED_CHECKPOINT_ROOT=rel/dir: must be an absolute path" in relative.stderr.strip().splitlines()[-1]
+    assert "Traceback" not in relative.stderr
 
 
 def test_torchrun_ddp_on_cpu(tiny_model, tmp_path):

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from hpo_embed.checkpoints import fingerprint
+from hpo_embed.checkpoints import finish, fingerprint, run_folder
 from hpo_embed.checkpoints import prepare as prepare_checkpoints
 from hpo_embed.common import UserError, publish_dir, temp_sibling, write_json
 from hpo_embed.models.loader import freeze_word_embeddings
@@ -66,6 +66,7 @@ def run(p, candidates: Path, finetuned: Path, base: Path, terms: Path, concepts:
         raise UserError(f"{init}: no transformer (config.json) for rerank.init = {p.init}; run its stage first")
     fp = fingerprint({**p.model_dump(exclude=NOT_IN_FINGERPRINT), "pos_weight": pos_weight},
                      [candidates, terms, init / "model.safetensors"])
+    checkpoints = run_folder(checkpoints, fp)
     last = prepare_checkpoints(checkpoints, fp, p.resume, "rerank.resume")
     model = M.load_cross_encoder(str(init), p.max_length, p.seed)
     frozen = freeze_word_embeddings(model) if p.freeze_embeddings else 0
@@ -90,5 +91,6 @@ def run(p, candidates: Path, finetuned: Path, base: Path, terms: Path, concepts:
          "resumed_from": str(last) if last else None, "train_time_s": round(train_s, 1),
          "wall_time_s": round(time.time() - t0, 1)}
     write_json(metrics, m)
+    finish(checkpoints)
     log.info("dev MRR (full rank) bi-encoder %.4f -> reranked %.4f; %s", m["dev_biencoder"]["mrr"],
              m["dev_reranked"]["mrr"], out)

@@ -25,7 +25,7 @@ import torch
 from sentence_transformers import SentenceTransformerTrainer, SentenceTransformerTrainingArguments
 from transformers import set_seed
 
-from hpo_embed.checkpoints import discard_other_runs, fingerprint, last_complete_checkpoint
+from hpo_embed.checkpoints import discard_other_runs, finish, fingerprint, last_complete_checkpoint, run_folder
 from hpo_embed.common import UserError, write_json
 from hpo_embed.gpu.preflight import bf16_native, check_precision, lower_hint, resolve_device
 from hpo_embed.hardware import TokenCounter
@@ -133,7 +133,8 @@ def trained_counts(train_df: pd.DataFrame) -> dict[str, dict[str, int]]:
 
 
 def start_run(params, a: TrainPaths) -> Run:
-    """Device and precision, the run's fingerprint (checkpoints of another run are discarded)."""
+    """Device and precision, the run's fingerprint (checkpoints of another run are discarded)
+    and its checkpoint folder (``--checkpoints``, or <root>/<fingerprint>: hpo_embed.checkpoints)."""
     p = params.train
     device = resolve_device(p.device)  # train.device: cuda without a usable GPU stops here, in one line
     precision = pick_precision(p.precision, device)
@@ -145,6 +146,7 @@ def start_run(params, a: TrainPaths) -> Run:
     fp = run_fingerprint(params, [a.pairs / "train.parquet", a.pairs / "queries.parquet", a.terms, base_id]
                          + ([a.edges] if negatives_for(p) == "sibling" else [])
                          + ([a.negatives / "negatives.parquet"] if negatives_for(p) == "mined" else []))
+    a = dataclasses.replace(a, checkpoints=run_folder(a.checkpoints, fp))
     if rank == 0:
         discard_other_runs(a.checkpoints, fp, p.resume, "train.resume")
     return Run(params, a, device, precision, rank, fp, base_info_file)
@@ -302,11 +304,11 @@ def run(params, a: TrainPaths) -> dict | None:
     precision_info = None
     if r.device == "cpu" and p.precision == "auto" and r.rank == 0 and int(os.environ.get("WORLD_SIZE", "1")) == 1:
         r.precision, precision_info = choose_cpu_precision(
-            a.checkpoints, r.fingerprint, r.model, loss, dataset, p.batch_size, r.prompt,
+            r.paths.checkpoints, r.fingerprint, r.model, loss, dataset, p.batch_size, r.prompt,
             lambda: baseline_metrics(r, evaluator, dev_info)["mrr"], lambda: dev_summary(evaluator(r.model), "")["mrr"])
         set_precision(loss, r.precision)
     tokens = TokenCounter().attach(r.model[0])
-    args = training_args(r, str(a.checkpoints), keys, r.precision)
+    args = training_args(r, str(r.paths.checkpoints), keys, r.precision)
     trainer, flow, baseline = fit(r, args, dataset, loss, evaluator, lambda: baseline_metrics(r, evaluator, dev_info),
                                   round1_state)
     if args.process_index != 0:
@@ -319,6 +321,7 @@ def run(params, a: TrainPaths) -> dict | None:
                                                  base_info), rows["langs"], base_info.get("licence"), trainer.state.log_history)
     write_json(a.report, metrics)
     write_json(a.metrics, headline(metrics))
+    finish(r.paths.checkpoints)
     log.info("dev MRR %.4f -> %.4f (best at step %d); %s", baseline["mrr"], metrics["best"]["mrr"],
              metrics["best_step"], a.out)
     return metrics
