@@ -346,3 +346,19 @@ def test_embedding_cache_hits_only_for_the_same_model_and_texts(tmp_path):
     embed_cached(m, ["b", "a"], 8, tmp_path, "model-1")      # other texts
     embed_cached(m, ["a", "b"], 8, None, "model-1")          # no cache
     assert calls == [2, 2, 2, 2] and len(list(tmp_path.glob("*.npy"))) == 3
+
+
+def test_easy_negatives_of_a_near_root_concept_come_from_the_few_labels_it_does_not_guard():
+    # a concept near the root guards its descendants: almost every label. Random draws miss
+    # the free ones (the scaling study's 25.6k-row mining stopped here); the rest is searched.
+    from hpo_embed.negatives.mining import easy_negatives
+    n = 5000
+    corpus = corpus_of([(f"term {i}", f"HP:{i:07d}") for i in range(n)])
+    free = 4321
+    guard = {"same_concept": np.array([0]), "same_text": np.zeros(0, dtype=np.int64),
+             "family": np.array([i for i in range(1, n) if i != free])}
+    got = easy_negatives([guard], corpus, 2, np.random.default_rng(0), minimum=1)
+    assert got == [[free]]
+    everything = {**guard, "family": np.arange(1, n)}
+    with pytest.raises(ValueError, match="too few easy negatives for anchor 0"):
+        easy_negatives([everything], corpus, 2, np.random.default_rng(0), minimum=1)

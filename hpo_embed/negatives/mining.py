@@ -278,6 +278,13 @@ def easy_negatives(guards: list[dict[str, np.ndarray]], corpus: Corpus, n: int, 
             if i not in bad and corpus.norms[i] not in texts:
                 got.append(i)
                 texts.add(corpus.norms[i])
+        if len(got) < n:   # a near-root concept guards most labels (its descendants): draw from the rest
+            for i in rng.permutation([i for i in labels.tolist() if i not in bad and corpus.norms[i] not in texts]):
+                if len(got) == n:
+                    break
+                if corpus.norms[int(i)] not in texts:
+                    got.append(int(i))
+                    texts.add(corpus.norms[int(i)])
         if len(got) < (n if minimum is None else minimum):
             raise ValueError(f"too few easy negatives for anchor {a}: corpus too small")
         out.append(got)
