@@ -88,9 +88,10 @@ ablation: $(STAMP)
 
 # The scaling study (configs/scaling.yaml, issue 25): the arms go into DVC's queue (one worker,
 # the workspace stays free; the all-pairs arm takes about an hour on 2 cores), then
-# reports/scaling.md and reports/scaling.png. SCALING_ARMS="pairs_26k" runs some arms only;
-# SCALING_MODE=run runs them in the workspace instead, where an interrupted arm resumes
-# from its training checkpoint.
+# reports/scaling.md and reports/scaling.png. SCALING_ARMS="pairs_26k" runs some arms only.
+# An arm whose worker was killed resumes from its last training checkpoint when queued again
+# (the same command: checkpoints under models/checkpoints-queue/<fingerprint>, outside DVC's
+# temporary copies). SCALING_MODE=run runs the arms in the workspace instead.
 SCALING_MODE ?= queue
 scaling: $(STAMP)
 	PATH="$(abspath $(VENV))/bin:$$PATH" $(PY) scripts/ablation.py --config configs/scaling.yaml $(SCALING_MODE) $(SCALING_ARMS)
