@@ -334,8 +334,10 @@ PLOT_SETS = ("heldout.de", "heldout.all", "phentrieve.70cases_gemini_v1", "phent
 
 def plot(config: dict, path: Path) -> bool:
     """MRR (95% CI) of each set against training pairs and against training minutes, one
-    point per arm run; False (nothing written) without matplotlib or with fewer than 2 arms."""
-    found = [json.loads((OUT / f"{a}.json").read_text()) for a in config["arms"] if (OUT / f"{a}.json").exists()]
+    point per arm run; the arms of ``plot_line`` (one axis of the study, e.g. the pairs steps)
+    joined by a line, every other arm an unjoined cross (it changes another factor). False
+    (nothing written) without matplotlib or with fewer than 2 arms."""
+    found = {a: json.loads((OUT / f"{a}.json").read_text()) for a in config["arms"] if (OUT / f"{a}.json").exists()}
     try:
         import matplotlib
         matplotlib.use("Agg")
@@ -346,24 +348,33 @@ def plot(config: dict, path: Path) -> bool:
     if len(found) < 2:
         return False
     mode = config.get("mode", "multi")
+    line = [a for a in config.get("plot_line", list(found)) if a in found]
     fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
     for ax, (xlabel, xof) in zip(axes, (("training pairs", lambda r: r["train"]["pairs"]),
                                         ("training minutes (2 cores)", lambda r: r["train"]["train_time_s"] / 60))):
         for key in PLOT_SETS:
-            pts = sorted((xof(r), r["benchmark"].get(f"{mode}.{key}.finetuned.mrr"),
-                          r["benchmark"].get(f"{mode}.{key}.finetuned.mrr_ci_low"),
-                          r["benchmark"].get(f"{mode}.{key}.finetuned.mrr_ci_high")) for r in found)
-            pts = [p for p in pts if p[1] is not None]
-            if pts:
+            def points(arms):
+                pts = sorted((xof(found[a]), found[a]["benchmark"].get(f"{mode}.{key}.finetuned.mrr"),
+                              found[a]["benchmark"].get(f"{mode}.{key}.finetuned.mrr_ci_low"),
+                              found[a]["benchmark"].get(f"{mode}.{key}.finetuned.mrr_ci_high")) for a in arms)
+                return [p for p in pts if p[1] is not None]
+            color = None
+            for arms, style in ((line, {"marker": "o"}), ([a for a in found if a not in line], {"marker": "x", "ls": "none"})):
+                pts = points(arms)
+                if not pts:
+                    continue
                 x, y, lo, hi = zip(*pts)
-                ax.errorbar(x, y, yerr=[[a - b for a, b in zip(y, lo)], [b - a for a, b in zip(y, hi)]],
-                            marker="o", capsize=3, label=key.replace("phentrieve.", ""))
+                bar = ax.errorbar(x, y, yerr=[[a - b for a, b in zip(y, lo)], [b - a for a, b in zip(y, hi)]],
+                                  capsize=3, color=color, label=key.replace("phentrieve.", "") if color is None else None,
+                                  **style)
+                color = bar.lines[0].get_color()
         ax.set_xscale("log")
         ax.set_xlabel(xlabel)
         ax.grid(alpha=0.3)
     axes[0].set_ylabel(f"fine-tuned MRR ({mode}-vector, 95% CI)")
     axes[1].legend(fontsize=8)
-    fig.suptitle(config.get("title", "study"))
+    joined = ", ".join(config["titles"].get(a, a) for a in line)
+    fig.suptitle(f"{config.get('title', 'study')}: line = {joined}; x = the other arms", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     return True

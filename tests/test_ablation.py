@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -175,8 +176,14 @@ def test_queue_enqueues_each_arm_with_copied_inputs_then_collects_the_successful
         "Task     Name        Created    Status\nab12cd3  scl-big     11:02 PM   Success\n"
         "ef45ab6  scl-bigger  11:02 PM   Failed\n\nWorker status: 0 active, 1 idle\n"])
 
-    def sh(*cmd):
+    started = {}
+
+    def sh(*cmd, capture=True):
         calls.append(cmd)
+        if cmd[:3] == ("dvc", "queue", "start"):
+            # the worker is a daemon: its output must not be piped (the call would wait for it),
+            # and it inherits the checkpoint root that lets a killed arm resume when requeued
+            started.update(capture=capture, root=os.environ.get("HPO_EMBED_CHECKPOINT_ROOT"))
         if cmd[:3] == ("dvc", "queue", "status"):
             return next(polls)
         if cmd[:2] == ("git", "ls-files"):
@@ -187,7 +194,9 @@ def test_queue_enqueues_each_arm_with_copied_inputs_then_collects_the_successful
     monkeypatch.setattr(abl, "sh", sh)
     monkeypatch.setattr(abl, "collect", lambda arms, cfg: collected.extend(arms))
     monkeypatch.setattr(abl, "COPY_PATHS", ("data/external",))
+    monkeypatch.setenv("HPO_EMBED_CHECKPOINT_ROOT", "/before")   # undone after the test: queue() sets it
     abl.queue(["big", "bigger"], config, poll_s=0)
+    assert started == {"capture": False, "root": str(abl.ROOT / "models" / "checkpoints-queue")}
     assert ("dvc", "exp", "remove", "scl-big") in calls and ("dvc", "exp", "remove", "scl-bigger") not in calls
     queued = [c for c in calls if c[:4] == ("dvc", "exp", "run", "--queue")]
     copied = ("-C", "data/benchmark/cache", "-C", "data/external/hpo-translations/hp-de.babelon.tsv")
