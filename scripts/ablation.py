@@ -116,15 +116,16 @@ def queue(arms: list[str], config: dict, poll_s: float = 60.0) -> None:
     copy = [arg for path in ignored(COPY_PATHS) for arg in ("-C", path)]
     os.environ["HPO_EMBED_CHECKPOINT_ROOT"] = str(QUEUE_CHECKPOINTS)
     known = sh("dvc", "exp", "list", "--name-only")
+    names = {exp_name(arm, config) for arm in arms}
+    earlier = task_ids(sh("dvc", "queue", "status"), names)   # failed tries of these arms keep their rows
     for arm in arms:
         name = exp_name(arm, config)
         sh("dvc", "exp", "remove", name) if name in known else None
         sh("dvc", "exp", "run", "--queue", "-n", name, *copy, *set_args(arm_settings(arm, config)),
            config.get("target", "benchmark"))
     sh("dvc", "queue", "start", "-j", "1", capture=False)   # its worker daemon outlives the call
-    names = {exp_name(arm, config) for arm in arms}
     while True:
-        states = queue_states(sh("dvc", "queue", "status"), names)
+        states = queue_states(sh("dvc", "queue", "status"), names, earlier)
         print("queue:", ", ".join(f"{n} {s}" for n, s in sorted(states.items())), flush=True)
         if all(s not in ("Queued", "Running") for s in states.values()):
             break
@@ -144,14 +145,20 @@ def ignored(paths: tuple[str, ...]) -> list[str]:
     return [line.rstrip("/") for line in listing.splitlines() if line.strip()]
 
 
-def queue_states(status: str, names: set[str]) -> dict[str, str]:
-    """Status of each named experiment in `dvc queue status`'s table (Task Name Created Status)."""
+def queue_states(status: str, names: set[str], ignore: frozenset[str] | set[str] = frozenset()) -> dict[str, str]:
+    """Status of each named experiment in `dvc queue status`'s table (Task Name Created Status),
+    skipping the tasks in ``ignore`` (an earlier, finished try of the same arm keeps its row)."""
     states = {}
     for line in status.splitlines():
         words = line.split()
-        if len(words) >= 3 and words[1] in names:
+        if len(words) >= 3 and words[1] in names and words[0] not in ignore:
             states[words[1]] = words[-1]
     return states
+
+
+def task_ids(status: str, names: set[str]) -> set[str]:
+    """The task ids of the named experiments in `dvc queue status`'s table."""
+    return {line.split()[0] for line in status.splitlines() if len(line.split()) >= 3 and line.split()[1] in names}
 
 
 def collect(arms: list[str], config: dict) -> None:

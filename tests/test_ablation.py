@@ -170,11 +170,13 @@ def test_queue_enqueues_each_arm_with_copied_inputs_then_collects_the_successful
     abl = load_script()
     config = {"prefix": "scl", "target": "benchmark", "common": {"quantize.method": "dynamic"},
               "arms": {"big": {"lr": 1e-4}, "bigger": {"train.max_train_pairs": None}}}
+    old_try = "0ld7a5k  scl-big     10:00 PM   Failed\n"   # an earlier try keeps its row: not this run's state
     calls, polls = [], iter([
+        "Task     Name        Created    Status\n" + old_try + "\nWorker status: 0 active, 0 idle\n",
         "Task     Name        Created    Status\nab12cd3  scl-big     11:02 PM   Running\n"
-        "ef45ab6  scl-bigger  11:02 PM   Queued\n\nWorker status: 1 active, 0 idle\n",
+        "ef45ab6  scl-bigger  11:02 PM   Queued\n" + old_try + "\nWorker status: 1 active, 0 idle\n",
         "Task     Name        Created    Status\nab12cd3  scl-big     11:02 PM   Success\n"
-        "ef45ab6  scl-bigger  11:02 PM   Failed\n\nWorker status: 0 active, 1 idle\n"])
+        "ef45ab6  scl-bigger  11:02 PM   Failed\n" + old_try + "\nWorker status: 0 active, 1 idle\n"])
 
     started = {}
 
@@ -206,5 +208,5 @@ def test_queue_enqueues_each_arm_with_copied_inputs_then_collects_the_successful
         ("dvc", "exp", "run", "--queue", "-n", "scl-bigger", *copied,
          "-S", "quantize.method=dynamic", "-S", "train.max_train_pairs=null", "benchmark")]
     assert calls.index(("dvc", "queue", "start", "-j", "1")) > calls.index(queued[-1])
-    assert sum(c[:3] == ("dvc", "queue", "status") for c in calls) == 2
+    assert sum(c[:3] == ("dvc", "queue", "status") for c in calls) == 3   # before queueing + 2 polls
     assert collected == ["big"]
