@@ -350,15 +350,21 @@ def test_embedding_cache_hits_only_for_the_same_model_and_texts(tmp_path):
 
 def test_easy_negatives_of_a_near_root_concept_come_from_the_few_labels_it_does_not_guard():
     # a concept near the root guards its descendants: almost every label. Random draws miss
-    # the free ones (the scaling study's 25.6k-row mining stopped here); the rest is searched.
+    # the free ones; the rest is searched. The root guards every label: the scaling study's
+    # 25.6k-row mining stopped there (anchor 10034), now its family guard is relaxed, counted.
     from hpo_embed.negatives.mining import easy_negatives
     n = 5000
     corpus = corpus_of([(f"term {i}", f"HP:{i:07d}") for i in range(n)])
     free = 4321
     guard = {"same_concept": np.array([0]), "same_text": np.zeros(0, dtype=np.int64),
              "family": np.array([i for i in range(1, n) if i != free])}
-    got = easy_negatives([guard], corpus, 2, np.random.default_rng(0), minimum=1)
-    assert got == [[free]]
-    everything = {**guard, "family": np.arange(1, n)}
+    relaxed = []
+    got = easy_negatives([guard], corpus, 2, np.random.default_rng(0), minimum=1, relaxed=relaxed)
+    assert got == [[free]] and relaxed == []
+    # the root: its family is every other label; only its own texts stay guarded (as in-batch)
+    root = {**guard, "family": np.arange(1, n)}
+    got = easy_negatives([guard, root], corpus, 2, np.random.default_rng(0), minimum=1, relaxed=relaxed)
+    assert got[0] == [free] and len(got[1]) == 2 and 0 not in got[1] and relaxed == [1]
+    own_texts_only = {"same_concept": np.array([0]), "same_text": np.arange(1, n), "family": np.zeros(0, dtype=np.int64)}
     with pytest.raises(ValueError, match="too few easy negatives for anchor 0"):
-        easy_negatives([everything], corpus, 2, np.random.default_rng(0), minimum=1)
+        easy_negatives([own_texts_only], corpus, 2, np.random.default_rng(0), minimum=1)

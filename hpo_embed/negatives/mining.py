@@ -262,30 +262,42 @@ def choose(per_source: dict[str, tuple[list[np.ndarray], list[np.ndarray]]], cor
 
 
 def easy_negatives(guards: list[dict[str, np.ndarray]], corpus: Corpus, n: int, rng: np.random.Generator,
-                   exclude: list[set[str]] | None = None, minimum: int | None = None) -> list[list[int]]:
+                   exclude: list[set[str]] | None = None, minimum: int | None = None,
+                   relaxed: list[int] | None = None) -> list[list[int]]:
     """``n`` random labels of other concepts per anchor, outside the guard (and not a text in
-    ``exclude[i]``): the easy negatives mixed in against forgetting and used as a fill."""
+    ``exclude[i]``): the easy negatives mixed in against forgetting and used as a fill.
+
+    Random draws first; an anchor they leave short (a near-root concept guards almost every
+    label: its descendants) takes the rest from the labels its guard leaves; an anchor whose
+    family is every label (the root of the ontology) takes other concepts' labels with only
+    its own texts guarded, as in-batch negatives do, and is appended to ``relaxed``."""
     labels = corpus.labels
     out = []
     for a, g in enumerate(guards):
-        bad = set(np.concatenate([g[r] for r in GUARD_REASONS]).tolist())
         texts = set(exclude[a]) if exclude else set()
         got: list[int] = []
+
+        def take(i: int) -> None:
+            if len(got) < n and corpus.norms[i] not in texts:
+                got.append(i)
+                texts.add(corpus.norms[i])
+        bad = set(np.concatenate([g[r] for r in GUARD_REASONS]).tolist())
         for _ in range(50 * n + 50):
             if len(got) == n:
                 break
             i = int(labels[rng.integers(len(labels))])
-            if i not in bad and corpus.norms[i] not in texts:
-                got.append(i)
-                texts.add(corpus.norms[i])
-        if len(got) < n:   # a near-root concept guards most labels (its descendants): draw from the rest
-            for i in rng.permutation([i for i in labels.tolist() if i not in bad and corpus.norms[i] not in texts]):
-                if len(got) == n:
-                    break
-                if corpus.norms[int(i)] not in texts:
-                    got.append(int(i))
-                    texts.add(corpus.norms[int(i)])
-        if len(got) < (n if minimum is None else minimum):
+            if i not in bad:
+                take(i)
+        need = n if minimum is None else minimum
+        for reasons in (GUARD_REASONS, ("same_concept", "same_text")):
+            if len(got) >= (n if reasons == GUARD_REASONS else need):
+                break
+            if reasons != GUARD_REASONS and relaxed is not None:
+                relaxed.append(a)
+            bad = set(np.concatenate([g[r] for r in reasons]).tolist())
+            for i in rng.permutation([i for i in labels.tolist() if i not in bad and i not in got]):
+                take(int(i))
+        if len(got) < need:
             raise ValueError(f"too few easy negatives for anchor {a}: corpus too small")
         out.append(got)
     return out
@@ -333,7 +345,8 @@ def mine(rows: pd.DataFrame, corpus: Corpus, texts: dict[str, set[str]], ontolog
     picks, used = choose(per_source, corpus, p.num_negatives, p.sampling, rng) if per_source else \
         ([[] for _ in anchors], {})
     # the first n: the easy columns; the rest: spares to fill anchors short of hard candidates
-    easy = easy_negatives(guards, corpus, 2 * p.num_negatives, rng, minimum=p.num_negatives)
+    relaxed: list[int] = []   # anchors (the root) with no label outside their family
+    easy = easy_negatives(guards, corpus, 2 * p.num_negatives, rng, minimum=p.num_negatives, relaxed=relaxed)
     filled = 0
     for a, chosen in enumerate(picks):   # too few candidates: fill with easy ones, counted
         spare = [i for i in easy[a] if all(corpus.norms[i] != corpus.norms[j] for j, _, _ in chosen)]
@@ -349,6 +362,7 @@ def mine(rows: pd.DataFrame, corpus: Corpus, texts: dict[str, set[str]], ontolog
         "by_source": {s: used.get(s, 0) for s in p.sources} | {"fill": filled},
         "guard_removed": {r: sum(c.get(f"guard_{r}", 0) for c in counts.values()) for r in GUARD_REASONS},
         "margin_removed": sum(c.get("margin", 0) for c in counts.values()),
+        "easy_family_relaxed": len(relaxed),
         "per_source_counts": counts, "seconds": timing | {"total_s": round(time.time() - t0, 2)},
     }
     if pos is not None:
