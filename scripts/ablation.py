@@ -145,20 +145,21 @@ def ignored(paths: tuple[str, ...]) -> list[str]:
     return [line.rstrip("/") for line in listing.splitlines() if line.strip()]
 
 
+def queue_rows(status: str, names: set[str]) -> list[tuple[str, str, str]]:
+    """(task id, name, state) of the named experiments in `dvc queue status`'s table
+    (Task Name Created Status)."""
+    return [(w[0], w[1], w[-1]) for w in map(str.split, status.splitlines()) if len(w) >= 3 and w[1] in names]
+
+
 def queue_states(status: str, names: set[str], ignore: frozenset[str] | set[str] = frozenset()) -> dict[str, str]:
-    """Status of each named experiment in `dvc queue status`'s table (Task Name Created Status),
-    skipping the tasks in ``ignore`` (an earlier, finished try of the same arm keeps its row)."""
-    states = {}
-    for line in status.splitlines():
-        words = line.split()
-        if len(words) >= 3 and words[1] in names and words[0] not in ignore:
-            states[words[1]] = words[-1]
-    return states
+    """Status of each named experiment, skipping the tasks in ``ignore`` (an earlier,
+    finished try of the same arm keeps its row)."""
+    return {name: state for task, name, state in queue_rows(status, names) if task not in ignore}
 
 
 def task_ids(status: str, names: set[str]) -> set[str]:
     """The task ids of the named experiments in `dvc queue status`'s table."""
-    return {line.split()[0] for line in status.splitlines() if len(line.split()) >= 3 and line.split()[1] in names}
+    return {task for task, _, _ in queue_rows(status, names)}
 
 
 def collect(arms: list[str], config: dict) -> None:
