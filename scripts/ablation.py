@@ -163,29 +163,65 @@ def task_ids(status: str, names: set[str]) -> set[str]:
 
 
 def collect(arms: list[str], config: dict) -> None:
-    """reports/<study>/<arm>.* from finished experiments (`dvc exp apply`, then back)."""
+    """reports/<study>/<arm>.* from finished experiments, read from each experiment's commit
+    (git for its metrics and reports, the DVC cache for its per-query table): the workspace
+    is not touched, so collecting works while other arms run, and outputs of stages the arm
+    did not run (rerank, release) need not be in the cache."""
     for arm in arms:
         name = exp_name(arm, config)
-        sh("dvc", "exp", "apply", name)
-        save_arm(arm, name, arm_settings(arm, config))
-        restore()
+        rev = exp_rev(name)
+        save_arm(arm, name, arm_settings(arm, config), read=lambda path, rev=rev: read_at(rev, path),
+                 base_commit=sh("git", "rev-parse", f"{rev}^").strip())
 
 
-def save_arm(arm: str, experiment: str, settings: dict) -> None:
-    """reports/ablation/<arm>.json from the workspace's benchmark/train/mine outputs."""
-    report = json.loads((ROOT / "reports" / "benchmark.json").read_text())
-    train = json.loads((ROOT / "metrics" / "train.json").read_text())
-    train_report = json.loads((ROOT / "reports" / "train.json").read_text())
+def exp_rev(name: str) -> str:
+    """The commit of the newest experiment called ``name`` (refs/exps/<baseline>/<name>)."""
+    refs = sh("git", "for-each-ref", "--sort=-committerdate", "--format=%(objectname) %(refname)", "refs/exps")
+    for line in refs.splitlines():
+        sha, ref = line.split()
+        if ref.rsplit("/", 1)[-1] == name and not ref.startswith("refs/exps/apply/"):
+            return sha
+    sys.exit(f"error: no experiment named {name} (`dvc exp list` lists them)")
+
+
+def read_at(rev: str, path: str) -> bytes | None:
+    """``path`` as experiment commit ``rev`` has it: git-tracked, or a DVC output from the
+    cache; None where that commit has no such file."""
+    if subprocess.run(["git", "cat-file", "-e", f"{rev}:{path}"], cwd=ROOT, capture_output=True).returncode == 0:
+        return subprocess.run(["git", "show", f"{rev}:{path}"], cwd=ROOT, check=True, capture_output=True).stdout
+    import dvc.api
+    from dvc.exceptions import PathMissingError
+    try:
+        with dvc.api.open(path, repo=str(ROOT), rev=rev, mode="rb") as f:
+            return f.read()
+    except PathMissingError:   # neither git nor DVC tracks it there (metrics/mine.json without mining)
+        return None
+
+
+def read_workspace(path: str) -> bytes | None:
+    f = ROOT / path
+    return f.read_bytes() if f.is_file() else None
+
+
+def save_arm(arm: str, experiment: str, settings: dict, read=read_workspace, base_commit: str | None = None) -> None:
+    """reports/<study>/<arm>.json and <arm>.per_query.parquet from an arm's benchmark, train
+    and mine outputs (``read``: the workspace's files by default, or an experiment's)."""
+    import io
+
+    import pandas as pd
+    report = json.loads(read("reports/benchmark.json"))
+    train = json.loads(read("metrics/train.json"))
+    train_report = json.loads(read("reports/train.json"))
     train |= {"pairs": train_report["pairs"], "pairs_by_language": train_report["pairs_by"]["languages"]}
-    mine = ROOT / "metrics" / "mine.json"
-    payload = {"arm": arm, "experiment": experiment, "base_commit": sh("git", "rev-parse", "HEAD").strip(),
-               "settings": settings, "train": train, "mine": json.loads(mine.read_text()) if mine.exists() else None,
+    mine = read("metrics/mine.json")
+    payload = {"arm": arm, "experiment": experiment,
+               "base_commit": base_commit or sh("git", "rev-parse", "HEAD").strip(),
+               "settings": settings, "train": train, "mine": json.loads(mine) if mine else None,
                "benchmark": {k: v for k, v in report.items()
                              if ".finetuned." in k or ".finetuned_vs_base." in k or k.endswith("n_queries")}}
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / f"{arm}.json").write_text(json.dumps(payload, indent=1, sort_keys=True) + "\n")
-    import pandas as pd
-    pq = pd.read_parquet(ROOT / "data" / "benchmark" / "per_query.parquet",
+    pq = pd.read_parquet(io.BytesIO(read("data/benchmark/per_query.parquet")),
                          columns=["retrieval", "model", "set", "lang", "query", "mrr", "hr@1"])
     pq = pq[pq["model"] == "finetuned"].drop(columns="model").reset_index(drop=True)
     pq.to_parquet(OUT / f"{arm}.per_query.parquet", index=False, compression="zstd")

@@ -214,3 +214,53 @@ def test_queue_enqueues_each_arm_with_copied_inputs_then_collects_the_successful
     assert calls.index(("dvc", "queue", "start", "-j", "1")) > calls.index(queued[-1])
     assert sum(c[:3] == ("dvc", "queue", "status") for c in calls) == 3   # before queueing + 2 polls
     assert collected == ["big"]
+
+
+def test_collect_reads_the_experiment_commit_not_the_workspace(tmp_path, monkeypatch):
+    """collect takes an arm's reports from its experiment's commit (git) and its per-query
+    table from the DVC cache; the workspace (another arm's files here) and refs/exps/apply
+    stay out of it, and a file the experiment lacks (metrics/mine.json) reads as None."""
+    import shutil
+    import subprocess
+
+    import pandas as pd
+    abl = load_script()
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    dvc = shutil.which("dvc") or str(Path(os.sys.executable).parent / "dvc")
+
+    def run(*cmd):
+        subprocess.run(cmd, cwd=repo, check=True, capture_output=True)
+
+    def write(mrr: float):
+        for path, data in (("reports/benchmark.json", {"multi.heldout.de.finetuned.mrr": mrr, "other": 1}),
+                           ("metrics/train.json", {"pairs_per_s": 20.0}),
+                           ("reports/train.json", {"pairs": 640, "pairs_by": {"languages": {"de": 64}}})):
+            (repo / path).parent.mkdir(parents=True, exist_ok=True)
+            (repo / path).write_text(json.dumps(data))
+        (repo / "data" / "benchmark").mkdir(parents=True, exist_ok=True)
+        pd.DataFrame({"retrieval": ["multi"] * 2, "model": ["finetuned", "base"], "set": ["heldout"] * 2,
+                      "lang": ["de"] * 2, "query": ["q1", "q1"], "mrr": [mrr, 0.1], "hr@1": [1.0, 0.0]}
+                     ).to_parquet(repo / "data" / "benchmark" / "per_query.parquet")
+        run(dvc, "add", "-q", "data/benchmark/per_query.parquet")
+        run("git", "add", "-A")
+        run("git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", f"mrr {mrr}")
+
+    run("git", "init", "-q")
+    run(dvc, "init", "-q")
+    write(0.5)
+    base = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, check=True, capture_output=True, text=True).stdout.strip()
+    write(0.8)   # the experiment's commit
+    run("git", "update-ref", f"refs/exps/{base[:2]}/{base[2:]}/abl-a", "HEAD")
+    write(0.3)   # the workspace moves on; a later apply stash must not be taken for the arm
+    run("git", "update-ref", "refs/exps/apply/stash", "HEAD")
+    monkeypatch.setattr(abl, "ROOT", repo)
+    monkeypatch.setattr(abl, "OUT", tmp_path / "out")
+    abl.collect(["a"], {"prefix": "abl", "common": {"x": 1}, "arms": {"a": {"y": 2}}})
+    saved = json.loads((tmp_path / "out" / "a.json").read_text())
+    assert saved["benchmark"] == {"multi.heldout.de.finetuned.mrr": 0.8} and saved["mine"] is None
+    assert saved["base_commit"] == base and saved["settings"] == {"x": 1, "y": 2} and saved["train"]["pairs"] == 640
+    pq = pd.read_parquet(tmp_path / "out" / "a.per_query.parquet")
+    assert list(pq["mrr"]) == [0.8] and "model" not in pq
+    with pytest.raises(SystemExit, match="no experiment named abl-b"):
+        abl.collect(["b"], {"prefix": "abl", "common": {}, "arms": {"b": {}}})
