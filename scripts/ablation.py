@@ -187,8 +187,9 @@ def exp_rev(name: str) -> str:
 def read_at(rev: str, path: str) -> bytes | None:
     """``path`` as experiment commit ``rev`` has it: git-tracked, or a DVC output from the
     cache; None where that commit has no such file."""
-    if subprocess.run(["git", "cat-file", "-e", f"{rev}:{path}"], cwd=ROOT, capture_output=True).returncode == 0:
-        return subprocess.run(["git", "show", f"{rev}:{path}"], cwd=ROOT, check=True, capture_output=True).stdout
+    shown = subprocess.run(["git", "show", f"{rev}:{path}"], cwd=ROOT, capture_output=True)
+    if shown.returncode == 0:
+        return shown.stdout
     import dvc.api
     from dvc.exceptions import PathMissingError
     try:
