@@ -4,6 +4,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -227,7 +228,7 @@ def test_collect_reads_the_experiment_commit_not_the_workspace(tmp_path, monkeyp
     abl = load_script()
     repo = tmp_path / "repo"
     repo.mkdir()
-    dvc = shutil.which("dvc") or str(Path(os.sys.executable).parent / "dvc")
+    dvc = shutil.which("dvc") or str(Path(sys.executable).parent / "dvc")
 
     def run(*cmd):
         subprocess.run(cmd, cwd=repo, check=True, capture_output=True)
