@@ -396,6 +396,34 @@ def test_resume_truncates_dvclive_curves_to_the_checkpoint_step(tmp_path):
     assert truncate_live_history(tmp_path / "dvclive", 12) == 0
 
 
+@pytest.mark.parametrize("cut", ["", '{"step": 12, "eval": {"dev_mrr"'])
+def test_resume_survives_a_dvclive_summary_cut_by_the_kill(tmp_path, cut):
+    """A SIGKILL while dvclive writes metrics.json leaves it empty or half written; the resumed
+    run opens its dvclive log anyway (CI once failed here with JSONDecodeError)."""
+    from hpo_embed.training.monitor import open_live
+
+    live_dir = tmp_path / "dvclive"
+    (live_dir / "plots" / "metrics" / "train").mkdir(parents=True)
+    (live_dir / "plots" / "metrics" / "train" / "loss.tsv").write_text(
+        "step\tloss\n" + "".join(f"{s}\t0.5\n" for s in range(1, 15)))
+    (live_dir / "metrics.json").write_text(cut)
+    live = open_live(live_dir, str(tmp_path / "checkpoints" / "checkpoint-12"), {"mrr": 0.1})
+    live.step = 13
+    live.log_metric("train/loss", 0.4)
+    live.next_step()
+    assert json.loads((live_dir / "metrics.json").read_text())["step"] == 13
+    steps = pd.read_csv(live_dir / "plots" / "metrics" / "train" / "loss.tsv", sep="\t")["step"].tolist()
+    assert steps == list(range(1, 14))
+
+
+def test_an_intact_dvclive_summary_is_kept(tmp_path):
+    from hpo_embed.training.monitor import drop_cut_summary
+
+    (tmp_path / "metrics.json").write_text('{"step": 12}')
+    assert not drop_cut_summary(tmp_path) and (tmp_path / "metrics.json").exists()
+    assert not drop_cut_summary(tmp_path / "absent")
+
+
 # =========================================================================== 11. params
 
 def test_duplicate_languages_are_rejected():

@@ -3,6 +3,7 @@ NDCG@10 on the dev corpus), the dvclive curves (cut back to the checkpoint on re
 achieved share of the CPU's peak FLOP/s."""
 from __future__ import annotations
 
+import json
 import logging
 import time
 from pathlib import Path
@@ -61,6 +62,22 @@ def truncate_live_history(live_dir: Path, step: int) -> int:
     if removed:
         log.info("dvclive: removed %d curve rows logged after step %d (resuming there)", removed, step)
     return removed
+
+
+def drop_cut_summary(live_dir: Path) -> bool:
+    """Remove dvclive's summary (``metrics.json``) when a kill cut it short while it was being
+    written: dvclive rewrites it whole at the next step, and reading it on resume would fail on
+    the broken JSON. Returns whether it was removed."""
+    summary = Path(live_dir) / "metrics.json"
+    if not summary.exists():
+        return False
+    try:
+        json.loads(summary.read_text(encoding="utf-8"))
+        return False
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        summary.unlink()
+        log.info("dvclive: removed %s, cut short by the interrupted run", summary)
+        return True
 
 
 def dev_summary(metrics: dict[str, float], prefix: str) -> dict[str, float]:
@@ -128,6 +145,7 @@ def open_live(folder: Path, resumed_from: str | None, baseline: dict[str, float]
     fresh one starts with the baseline at step 0."""
     if resumed_from is not None:   # steps logged after the checkpoint are trained (and logged) again
         truncate_live_history(folder, int(Path(resumed_from).name.rsplit("-", 1)[1]))
+        drop_cut_summary(folder)
     live = Live(dir=str(folder), resume=resumed_from is not None, save_dvc_exp=False, dvcyaml=None)
     if resumed_from is None:
         live.step = 0
