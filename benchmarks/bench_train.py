@@ -13,7 +13,9 @@ weights and the same batches, tokenisation included:
 - ``+seq``: ``max_seq_length`` = the 99.9th percentile of the training texts' token
   lengths, rounded up to 8, instead of the fixed value;
 - ``1thread``: one intra-op thread (how much the second core adds);
-- ``compile`` (``--compile``): ``torch.compile`` of the transformer (inductor, dynamic shapes).
+- ``compile`` (``--compile``): ``torch.compile`` of the transformer (inductor, dynamic shapes),
+  for the fp32 default and for bf16 + length grouping; the compilation happens in the
+  untimed warm-up steps (raise ``--warmup`` if a new batch shape still recompiles).
 
 For each it prints pairs/s, the ratio to ``fp32``, the share of pad tokens, the achieved
 GFLOP/s (matrix-multiply FLOPs of the tokens computed, pad included:
@@ -180,7 +182,8 @@ def main() -> None:
                 ("bf16+len+seq", "bf16", plan_len, derived, threads, False),
                 ("fp32 1thread", "fp32", plan_random, p.max_seq_length, 1, False)]
     if a.compile:
-        variants.append(("bf16+len compile", "bf16", plan_len, p.max_seq_length, threads, True))
+        variants += [("fp32 compile", "fp32", plan_random, p.max_seq_length, threads, True),
+                     ("bf16+len compile", "bf16", plan_len, p.max_seq_length, threads, True)]
     results = {}
     for name, precision, plan, max_len, th, comp in variants:
         r = run_variant(base, anchors, positives, plan, precision=precision, max_len=max_len, threads=th,
