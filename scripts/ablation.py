@@ -429,9 +429,11 @@ README_SETS = ("heldout.de", "heldout.fr", "heldout.es", "phentrieve.70cases_gem
 
 
 def compact(config: dict) -> str:
-    """The README's table: one row per arm, MRR / HR@1 per set (CIs: reports/ablation.md)."""
-    found = {arm: json.loads((OUT / f"{arm}.json").read_text())
-             for arm in config["arms"] if (OUT / f"{arm}.json").exists()}
+    """The README's table: one row per arm (``readme_arms``, default all; the others are named
+    below it), MRR / HR@1 per set (CIs: reports/<name>.md)."""
+    shown = config.get("readme_arms") or list(config["arms"])
+    done = [arm for arm in config["arms"] if (OUT / f"{arm}.json").exists()]
+    found = {arm: json.loads((OUT / f"{arm}.json").read_text()) for arm in shown if arm in done}
     mode = config.get("mode", "multi")
     first = next(iter(found.values()))["benchmark"]
     sets = [k for k in README_SETS if f"{mode}.{k}.finetuned.mrr" in first]
@@ -443,13 +445,16 @@ def compact(config: dict) -> str:
              f"[reports/{OUT.name}.md](reports/{OUT.name}.md).", "",
              f"| {config.get('arm_column', 'negatives')} | " + " | ".join(names) + " | Δ MRR held-out |", "|---|" + "---|" * (len(sets) + 1)]
     resamples, seed = stats_params()
-    base_rows = per_query(base) if base in found else None
+    base_rows = per_query(base) if base in done else None
     for arm, res in found.items():
         b = res["benchmark"]
         cells = [f"{b[f'{mode}.{k}.finetuned.mrr']:.3f} / {b[f'{mode}.{k}.finetuned.hr@1']:.3f}" for k in sets]
         cells.append("–" if arm == base else delta_cell(paired(per_query(arm), base_rows, mode, pooled, resamples, seed)))
         lines.append(f"| {config['titles'].get(arm, arm)} | " + " | ".join(cells) + " |")
-    missing = [config["titles"].get(a, a) for a in config["arms"] if a not in found]
+    elsewhere = [config["titles"].get(a, a) for a in done if a not in shown]
+    if elsewhere:
+        lines += ["", f"Also measured (reports/{OUT.name}.md): " + "; ".join(elsewhere) + "."]
+    missing = [config["titles"].get(a, a) for a in config["arms"] if a not in done]
     if missing:
         lines += ["", "Not run yet: " + ", ".join(missing) + "."]
     return "\n".join(lines) + "\n"

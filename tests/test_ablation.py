@@ -91,6 +91,11 @@ def test_tables_from_arm_reports(tmp_path, monkeypatch):
     assert "| mined | 0.750 / 0.650 | 0.750 / 0.650 | 0.750 / 0.650 | +0.050 [+0.050, +0.050] p=0.00" in short
     assert "| in-batch | 0.700 / 0.600 | 0.700 / 0.600 | 0.700 / 0.600 | – |" in short
     assert "Not run yet: iterative." in short
+    # readme_arms keeps the README a front page: the other finished arms are named, not tabled
+    front = abl.compact({**config, "baseline": "a", "readme_arms": ["b"]})
+    assert "| mined | 0.750 / 0.650 | 0.750 / 0.650 | 0.750 / 0.650 | +0.050 [+0.050, +0.050] p=0.00" in front
+    assert "| in-batch |" not in front
+    assert f"Also measured (reports/{tmp_path.name}.md): in-batch." in front and "Not run yet: iterative." in front
     # one-factor steps: b changes one factor of a (c is not run: no row)
     stepped = abl.table({**config, "parent": {"b": "a", "c": "b"}})
     row = [ln for ln in stepped.splitlines() if ln.startswith("| in-batch → mined |")]
