@@ -46,7 +46,7 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from hpo_embed.hardware import TokenCounter, cpu_info, encoder_flops, native_bf16, peak_flops  # noqa: E402
+from hpo_embed.hardware import TokenCounter, cpu_info, native_bf16, peak_flops  # noqa: E402
 from hpo_embed.negatives.anchors import select_training_rows  # noqa: E402
 from hpo_embed.params import load_params  # noqa: E402
 from hpo_embed.schemas import read_table  # noqa: E402
@@ -103,7 +103,7 @@ def run_variant(base, anchors, positives, plan, *, precision: str, max_len: int,
         opt.zero_grad(set_to_none=True)
     seconds = time.perf_counter() - t0
     steps = len(plan) - warmup
-    flops = encoder_flops(model[0].auto_model.config, tokens.tokens, tokens.mean_length)
+    flops = tokens.flops(model[0].auto_model.config)
     return {"pairs_per_s": steps * len(plan[0]) / seconds, "seconds": seconds, "steps": steps,
             "pad_share": 1 - useful / tokens.tokens, "gflops": flops / seconds / 1e9,
             "peak_share": flops / seconds / peak_flops(precision, threads),

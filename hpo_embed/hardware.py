@@ -100,23 +100,35 @@ def encoder_flops(config, tokens: int, seq_len: float, train: bool = True) -> fl
 class TokenCounter:
     """Counts the tokens a module computes while training (pad included): a forward
     pre-hook on a sentence-transformers ``Transformer`` module, whose input is the
-    tokenizer's features (a dict from the collator, a ``BatchEncoding`` from ``tokenize``)."""
+    tokenizer's features (a dict from the collator, a ``BatchEncoding`` from ``tokenize``).
+    ``tokens`` are computed with gradients (forward + backward); ``forward_only`` without
+    (the gradient cache's first pass, ``cached_mnrl``), which costs one forward."""
 
     def __init__(self) -> None:
         self.reset()
 
     def reset(self) -> None:
         self.tokens = 0
+        self.forward_only = 0
         self.sequences = 0
         self.length_sum = 0
 
     def __call__(self, module, args) -> None:
         if not module.training or not args or not isinstance(args[0], Mapping) or "attention_mask" not in args[0]:
             return
+        import torch   # only ever called from inside a forward pass; this module stays torch-free
         mask = args[0]["attention_mask"]
-        self.tokens += int(mask.numel())
+        if torch.is_grad_enabled():
+            self.tokens += int(mask.numel())
+        else:
+            self.forward_only += int(mask.numel())
         self.sequences += int(mask.shape[0])
         self.length_sum += int(mask.shape[0]) * int(mask.shape[1])
+
+    def flops(self, config) -> float:
+        """Matrix-multiply FLOPs of the counted tokens: 3 x forward with gradients, 1 x without."""
+        return (encoder_flops(config, self.tokens, self.mean_length)
+                + encoder_flops(config, self.forward_only, self.mean_length, train=False))
 
     @property
     def mean_length(self) -> float:

@@ -751,6 +751,29 @@ def test_peak_table_and_encoder_flops():
     assert hardware.encoder_flops(cfg, 10, 16) == 30 * per_token
 
 
+def test_token_counter_charges_a_gradient_cache_pass_one_forward(tiny_model):
+    """cached_mnrl embeds each batch once without gradients, then again with them: the peak
+    share must count the first pass as 1 forward, not 3 (it read 0.97 of peak once)."""
+    import torch
+    from sentence_transformers import SentenceTransformer
+    from transformers import BertConfig
+    from hpo_embed.hardware import TokenCounter, encoder_flops
+
+    model = SentenceTransformer(str(tiny_model), device="cpu")
+    model.train()
+    counter = TokenCounter().attach(model[0])
+    feats = model.tokenize(["kurzer text", "ein etwas laengerer text hier"])
+    with torch.no_grad():
+        model(dict(feats))
+    model(dict(feats))
+    n = int(feats["attention_mask"].numel())
+    assert (counter.tokens, counter.forward_only) == (n, n)
+    cfg = BertConfig(hidden_size=384, intermediate_size=1536, num_hidden_layers=12)
+    length = counter.mean_length
+    assert counter.flops(cfg) == encoder_flops(cfg, n, length) + encoder_flops(cfg, n, length, train=False)
+    assert counter.flops(cfg) == 4 * encoder_flops(cfg, n, length, train=False)
+
+
 def test_stage_records_precision_and_peak_share_and_trains_in_bf16_when_chosen(tiny_model, tmp_path, monkeypatch):
     from hpo_embed import hardware
     from hpo_embed.training import precision as P

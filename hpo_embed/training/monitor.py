@@ -15,7 +15,7 @@ from sentence_transformers.sentence_transformer.evaluation import SentenceEvalua
 from transformers import TrainerCallback
 
 from hpo_embed.common import atomic_write_text
-from hpo_embed.hardware import TokenCounter, encoder_flops, peak_flops
+from hpo_embed.hardware import TokenCounter, peak_flops
 from hpo_embed.retrieval.metrics import dev_retrieval
 
 log = logging.getLogger("hpo_embed.train")
@@ -161,5 +161,5 @@ def peak_share(device: str, precision: str, tokens: TokenCounter, model, seconds
     cfg = getattr(getattr(model[0], "auto_model", None), "config", None)
     if device != "cpu" or seconds <= 0 or not tokens.tokens or not hasattr(cfg, "intermediate_size"):
         return None
-    flops = encoder_flops(cfg, tokens.tokens, tokens.mean_length)
+    flops = tokens.flops(cfg)
     return float(f"{flops / seconds / peak_flops(precision, torch.get_num_threads()):.4g}")
