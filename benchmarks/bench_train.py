@@ -26,7 +26,8 @@ threads). ``--parity`` then runs the real train stage (``python -m stages.train`
 fp32; bf16) at the default steps and seed: pairs/s, ratio and dev MRR against the first.
 Run it alone: a second CPU-heavy job on 2 cores changes every number.
 
-    .venv/bin/python benchmarks/bench_train.py [--steps 24] [--parity [--stage precision=bf16 ...]] [--compile] [--json out.json]
+    .venv/bin/python benchmarks/bench_train.py [--steps 24] [--parity [--stage precision=bf16 ...]] [--compile]
+        [--only "fp32 compile,bf16+len+seq"] [--json out.json]
 """
 from __future__ import annotations
 
@@ -152,6 +153,7 @@ def main() -> None:
     ap.add_argument("--parity", action="store_true",
                     help=f"also run the train stage per --stage (default: {'; '.join(DEFAULT_STAGE_RUNS)})")
     ap.add_argument("--stage", action="append", default=[], help="train.KEY=VALUE,... overrides of one train-stage run")
+    ap.add_argument("--only", help="comma-separated variant names to run (fp32 always runs first: the ratios' base)")
     ap.add_argument("--json", type=Path, help="write the results here too")
     a = ap.parse_args()
     params = load_params(ROOT / "params.yaml")
@@ -184,6 +186,12 @@ def main() -> None:
     if a.compile:
         variants += [("fp32 compile", "fp32", plan_random, p.max_seq_length, threads, True),
                      ("bf16+len compile", "bf16", plan_len, p.max_seq_length, threads, True)]
+    if a.only:
+        wanted = {"fp32", *(v.strip() for v in a.only.split(","))}
+        unknown = wanted - {v[0] for v in variants}
+        if unknown:
+            ap.error(f"--only: unknown variant(s) {', '.join(sorted(unknown))} (add --compile for the compiled ones)")
+        variants = [v for v in variants if v[0] in wanted]
     results = {}
     for name, precision, plan, max_len, th, comp in variants:
         r = run_variant(base, anchors, positives, plan, precision=precision, max_len=max_len, threads=th,
