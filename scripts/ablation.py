@@ -4,9 +4,8 @@
 A config (default configs/ablation.yaml; ``--config configs/scaling.yaml``) names the study
 (``name``: reports/<name>.md, reports/<name>/ for the arms' files, the README section
 between ``<!-- <readme_mark>:start/end -->``; ``readme_arms``: its rows, default all), the
-arms and the settings they share. Every
-arm is a workspace experiment of the real pipeline up to the benchmark stage, named
-``<prefix>-<arm>``:
+arms and the settings they share. Every arm is a workspace experiment of the real pipeline
+up to the benchmark stage, named ``<prefix>-<arm>``:
 
     python scripts/ablation.py run            # all arms, one after the other (~15 min each on 2 cores)
     python scripts/ablation.py run mined      # one arm

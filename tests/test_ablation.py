@@ -35,6 +35,7 @@ def test_config_arms_are_valid_params(study):
             target[name] = value
         parse_params(raw)
     assert set(config["titles"]) == set(config["arms"]) and config.get("baseline") in config["arms"]
+    assert set(config.get("readme_arms") or []) <= set(config["arms"])   # a typo would drop a README row
 
 
 def test_set_args_quote_lists_and_scalars(tmp_path):
