@@ -41,6 +41,8 @@ import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))   # hpo_embed (params, statistics) when run as a script
+from hpo_embed.common import UserError  # noqa: E402
+from hpo_embed.experiments import exp_rev, read_at  # noqa: E402
 CONFIG = ROOT / "configs" / "ablation.yaml"
 OUT = ROOT / "reports" / "ablation"      # set from the config's name in main()
 README = ROOT / "README.md"
@@ -169,34 +171,9 @@ def collect(arms: list[str], config: dict) -> None:
     did not run (rerank, release) need not be in the cache."""
     for arm in arms:
         name = exp_name(arm, config)
-        rev = exp_rev(name)
-        save_arm(arm, name, arm_settings(arm, config), read=lambda path, rev=rev: read_at(rev, path),
+        rev = exp_rev(name, ROOT)
+        save_arm(arm, name, arm_settings(arm, config), read=lambda path, rev=rev: read_at(rev, path, ROOT),
                  base_commit=sh("git", "rev-parse", f"{rev}^").strip())
-
-
-def exp_rev(name: str) -> str:
-    """The commit of the newest experiment called ``name`` (refs/exps/<baseline>/<name>)."""
-    refs = sh("git", "for-each-ref", "--sort=-committerdate", "--format=%(objectname) %(refname)", "refs/exps")
-    for line in refs.splitlines():
-        sha, ref = line.split()
-        if ref.rsplit("/", 1)[-1] == name and not ref.startswith("refs/exps/apply/"):
-            return sha
-    sys.exit(f"error: no experiment named {name} (`dvc exp list` lists them)")
-
-
-def read_at(rev: str, path: str) -> bytes | None:
-    """``path`` as experiment commit ``rev`` has it: git-tracked, or a DVC output from the
-    cache; None where that commit has no such file."""
-    shown = subprocess.run(["git", "show", f"{rev}:{path}"], cwd=ROOT, capture_output=True)
-    if shown.returncode == 0:
-        return shown.stdout
-    import dvc.api
-    from dvc.exceptions import PathMissingError
-    try:
-        with dvc.api.open(path, repo=str(ROOT), rev=rev, mode="rb") as f:
-            return f.read()
-    except PathMissingError:   # neither git nor DVC tracks it there (metrics/mine.json without mining)
-        return None
 
 
 def read_workspace(path: str) -> bytes | None:
@@ -505,11 +482,14 @@ def main(argv: list[str] | None = None) -> None:
     unknown = [x for x in a.arms if x not in config["arms"]]
     if unknown:
         sys.exit(f"error: {a.config}: unknown arm(s) {unknown}; known: {list(config['arms'])}")
-    if a.command in ("run", "queue", "collect"):
-        {"run": run, "queue": queue, "collect": collect}[a.command](a.arms or list(config["arms"]), config)
-    elif a.command == "adopt":
-        for arm in a.arms:
-            adopt(arm, config)
+    try:
+        if a.command in ("run", "queue", "collect"):
+            {"run": run, "queue": queue, "collect": collect}[a.command](a.arms or list(config["arms"]), config)
+        elif a.command == "adopt":
+            for arm in a.arms:
+                adopt(arm, config)
+    except UserError as e:
+        sys.exit(f"error: {e}")
     write_table(config)
 
 

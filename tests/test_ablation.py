@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from hpo_embed.common import UserError
+
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -269,5 +271,5 @@ def test_collect_reads_the_experiment_commit_not_the_workspace(tmp_path, monkeyp
     assert saved["base_commit"] == base and saved["settings"] == {"x": 1, "y": 2} and saved["train"]["pairs"] == 640
     pq = pd.read_parquet(tmp_path / "out" / "a.per_query.parquet")
     assert list(pq["mrr"]) == [0.8] and "model" not in pq
-    with pytest.raises(SystemExit, match="no experiment named abl-b"):
+    with pytest.raises(UserError, match="no experiment named abl-b"):   # main() prints it as one line
         abl.collect(["b"], {"prefix": "abl", "common": {}, "arms": {"b": {}}})

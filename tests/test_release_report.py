@@ -1,0 +1,89 @@
+"""scripts/release_report.py: reports/release/ from a release run's experiment files."""
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from hpo_embed.common import UserError
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def load_script():
+    spec = importlib.util.spec_from_file_location("release_report", REPO / "scripts" / "release_report.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def experiment_files() -> dict[str, bytes]:
+    """What a release run's commit holds, small: one held-out set and one phentrieve set."""
+    bench = {}
+    for key, n, base, ft, p in (("heldout.all", 5750, 0.796, 0.884, 0.002),
+                                ("phentrieve.70cases_o3_v1", 70, 0.728, 0.779, 0.041)):
+        bench |= {f"multi.{key}.finetuned.n_queries": n, f"multi.{key}.base.mrr": base,
+                  f"multi.{key}.finetuned.mrr": ft, f"multi.{key}.finetuned.mrr_ci_low": ft - 0.01,
+                  f"multi.{key}.finetuned.mrr_ci_high": ft + 0.01,
+                  f"multi.{key}.finetuned_vs_base.mrr_diff": ft - base,
+                  f"multi.{key}.finetuned_vs_base.mrr_diff_ci_low": ft - base - 0.02,
+                  f"multi.{key}.finetuned_vs_base.mrr_diff_ci_high": ft - base + 0.02,
+                  f"multi.{key}.finetuned_vs_base.p_value": p}
+    params = {"lr": 1e-4, "pairs": {"holdout_sets": []}, "train": {"loss": "cached_mnrl", "batch_size": 128}}
+    files = {
+        "params.yaml": yaml.safe_dump(params),
+        "reports/benchmark.md": "# Benchmark\nseen / unseen\n",
+        "reports/benchmark.json": json.dumps(bench),
+        "metrics/benchmark.json": json.dumps({"phentrieve.70cases_o3_v1.n_cases_in_train": 54}),
+        "metrics/pairs.json": json.dumps({"pairs": 62000}),
+        "metrics/train.json": json.dumps({"train_time_s": 4100.4, "pairs_per_s": 15.1, "precision": "fp32",
+                                          "dev_mrr_base": 0.7731, "dev_mrr_best": 0.8912, "best_step": 485}),
+        "reports/train.json": json.dumps({"pairs": 61980, "steps": 485}),
+        "metrics/quantize.json": json.dumps({"chosen": "fused_dynamic_qattention", "speed_ratio_b32": 2.2,
+                                             "gate_passed": True, "mrr_delta": -0.0021, "hr1_delta": -0.003}),
+        "reports/quantize.md": "# INT8\n",
+        "metrics/release.json": json.dumps({"name": "hpo-embed-x"}),
+        "release/hpo-embed-x/README.md": "# model card\n",
+    }
+    return {k: v.encode() for k, v in files.items()}
+
+
+def test_release_report_copies_the_run_and_writes_its_headline(tmp_path):
+    """The stage outputs land verbatim under their report names (the model card found through
+    metrics/release.json), and the README's block is rewritten from them, prose kept."""
+    rr = load_script()
+    files = experiment_files()
+    readme = tmp_path / "README.md"
+    readme.write_text("# Release\n\nProse before.\n\n<!-- release:start -->\nold numbers\n<!-- release:end -->\n\nAfter.\n")
+    rr.write("release-b128", "abcdef1234", rr.collect("release-b128", files.get), tmp_path)
+    assert (tmp_path / "model_card.md").read_bytes() == files["release/hpo-embed-x/README.md"]
+    assert (tmp_path / "train.report.json").read_bytes() == files["reports/train.json"]
+    assert (tmp_path / "params.yaml").read_bytes() == files["params.yaml"]
+    assert not (tmp_path / "benchmark.report.json").exists()
+    text = readme.read_text()
+    assert text.startswith("# Release\n\nProse before.\n") and text.endswith("\n\nAfter.\n")
+    assert "old numbers" not in text
+    assert ("Experiment `release-b128` (commit abcdef1): cached_mnrl, batch 128, lr 0.0001, 61,980 pairs "
+            "(485 steps), `pairs.holdout_sets: []`; training 4,100 s (15.1 pairs/s, fp32), "
+            "dev MRR 0.773 → 0.891 (best step 485).") in text
+    assert "| held-out, all languages | 5,750 | 0.796 | 0.884 (0.874–0.894) | +0.088 (+0.068 to +0.108) | 0.002 | none (held out) |" in text
+    assert "| 70cases_o3_v1 | 70 | 0.728 | 0.779 (0.769–0.789) | +0.051 (+0.031 to +0.071) | 0.041 | 54 of 70 |" in text
+    assert "held-out, German" not in text   # a set the run did not score gets no row
+    assert "INT8: `fused_dynamic_qattention`, 2.2× PyTorch fp32 at batch 32, gate passed: True; " \
+           "held-out MRR Δ -0.0021, HR@1 Δ -0.0030." in text
+
+
+def test_release_report_refuses_an_incomplete_run_or_a_readme_without_its_block(tmp_path):
+    rr = load_script()
+    files = experiment_files()
+    partial = {k: v for k, v in files.items() if not k.startswith("release/")}
+    with pytest.raises(UserError, match="has no release folder"):
+        rr.collect("arm", partial.get)   # an arm run to `benchmark` only
+    with pytest.raises(UserError, match="has no reports/quantize.md"):
+        rr.collect("arm", {k: v for k, v in files.items() if k != "reports/quantize.md"}.get)
+    (tmp_path / "README.md").write_text("# Release, no block\n")
+    with pytest.raises(UserError, match="no <!-- release:start -->"):
+        rr.write("release-b128", "abcdef1234", rr.collect("release-b128", files.get), tmp_path)
