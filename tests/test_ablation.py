@@ -1,7 +1,6 @@
 """scripts/ablation.py: the -S arguments of an arm and the tables built from arm reports."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import sys
@@ -9,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from script_loader import load_script as load
 
 from hpo_embed.common import UserError
 
@@ -16,10 +16,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def load_script():
-    spec = importlib.util.spec_from_file_location("ablation", REPO / "scripts" / "ablation.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load("ablation")
 
 
 @pytest.mark.parametrize("study", ["ablation", "scaling"])

@@ -6,6 +6,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from script_loader import load_script
+
 REPO = Path(__file__).resolve().parent.parent
 README = (REPO / "README.md").read_text(encoding="utf-8")
 STAGES_DOC = (REPO / "docs" / "stages.md").read_text(encoding="utf-8")   # the HPO counts live there
@@ -54,10 +56,7 @@ def test_readme_is_a_front_page_whose_links_resolve():
 def test_readme_results_are_the_pipelines_own_numbers():
     """The results section is exactly what scripts/readme_results.py writes from the
     committed reports/benchmark.json and metrics/*.json (no hand-typed metric)."""
-    import importlib.util
-    spec = importlib.util.spec_from_file_location("readme_results", REPO / "scripts" / "readme_results.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = load_script("readme_results")
     report = mod.load(REPO / "reports" / "benchmark.json")
     assert report, "reports/benchmark.json is committed by the benchmark stage"
     want = mod.section(report, mod.load(REPO / "metrics" / "train.json"), mod.load(REPO / "metrics" / "quantize.json"),

@@ -1,12 +1,12 @@
 """scripts/release_report.py: reports/release/ from a release run's experiment files."""
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
 import yaml
+from script_loader import load_script as load
 
 from hpo_embed.common import UserError
 
@@ -14,10 +14,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def load_script():
-    spec = importlib.util.spec_from_file_location("release_report", REPO / "scripts" / "release_report.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load("release_report")
 
 
 def experiment_files() -> dict[str, bytes]:
