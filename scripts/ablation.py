@@ -43,10 +43,12 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))   # hpo_embed (params, statistics) when run as a script
 from hpo_embed.common import UserError  # noqa: E402
 from hpo_embed.experiments import exp_rev, read_at  # noqa: E402
+from hpo_embed.markdown import fill_section, marks  # noqa: E402
 CONFIG = ROOT / "configs" / "ablation.yaml"
 OUT = ROOT / "reports" / "ablation"      # set from the config's name in main()
 README = ROOT / "README.md"
-MARK = ("<!-- negatives-ablation:start -->", "<!-- negatives-ablation:end -->")   # from readme_mark
+SECTION = "negatives-ablation"   # the README section of the study (readme_mark)
+MARK = marks(SECTION)
 QUEUE_CHECKPOINTS = ROOT / "models" / "checkpoints-queue"   # HPO_EMBED_CHECKPOINT_ROOT of queued arms
 LANG_NAMES = {"de": "German", "fr": "French", "es": "Spanish", "en": "English syn.", "all": "all"}
 
@@ -453,19 +455,17 @@ def write_table(config: dict) -> None:
     readme = README.read_text()
     short = compact(config)
     if MARK[0] in readme:
-        readme = re.sub(re.escape(MARK[0]) + ".*?" + re.escape(MARK[1]), lambda _: f"{MARK[0]}\n{short}{MARK[1]}",
-                        readme, flags=re.S)
-        README.write_text(readme)
+        README.write_text(fill_section(readme, SECTION, short, str(README)))
     print(text)
 
 
 def use_config(path: Path) -> dict:
-    """Read a study config and point OUT / MARK at its files."""
-    global OUT, MARK
+    """Read a study config and point OUT / SECTION / MARK at its files."""
+    global OUT, SECTION, MARK
     config = yaml.safe_load(path.read_text())
     OUT = ROOT / "reports" / config.get("name", "ablation")
-    mark = config.get("readme_mark", "negatives-ablation")
-    MARK = (f"<!-- {mark}:start -->", f"<!-- {mark}:end -->")
+    SECTION = config.get("readme_mark", "negatives-ablation")
+    MARK = marks(SECTION)
     return config
 
 

@@ -10,11 +10,13 @@ is what the reports say. Run after ``dvc repro``:
 from __future__ import annotations
 
 import json
-import re
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))   # hpo_embed when run as a script
+from hpo_embed.common import UserError  # noqa: E402
+from hpo_embed.markdown import fill_section  # noqa: E402
 MODELS = (("base", "e5-small (untuned)"), ("finetuned", "fine-tuned"), ("int8", "fine-tuned INT8"),
           ("minilm", "MiniLM (English)"))
 MODES = (("multi", "multi-vector (label + synonyms, max; phentrieve's `label_synonyms_max`)"),
@@ -105,10 +107,11 @@ def main() -> None:
     text = section(report, load(ROOT / "metrics" / "train.json"), load(ROOT / "metrics" / "quantize.json"),
                    load(ROOT / "metrics" / "base_model.json"))
     readme = ROOT / "README.md"
-    s = readme.read_text(encoding="utf-8")
-    s = re.sub(r"(<!-- results:start -->\n).*?(<!-- results:end -->)", lambda m: m.group(1) + text + m.group(2),
-               s, flags=re.S)
-    readme.write_text(s, encoding="utf-8")
+    try:
+        readme.write_text(fill_section(readme.read_text(encoding="utf-8"), "results", text, str(readme)),
+                          encoding="utf-8")
+    except UserError as e:
+        sys.exit(f"error: {e}")
     print(text)
 
 

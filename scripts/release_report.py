@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import sys
 from pathlib import Path
 
@@ -22,9 +21,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))   # hpo_embed when run as a script
 from hpo_embed.common import UserError  # noqa: E402
 from hpo_embed.experiments import exp_rev, read_at  # noqa: E402
+from hpo_embed.markdown import fill_section, marks  # noqa: E402
 
 OUT = ROOT / "reports" / "release"
-MARK = ("<!-- release:start -->", "<!-- release:end -->")
+SECTION = "release"   # reports/release/README.md's generated block
 # the experiment's file -> its name under reports/release/
 COPIED = {
     "params.yaml": "params.yaml",
@@ -99,11 +99,8 @@ def write(name: str, rev: str, files: dict[str, bytes], out: Path = OUT) -> None
         if dest != "benchmark.report.json":   # 2k keys: the block and benchmark.md carry what matters
             (out / dest).write_bytes(data)
     readme = out / "README.md"
-    text = readme.read_text() if readme.is_file() else f"# The release profile\n\n{MARK[0]}\n{MARK[1]}\n"
-    if MARK[0] not in text or MARK[1] not in text:
-        raise UserError(f"{readme}: no {MARK[0]} … {MARK[1]} block to fill")
-    block = f"{MARK[0]}\n{headline(name, rev, files)}\n{MARK[1]}"
-    readme.write_text(re.sub(re.escape(MARK[0]) + r".*?" + re.escape(MARK[1]), lambda _: block, text, flags=re.S))
+    text = readme.read_text() if readme.is_file() else "# The release profile\n\n" + "\n".join(marks(SECTION)) + "\n"
+    readme.write_text(fill_section(text, SECTION, headline(name, rev, files), str(readme)))
 
 
 def main(argv: list[str] | None = None) -> None:
