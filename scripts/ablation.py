@@ -35,6 +35,7 @@ import re
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
@@ -45,12 +46,53 @@ from hpo_embed.common import UserError  # noqa: E402
 from hpo_embed.experiments import exp_rev, read_at  # noqa: E402
 from hpo_embed.markdown import fill_section, marks  # noqa: E402
 CONFIG = ROOT / "configs" / "ablation.yaml"
-OUT = ROOT / "reports" / "ablation"      # set from the config's name in main()
 README = ROOT / "README.md"
-SECTION = "negatives-ablation"   # the README section of the study (readme_mark)
-MARK = marks(SECTION)
 QUEUE_CHECKPOINTS = ROOT / "models" / "checkpoints-queue"   # HPO_EMBED_CHECKPOINT_ROOT of queued arms
 LANG_NAMES = {"de": "German", "fr": "French", "es": "Spanish", "en": "English syn.", "all": "all"}
+
+
+@dataclass(frozen=True)
+class Study:
+    """A study's config (configs/<name>.yaml) and where its results live: ``out`` =
+    reports/<name>/ holds each arm's saved results, reports/<name>.md (and .png) the tables,
+    the README section between ``<!-- <readme_mark>:start/end -->`` the short table."""
+    config: dict
+    out: Path
+
+    @classmethod
+    def load(cls, path: Path) -> Study:
+        config = yaml.safe_load(path.read_text())
+        return cls(config, ROOT / "reports" / config.get("name", "ablation"))
+
+    @property
+    def section(self) -> str:
+        return self.config.get("readme_mark", "negatives-ablation")
+
+    @property
+    def mode(self) -> str:   # the retrieval mode whose numbers are compared
+        return self.config.get("mode", "multi")
+
+    def title(self, arm: str) -> str:
+        return self.config.get("titles", {}).get(arm, arm)
+
+    def exp_name(self, arm: str) -> str:
+        return f"{self.config.get('prefix', 'abl')}-{arm}"
+
+    def settings(self, arm: str) -> dict:
+        """The parameters an arm sets: the study's shared ones, then its own."""
+        return {**self.config.get("common", {}), **self.config["arms"][arm]}
+
+    def results(self, arms: list[str] | None = None) -> dict[str, dict]:
+        """The saved results of ``arms`` (default: every arm of the config) that have run,
+        in the config's order."""
+        wanted = list(self.config["arms"]) if arms is None else arms
+        return {arm: json.loads((self.out / f"{arm}.json").read_text())
+                for arm in wanted if (self.out / f"{arm}.json").exists()}
+
+    def per_query(self, arm: str):
+        import pandas as pd
+        f = self.out / f"{arm}.per_query.parquet"
+        return pd.read_parquet(f) if f.is_file() else None
 
 
 def sh(*cmd: str, capture: bool = True) -> str:
@@ -74,9 +116,9 @@ def set_args(settings: dict) -> list[str]:
             for arg in ("-S", f"{'++' if isinstance(value, dict) else ''}{key}={text(value)}")]
 
 
-def restore() -> None:
+def restore(study_out: Path) -> None:
     """Back to the commit's params, lock and outputs (the experiment keeps the arm's)."""
-    study = OUT.relative_to(ROOT).as_posix()
+    study = study_out.relative_to(ROOT).as_posix()
     keep = ("README.md", f"{study}.md", f"{study}.png")   # and the arms' own results under reports/<name>/
     changed = [f for f in sh("git", "diff", "--name-only").split()
                if f not in keep and not f.startswith(f"{study}/")]
@@ -90,28 +132,18 @@ def restore() -> None:
 COPY_PATHS = ("data/external", "data/benchmark/cache", "data/cache")
 
 
-def exp_name(arm: str, config: dict) -> str:
-    return f"{config.get('prefix', 'abl')}-{arm}"
-
-
-def arm_settings(arm: str, config: dict) -> dict:
-    """The parameters an arm sets: the study's shared ones, then its own."""
-    return {**config["common"], **config["arms"][arm]}
-
-
-def run(arms: list[str], config: dict) -> None:
+def run(arms: list[str], study: Study) -> None:
     """Each arm in the workspace, one after the other: an interrupted arm, started again,
     resumes its training from models/checkpoints (the train stage's own resume)."""
-    OUT.mkdir(parents=True, exist_ok=True)
     for arm in arms:
-        name = exp_name(arm, config)
+        name = study.exp_name(arm)
         sh("dvc", "exp", "remove", name) if name in sh("dvc", "exp", "list", "--name-only") else None
-        sh("dvc", "exp", "run", "-n", name, *set_args(arm_settings(arm, config)), config.get("target", "benchmark"))
-        save_arm(arm, name, arm_settings(arm, config))
-        restore()
+        sh("dvc", "exp", "run", "-n", name, *set_args(study.settings(arm)), study.config.get("target", "benchmark"))
+        save_arm(study, arm, name)
+        restore(study.out)
 
 
-def queue(arms: list[str], config: dict, poll_s: float = 60.0) -> None:
+def queue(arms: list[str], study: Study, poll_s: float = 60.0) -> None:
     """Every arm into DVC's queue (`dvc exp run --queue`, the git-ignored inputs copied
     along), one worker (`dvc queue start`: arms never share the two cores), wait, collect.
     The workspace stays free for other work; a queued arm runs in a temporary copy, so
@@ -120,13 +152,13 @@ def queue(arms: list[str], config: dict, poll_s: float = 60.0) -> None:
     copy = [arg for path in ignored(COPY_PATHS) for arg in ("-C", path)]
     os.environ["HPO_EMBED_CHECKPOINT_ROOT"] = str(QUEUE_CHECKPOINTS)
     known = sh("dvc", "exp", "list", "--name-only")
-    names = {exp_name(arm, config) for arm in arms}
+    names = {study.exp_name(arm) for arm in arms}
     earlier = task_ids(sh("dvc", "queue", "status"), names)   # failed tries of these arms keep their rows
     for arm in arms:
-        name = exp_name(arm, config)
+        name = study.exp_name(arm)
         sh("dvc", "exp", "remove", name) if name in known else None
-        sh("dvc", "exp", "run", "--queue", "-n", name, *copy, *set_args(arm_settings(arm, config)),
-           config.get("target", "benchmark"))
+        sh("dvc", "exp", "run", "--queue", "-n", name, *copy, *set_args(study.settings(arm)),
+           study.config.get("target", "benchmark"))
     sh("dvc", "queue", "start", "-j", "1", capture=False)   # its worker daemon outlives the call
     while True:
         states = queue_states(sh("dvc", "queue", "status"), names, earlier)
@@ -138,7 +170,7 @@ def queue(arms: list[str], config: dict, poll_s: float = 60.0) -> None:
     if failed:
         print(f"warning: {failed} did not succeed (`dvc queue logs <name>` says why); "
               "collecting the others", file=sys.stderr)
-    collect([arm for arm in arms if states.get(exp_name(arm, config)) == "Success"], config)
+    collect([arm for arm in arms if states.get(study.exp_name(arm)) == "Success"], study)
 
 
 def ignored(paths: tuple[str, ...]) -> list[str]:
@@ -166,15 +198,15 @@ def task_ids(status: str, names: set[str]) -> set[str]:
     return {task for task, _, _ in queue_rows(status, names)}
 
 
-def collect(arms: list[str], config: dict) -> None:
+def collect(arms: list[str], study: Study) -> None:
     """reports/<study>/<arm>.* from finished experiments, read from each experiment's commit
     (git for its metrics and reports, the DVC cache for its per-query table): the workspace
     is not touched, so collecting works while other arms run, and outputs of stages the arm
     did not run (rerank, release) need not be in the cache."""
     for arm in arms:
-        name = exp_name(arm, config)
+        name = study.exp_name(arm)
         rev = exp_rev(name, ROOT)
-        save_arm(arm, name, arm_settings(arm, config), read=lambda path, rev=rev: read_at(rev, path, ROOT),
+        save_arm(study, arm, name, read=lambda path, rev=rev: read_at(rev, path, ROOT),
                  base_commit=sh("git", "rev-parse", f"{rev}^").strip())
 
 
@@ -183,9 +215,11 @@ def read_workspace(path: str) -> bytes | None:
     return f.read_bytes() if f.is_file() else None
 
 
-def save_arm(arm: str, experiment: str, settings: dict, read=read_workspace, base_commit: str | None = None) -> None:
+def save_arm(study: Study, arm: str, experiment: str, read=read_workspace, base_commit: str | None = None,
+             settings: dict | None = None) -> None:
     """reports/<study>/<arm>.json and <arm>.per_query.parquet from an arm's benchmark, train
-    and mine outputs (``read``: the workspace's files by default, or an experiment's)."""
+    and mine outputs (``read``: the workspace's files by default, or an experiment's;
+    ``settings``: what the arm set, by default the study's settings of the arm)."""
     import io
 
     import pandas as pd
@@ -196,21 +230,15 @@ def save_arm(arm: str, experiment: str, settings: dict, read=read_workspace, bas
     mine = read("metrics/mine.json")
     payload = {"arm": arm, "experiment": experiment,
                "base_commit": base_commit or sh("git", "rev-parse", "HEAD").strip(),
-               "settings": settings, "train": train, "mine": json.loads(mine) if mine else None,
+               "settings": study.settings(arm) if settings is None else settings, "train": train, "mine": json.loads(mine) if mine else None,
                "benchmark": {k: v for k, v in report.items()
                              if ".finetuned." in k or ".finetuned_vs_base." in k or k.endswith("n_queries")}}
-    OUT.mkdir(parents=True, exist_ok=True)
-    (OUT / f"{arm}.json").write_text(json.dumps(payload, indent=1, sort_keys=True) + "\n")
+    study.out.mkdir(parents=True, exist_ok=True)
+    (study.out / f"{arm}.json").write_text(json.dumps(payload, indent=1, sort_keys=True) + "\n")
     pq = pd.read_parquet(io.BytesIO(read("data/benchmark/per_query.parquet")),
                          columns=["retrieval", "model", "set", "lang", "query", "mrr", "hr@1"])
     pq = pq[pq["model"] == "finetuned"].drop(columns="model").reset_index(drop=True)
-    pq.to_parquet(OUT / f"{arm}.per_query.parquet", index=False, compression="zstd")
-
-
-def per_query(arm: str):
-    import pandas as pd
-    f = OUT / f"{arm}.per_query.parquet"
-    return pd.read_parquet(f) if f.is_file() else None
+    pq.to_parquet(study.out / f"{arm}.per_query.parquet", index=False, compression="zstd")
 
 
 def paired(arm_rows, base_rows, mode: str, key: str, resamples: int, seed: int) -> dict | None:
@@ -245,11 +273,11 @@ def delta_cell(d: dict | None) -> str:
     return f"{d['diff']:+.3f} [{d['diff_ci_low']:+.3f}, {d['diff_ci_high']:+.3f}] p={p:.3f}"
 
 
-def adopt(arm: str, config: dict) -> None:
+def adopt(arm: str, study: Study) -> None:
     """Take the arm's numbers from the workspace's own `dvc repro` when params.yaml already is
     that arm (the default run): the shared cheap settings change nothing the table shows."""
     raw = yaml.safe_load((ROOT / "params.yaml").read_text())
-    for key, value in config["arms"][arm].items():
+    for key, value in study.config["arms"][arm].items():
         have = raw
         for part in key.split("."):   # lr, train.max_train_pairs
             have = (have or {}).get(part)
@@ -257,7 +285,7 @@ def adopt(arm: str, config: dict) -> None:
             sys.exit(f"error: params.yaml has {key}={have!r}, arm {arm} needs {value!r}")
     if "dvc.lock" in sh("git", "status", "--porcelain", "dvc.lock"):
         sys.exit("error: dvc.lock has uncommitted changes: commit the `dvc repro` run first")
-    save_arm(arm, "dvc repro (default params)", config["arms"][arm])
+    save_arm(study, arm, "dvc repro (default params)", settings=study.config["arms"][arm])
 
 
 def rows(report: dict, mode: str) -> list[tuple[str, str]]:
@@ -278,18 +306,16 @@ def cell(report: dict, key: str, metric: str) -> str:
     return f"{v:.3f} [{lo:.3f}, {hi:.3f}]" if lo is not None else f"{v:.3f}"
 
 
-def table(config: dict) -> str:
-    found = {arm: json.loads((OUT / f"{arm}.json").read_text())
-             for arm in config["arms"] if (OUT / f"{arm}.json").exists()}
+def table(study: Study) -> str:
+    config, mode, found = study.config, study.mode, study.results()
     if not found:
-        sys.exit(f"error: no arm results under {OUT.relative_to(ROOT)}; run `python scripts/ablation.py run` first")
-    mode = config.get("mode", "multi")
+        sys.exit(f"error: no arm results under {study.out}; run `python scripts/ablation.py run` first")
     first = next(iter(found.values()))["benchmark"]
     arms = list(found)
     cli = "python scripts/ablation.py" + ("" if config.get("name", "ablation") == "ablation" else f" --config configs/{config['name']}.yaml")
     lines = [f"Fine-tuned model, {mode}-vector retrieval, training: {config['steps']}; MRR and HR@1 with bootstrap 95% CIs; n = queries. Regenerate: "
              f"`{cli} run && {cli} table`.", ""]
-    lines.append("| query set | metric | " + " | ".join(config["titles"].get(a, a) for a in arms) + " |")
+    lines.append("| query set | metric | " + " | ".join(study.title(a) for a in arms) + " |")
     lines.append("|---|---|" + "---|" * len(arms))
     for key, title in rows(first, mode):
         n = first.get(f"{mode}.{key}.finetuned.n_queries", "")
@@ -301,13 +327,13 @@ def table(config: dict) -> str:
     base = config.get("baseline", arms[0])
     if base in found and len(arms) > 1:   # each arm's MRR minus the baseline's, paired per query
         resamples, seed = stats_params()
-        rows_of = {a: per_query(a) for a in arms}
+        rows_of = {a: study.per_query(a) for a in arms}
         for key, title in rows(first, mode):
             n = first.get(f"{mode}.{key}.finetuned.n_queries", "")
             cells = ["(baseline)" if a == base else
                      delta_cell(paired(rows_of[a], rows_of[base], mode, key, resamples, seed)) for a in arms]
-            lines.append(f"| {title} ({n}) | Δ MRR vs {config['titles'].get(base, base)} | " + " | ".join(cells) + " |")
-    sources = [f"- {config['titles'].get(a, a)}: `{found[a]['experiment']}` at commit {found[a]['base_commit'][:7]}"
+            lines.append(f"| {title} ({n}) | Δ MRR vs {study.title(base)} | " + " | ".join(cells) + " |")
+    sources = [f"- {study.title(a)}: `{found[a]['experiment']}` at commit {found[a]['base_commit'][:7]}"
                for a in arms]
     dev = [f"{found[a]['train']['dev_mrr_best']:.3f}" for a in arms]
     lines.append("| dev sample (train stage) | MRR | " + " | ".join(dev) + " |")
@@ -319,27 +345,27 @@ def table(config: dict) -> str:
         for key, title in rows(first, mode):
             cells = [delta_cell(vs_base(found[a]["benchmark"], mode, key)) for a in arms]
             lines.append(f"| {title} | Δ MRR vs untuned base | " + " | ".join(cells) + " |")
-    lines += steps(config, found, mode)
+    lines += steps(study, found)
     lines += ["", "Where each arm's numbers come from:", *sources]
     return "\n".join(lines) + "\n"
 
 
-def steps(config: dict, found: dict, mode: str) -> list[str]:
+def steps(study: Study, found: dict) -> list[str]:
     """The study's one-factor steps (config ``parent: {arm: the arm it changes one factor of}``):
     each step's MRR change, paired per query, on the plotted sets. A step whose CI includes 0
     is where that axis stops paying at this precision."""
-    done = [(a, b) for a, b in (config.get("parent") or {}).items() if a in found and b in found]
+    mode = study.mode
+    done = [(a, b) for a, b in (study.config.get("parent") or {}).items() if a in found and b in found]
     if not done:
         return []
     resamples, seed = stats_params()
     first = next(iter(found.values()))["benchmark"]
     sets = [k for k in PLOT_SETS if f"{mode}.{k}.finetuned.mrr" in first]
-    t = config["titles"]
     out = ["", "**One-factor steps** (Δ MRR of each arm minus the arm it changes one factor of, paired per query, "
            "95% CI, permutation p):", "", "| step | " + " | ".join(sets) + " |", "|---|" + "---|" * len(sets)]
     for arm, parent in done:
-        a, b = per_query(arm), per_query(parent)
-        out.append(f"| {t.get(parent, parent)} → {t.get(arm, arm)} | " +
+        a, b = study.per_query(arm), study.per_query(parent)
+        out.append(f"| {study.title(parent)} → {study.title(arm)} | " +
                    " | ".join(delta_cell(paired(a, b, mode, k, resamples, seed)) for k in sets) + " |")
     return out
 
@@ -356,12 +382,12 @@ def vs_base(report: dict, mode: str, key: str) -> dict | None:
 PLOT_SETS = ("heldout.de", "heldout.all", "phentrieve.70cases_gemini_v1", "phentrieve.70cases_o3_v1")
 
 
-def plot(config: dict, path: Path) -> bool:
+def plot(study: Study, path: Path) -> bool:
     """MRR (95% CI) of each set against training pairs and against training minutes, one
     point per arm run; the arms of ``plot_line`` (one axis of the study, e.g. the pairs steps)
     joined by a line, every other arm an unjoined cross (it changes another factor). False
     (nothing written) without matplotlib or with fewer than 2 arms."""
-    found = {a: json.loads((OUT / f"{a}.json").read_text()) for a in config["arms"] if (OUT / f"{a}.json").exists()}
+    found = study.results()
     try:
         import matplotlib
         matplotlib.use("Agg")
@@ -371,8 +397,8 @@ def plot(config: dict, path: Path) -> bool:
         return False
     if len(found) < 2:
         return False
-    mode = config.get("mode", "multi")
-    line = [a for a in config.get("plot_line", list(found)) if a in found]
+    mode = study.mode
+    line = [a for a in study.config.get("plot_line", list(found)) if a in found]
     fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
     for ax, (xlabel, xof) in zip(axes, (("training pairs", lambda r: r["train"]["pairs"]),
                                         ("training minutes (2 cores)", lambda r: r["train"]["train_time_s"] / 60))):
@@ -397,8 +423,8 @@ def plot(config: dict, path: Path) -> bool:
         ax.grid(alpha=0.3)
     axes[0].set_ylabel(f"fine-tuned MRR ({mode}-vector, 95% CI)")
     axes[1].legend(fontsize=8)
-    joined = ", ".join(config["titles"].get(a, a) for a in line)
-    fig.suptitle(f"{config.get('title', 'study')}: line = {joined}; x = the other arms", fontsize=9)
+    joined = ", ".join(study.title(a) for a in line)
+    fig.suptitle(f"{study.config.get('title', 'study')}: line = {joined}; x = the other arms", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     return True
@@ -407,43 +433,45 @@ def plot(config: dict, path: Path) -> bool:
 README_SETS = ("heldout.de", "heldout.fr", "heldout.es", "phentrieve.70cases_gemini_v1", "phentrieve.70cases_o3_v1")
 
 
-def compact(config: dict) -> str:
+def compact(study: Study) -> str:
     """The README's table: one row per arm (``readme_arms``, default all; the others are named
     below it), MRR / HR@1 per set (CIs: reports/<name>.md)."""
+    config, mode = study.config, study.mode
     shown = config.get("readme_arms") or list(config["arms"])
-    done = [arm for arm in config["arms"] if (OUT / f"{arm}.json").exists()]
-    found = {arm: json.loads((OUT / f"{arm}.json").read_text()) for arm in shown if arm in done}
-    mode = config.get("mode", "multi")
+    done = list(study.results())
+    found = study.results([arm for arm in shown if arm in done])
     first = next(iter(found.values()))["benchmark"]
     sets = [k for k in README_SETS if f"{mode}.{k}.finetuned.mrr" in first]
     names = [k.split(".")[1].replace("70cases_", "").replace("_v1", "") for k in sets]
     base = config.get("baseline", next(iter(found)))
     pooled = "heldout.all"
     lines = [f"MRR / HR@1 (fine-tuned, {mode}-vector, {config['steps']}); Δ MRR vs "
-             f"{config['titles'].get(base, base)} on all held-out queries, paired (95% CI, p); more: "
-             f"[reports/{OUT.name}.md](reports/{OUT.name}.md).", "",
+             f"{study.title(base)} on all held-out queries, paired (95% CI, p); more: "
+             f"[reports/{study.out.name}.md](reports/{study.out.name}.md).", "",
              f"| {config.get('arm_column', 'negatives')} | " + " | ".join(names) + " | Δ MRR held-out |", "|---|" + "---|" * (len(sets) + 1)]
     resamples, seed = stats_params()
-    base_rows = per_query(base) if base in done else None
+    base_rows = study.per_query(base) if base in done else None
     for arm, res in found.items():
         b = res["benchmark"]
         cells = [f"{b[f'{mode}.{k}.finetuned.mrr']:.3f} / {b[f'{mode}.{k}.finetuned.hr@1']:.3f}" for k in sets]
-        cells.append("–" if arm == base else delta_cell(paired(per_query(arm), base_rows, mode, pooled, resamples, seed)))
-        lines.append(f"| {config['titles'].get(arm, arm)} | " + " | ".join(cells) + " |")
-    elsewhere = [config["titles"].get(a, a) for a in done if a not in shown]
+        cells.append("–" if arm == base else delta_cell(paired(study.per_query(arm), base_rows, mode, pooled, resamples, seed)))
+        lines.append(f"| {study.title(arm)} | " + " | ".join(cells) + " |")
+    elsewhere = [study.title(a) for a in done if a not in shown]
     if elsewhere:
-        lines += ["", f"Also measured (reports/{OUT.name}.md): " + "; ".join(elsewhere) + "."]
-    missing = [config["titles"].get(a, a) for a in config["arms"] if a not in done]
+        lines += ["", f"Also measured (reports/{study.out.name}.md): " + "; ".join(elsewhere) + "."]
+    missing = [study.title(a) for a in config["arms"] if a not in done]
     if missing:
         lines += ["", "Not run yet: " + ", ".join(missing) + "."]
     return "\n".join(lines) + "\n"
 
 
-def write_table(config: dict) -> None:
-    text = table(config)
-    report = OUT.with_suffix(".md")
-    png = OUT.with_suffix(".png")
-    if config.get("plot") and plot(config, png):
+def write_table(study: Study, readme_path: Path | None = None) -> None:
+    """reports/<name>.md (and its plot) and the study's README section (``readme_path``,
+    default README.md, where it has the section's marks)."""
+    text = table(study)
+    report = study.out.with_suffix(".md")
+    png = study.out.with_suffix(".png")
+    if study.config.get("plot") and plot(study, png):
         text += f"\n![MRR against training pairs and minutes]({png.name})\n"
     # the reading of the numbers (where a curve flattens, what was not run) is written by a
     # person between these marks and kept when the tables are regenerated
@@ -451,22 +479,12 @@ def write_table(config: dict) -> None:
     if report.is_file():
         m = re.search(r"<!-- notes:start -->.*?<!-- notes:end -->\n", report.read_text(), flags=re.S)
         notes = m.group(0) + "\n" if m else ""
-    report.write_text(f"# {config.get('title', 'Hard-negative ablation')}\n\n" + notes + text)
-    readme = README.read_text()
-    short = compact(config)
-    if MARK[0] in readme:
-        README.write_text(fill_section(readme, SECTION, short, str(README)))
+    report.write_text(f"# {study.config.get('title', 'Hard-negative ablation')}\n\n" + notes + text)
+    readme_path = readme_path or README
+    readme = readme_path.read_text()
+    if marks(study.section)[0] in readme:
+        readme_path.write_text(fill_section(readme, study.section, compact(study), str(readme_path)))
     print(text)
-
-
-def use_config(path: Path) -> dict:
-    """Read a study config and point OUT / SECTION / MARK at its files."""
-    global OUT, SECTION, MARK
-    config = yaml.safe_load(path.read_text())
-    OUT = ROOT / "reports" / config.get("name", "ablation")
-    SECTION = config.get("readme_mark", "negatives-ablation")
-    MARK = marks(SECTION)
-    return config
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -478,19 +496,20 @@ def main(argv: list[str] | None = None) -> None:
                          "adopt: take the arm from the committed default dvc repro; table")
     ap.add_argument("arms", nargs="*", help="arms to run (default: all of configs/ablation.yaml)")
     a = ap.parse_args(argv)
-    config = use_config(a.config)
-    unknown = [x for x in a.arms if x not in config["arms"]]
+    study = Study.load(a.config)
+    known = list(study.config["arms"])
+    unknown = [x for x in a.arms if x not in known]
     if unknown:
-        sys.exit(f"error: {a.config}: unknown arm(s) {unknown}; known: {list(config['arms'])}")
+        sys.exit(f"error: {a.config}: unknown arm(s) {unknown}; known: {known}")
     try:
         if a.command in ("run", "queue", "collect"):
-            {"run": run, "queue": queue, "collect": collect}[a.command](a.arms or list(config["arms"]), config)
+            {"run": run, "queue": queue, "collect": collect}[a.command](a.arms or known, study)
         elif a.command == "adopt":
             for arm in a.arms:
-                adopt(arm, config)
+                adopt(arm, study)
     except UserError as e:
         sys.exit(f"error: {e}")
-    write_table(config)
+    write_table(study)
 
 
 if __name__ == "__main__":

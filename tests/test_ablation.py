@@ -53,9 +53,9 @@ def test_set_args_quote_lists_and_scalars(tmp_path):
 
 def test_tables_from_arm_reports(tmp_path, monkeypatch):
     abl = load_script()
-    monkeypatch.setattr(abl, "OUT", tmp_path)
     config = {"steps": "200 steps", "mode": "multi", "arms": {"a": {}, "b": {}, "c": {}},
               "titles": {"a": "in-batch", "b": "mined", "c": "iterative"}}
+    study = abl.Study(config, tmp_path)
 
     def report(mrr: float) -> dict:
         out = {}
@@ -80,24 +80,24 @@ def test_tables_from_arm_reports(tmp_path, monkeypatch):
             rows += [{"retrieval": "multi", "set": "heldout" if held else key, "lang": key[8:] if held else None,
                       "query": f"q{i}", "mrr": rr[i], "hr@1": float(rr[i] > 0.5)} for i in range(70)]
         pd.DataFrame(rows).to_parquet(tmp_path / f"{arm}.per_query.parquet")
-    full = abl.table(config)
+    full = abl.table(study)
     assert "| held-out German (70) | MRR | 0.700 [0.690, 0.710] | 0.750 [0.740, 0.760] |" in full
     assert "- mined: `abl-b` at commit 0123456" in full
     # the paired difference: +0.05 on every query -> a zero-width CI and a small permutation p
     delta = [ln for ln in full.splitlines() if ln.startswith("| held-out German (70) | Δ MRR vs in-batch |")]
     assert len(delta) == 1 and "| (baseline) | +0.050 [+0.050, +0.050] p=0.00" in delta[0]
-    short = abl.compact(config)
+    short = abl.compact(study)
     assert "| negatives | de | fr | o3 | Δ MRR held-out |" in short
     assert "| mined | 0.750 / 0.650 | 0.750 / 0.650 | 0.750 / 0.650 | +0.050 [+0.050, +0.050] p=0.00" in short
     assert "| in-batch | 0.700 / 0.600 | 0.700 / 0.600 | 0.700 / 0.600 | – |" in short
     assert "Not run yet: iterative." in short
     # readme_arms keeps the README a front page: the other finished arms are named, not tabled
-    front = abl.compact({**config, "baseline": "a", "readme_arms": ["b"]})
+    front = abl.compact(abl.Study({**config, "baseline": "a", "readme_arms": ["b"]}, tmp_path))
     assert "| mined | 0.750 / 0.650 | 0.750 / 0.650 | 0.750 / 0.650 | +0.050 [+0.050, +0.050] p=0.00" in front
     assert "| in-batch |" not in front
     assert f"Also measured (reports/{tmp_path.name}.md): in-batch." in front and "Not run yet: iterative." in front
     # one-factor steps: b changes one factor of a (c is not run: no row)
-    stepped = abl.table({**config, "parent": {"b": "a", "c": "b"}})
+    stepped = abl.table(abl.Study({**config, "parent": {"b": "a", "c": "b"}}, tmp_path))
     row = [ln for ln in stepped.splitlines() if ln.startswith("| in-batch → mined |")]
     assert len(row) == 1 and row[0].count("+0.050 [+0.050, +0.050] p=0.00") == 2   # the plotted sets present: de, o3
     assert "→ iterative" not in stepped and "**One-factor steps**" not in full
@@ -125,8 +125,9 @@ def test_readme_hard_negative_verdict_is_the_committed_arms():
     for arm in config["arms"]:
         assert (REPO / "reports" / "ablation" / f"{arm}.per_query.parquet").is_file(), arm
     resamples, seed = abl.stats_params()
-    base = abl.per_query("in_batch")
-    deltas = {arm: abl.paired(abl.per_query(arm), base, "multi", "heldout.all", resamples, seed)
+    study = abl.Study.load(REPO / "configs" / "ablation.yaml")
+    base = study.per_query("in_batch")
+    deltas = {arm: abl.paired(study.per_query(arm), base, "multi", "heldout.all", resamples, seed)
               for arm in config["arms"] if arm != "in_batch"}
     best = max(deltas, key=lambda a: deltas[a]["diff"])
     d = deltas[best]
@@ -139,11 +140,10 @@ def test_scaling_study_table_and_plot(tmp_path, monkeypatch):
     """A study with ``plot:`` gets its x axes (pairs, minutes), each arm's paired difference to
     the untuned base from the benchmark stage's report, and a PNG of MRR against both axes."""
     abl = load_script()
-    config = abl.use_config(REPO / "configs" / "scaling.yaml")
-    assert abl.OUT == REPO / "reports" / "scaling" and abl.MARK[0] == "<!-- scaling:start -->"
-    monkeypatch.setattr(abl, "OUT", tmp_path / "scaling")
-    abl.OUT.mkdir()
-    config = {**config, "arms": {"pairs_6k": {}, "pairs_26k": {}}}
+    real = abl.Study.load(REPO / "configs" / "scaling.yaml")
+    assert real.out == REPO / "reports" / "scaling" and real.section == "scaling"
+    study = abl.Study({**real.config, "arms": {"pairs_6k": {}, "pairs_26k": {}}}, tmp_path / "scaling")
+    study.out.mkdir()
     for arm, pairs, mrr in (("pairs_6k", 6400, 0.70), ("pairs_26k", 25600, 0.74)):
         bench = {}
         for k in ("heldout.de", "heldout.all", "phentrieve.70cases_o3_v1"):
@@ -153,24 +153,27 @@ def test_scaling_study_table_and_plot(tmp_path, monkeypatch):
                       f"multi.{k}.finetuned_vs_base.mrr_diff_ci_low": mrr - 0.68,
                       f"multi.{k}.finetuned_vs_base.mrr_diff_ci_high": mrr - 0.62,
                       f"multi.{k}.finetuned_vs_base.p_value": 0.002}
-        (abl.OUT / f"{arm}.json").write_text(json.dumps({"benchmark": bench, "experiment": f"scl-{arm}",
+        (study.out / f"{arm}.json").write_text(json.dumps({"benchmark": bench, "experiment": f"scl-{arm}",
                                                          "base_commit": "0123456789", "train": {
                                                              "dev_mrr_best": mrr, "train_time_s": pairs / 24,
                                                              "pairs": pairs}}))
-    text = abl.table(config)
+    text = abl.table(study)
     assert "| training pairs | | 6400 | 25600 |" in text
     assert "| held-out German | Δ MRR vs untuned base | +0.050 [+0.020, +0.080] p=0.002 | +0.090 [+0.060, +0.120] " \
            "p=0.002 |" in text
     png = tmp_path / "scaling.png"
-    assert abl.plot(config, png) and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
-    assert not abl.plot({**config, "arms": {"pairs_6k": {}}}, tmp_path / "one.png")   # one point is no curve
+    assert abl.plot(study, png) and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+    one = abl.Study({**study.config, "arms": {"pairs_6k": {}}}, study.out)
+    assert not abl.plot(one, tmp_path / "one.png")   # one point is no curve
     # regenerating keeps the person-written reading of the numbers
-    monkeypatch.setattr(abl, "README", tmp_path / "README.md")
-    (tmp_path / "README.md").write_text("# x\n")
+    readme = tmp_path / "README.md"
+    readme.write_text("# x\n\n<!-- scaling:start -->\nold rows\n<!-- scaling:end -->\n")
     (tmp_path / "scaling.md").write_text("# old\n\n<!-- notes:start -->\nflattens at 25.6k\n<!-- notes:end -->\nold table\n")
-    abl.write_table(config)
+    abl.write_table(study, readme)
     again = (tmp_path / "scaling.md").read_text()
     assert "flattens at 25.6k" in again and "old table" not in again and "| training pairs | | 6400 | 25600 |" in again
+    section = readme.read_text()   # the README's short table, between the study's marks
+    assert "old rows" not in section and "| 25.6k, lr 1e-4 | 0.740 / 0.640 |" in section
 
 
 def test_queue_enqueues_each_arm_with_copied_inputs_then_collects_the_successful(monkeypatch):
@@ -180,6 +183,7 @@ def test_queue_enqueues_each_arm_with_copied_inputs_then_collects_the_successful
     abl = load_script()
     config = {"prefix": "scl", "target": "benchmark", "common": {"quantize.method": "dynamic"},
               "arms": {"big": {"lr": 1e-4}, "bigger": {"train.max_train_pairs": None}}}
+    study = abl.Study(config, abl.ROOT / "reports" / "scaling")
     old_try = "0ld7a5k  scl-big     10:00 PM   Failed\n"   # an earlier try keeps its row: not this run's state
     calls, polls = [], iter([
         "Task     Name        Created    Status\n" + old_try + "\nWorker status: 0 active, 0 idle\n",
@@ -204,10 +208,10 @@ def test_queue_enqueues_each_arm_with_copied_inputs_then_collects_the_successful
         return "scl-big\n" if cmd[:3] == ("dvc", "exp", "list") else ""
     collected = []
     monkeypatch.setattr(abl, "sh", sh)
-    monkeypatch.setattr(abl, "collect", lambda arms, cfg: collected.extend(arms))
+    monkeypatch.setattr(abl, "collect", lambda arms, s: collected.extend(arms))
     monkeypatch.setattr(abl, "COPY_PATHS", ("data/external",))
     monkeypatch.setenv("HPO_EMBED_CHECKPOINT_ROOT", "/before")   # undone after the test: queue() sets it
-    abl.queue(["big", "bigger"], config, poll_s=0)
+    abl.queue(["big", "bigger"], study, poll_s=0)
     assert started == {"capture": False, "root": str(abl.ROOT / "models" / "checkpoints-queue")}
     assert ("dvc", "exp", "remove", "scl-big") in calls and ("dvc", "exp", "remove", "scl-bigger") not in calls
     queued = [c for c in calls if c[:4] == ("dvc", "exp", "run", "--queue")]
@@ -261,12 +265,11 @@ def test_collect_reads_the_experiment_commit_not_the_workspace(tmp_path, monkeyp
     write(0.3)   # the workspace moves on; a later apply stash must not be taken for the arm
     run("git", "update-ref", "refs/exps/apply/stash", "HEAD")
     monkeypatch.setattr(abl, "ROOT", repo)
-    monkeypatch.setattr(abl, "OUT", tmp_path / "out")
-    abl.collect(["a"], {"prefix": "abl", "common": {"x": 1}, "arms": {"a": {"y": 2}}})
+    abl.collect(["a"], abl.Study({"prefix": "abl", "common": {"x": 1}, "arms": {"a": {"y": 2}}}, tmp_path / "out"))
     saved = json.loads((tmp_path / "out" / "a.json").read_text())
     assert saved["benchmark"] == {"multi.heldout.de.finetuned.mrr": 0.8} and saved["mine"] is None
     assert saved["base_commit"] == base and saved["settings"] == {"x": 1, "y": 2} and saved["train"]["pairs"] == 640
     pq = pd.read_parquet(tmp_path / "out" / "a.per_query.parquet")
     assert list(pq["mrr"]) == [0.8] and "model" not in pq
     with pytest.raises(UserError, match="no experiment named abl-b"):   # main() prints it as one line
-        abl.collect(["b"], {"prefix": "abl", "common": {}, "arms": {"b": {}}})
+        abl.collect(["b"], abl.Study({"prefix": "abl", "common": {}, "arms": {"b": {}}}, tmp_path / "out"))

@@ -2,10 +2,8 @@
 engine, the prompt choice, and the hub-id checks."""
 from __future__ import annotations
 
-import argparse
 import json
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest

@@ -2,7 +2,6 @@
 names, keep comments, validate the result, and the two overlays name the same keys."""
 from __future__ import annotations
 
-import dataclasses
 import shutil
 from pathlib import Path
 

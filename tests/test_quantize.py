@@ -1,7 +1,6 @@
 """Stage quantize: ONNX export + dynamic INT8 of a tiny in-process model."""
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import shutil
