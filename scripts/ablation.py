@@ -226,7 +226,8 @@ def save_arm(study: Study, arm: str, experiment: str, read=read_workspace, base_
     report = json.loads(read("reports/benchmark.json"))
     train = json.loads(read("metrics/train.json"))
     train_report = json.loads(read("reports/train.json"))
-    train |= {"pairs": train_report["pairs"], "pairs_by_language": train_report["pairs_by"]["languages"]}
+    train |= {"pairs": train_report["pairs"], "pairs_by_language": train_report["pairs_by"]["languages"],
+              "epochs": train_report.get("epochs", 1.0)}
     mine = read("metrics/mine.json")
     payload = {"arm": arm, "experiment": experiment,
                "base_commit": base_commit or sh("git", "rev-parse", "HEAD").strip(),
@@ -340,7 +341,7 @@ def table(study: Study) -> str:
     secs = [f"{found[a]['train']['train_time_s']:.0f}" for a in arms]
     lines.append("| training time, s (both rounds; 2 idle cores) | | " + " | ".join(secs) + " |")
     if config.get("plot"):   # a scaling study: its x axes, and each arm against the untuned base
-        pairs = [f"{found[a]['train'].get('pairs', '–')}" for a in arms]
+        pairs = [f"{found[a]['train'].get('pairs', '–')}" + epochs_note(found[a]["train"]) for a in arms]
         lines.append("| training pairs | | " + " | ".join(pairs) + " |")
         for key, title in rows(first, mode):
             cells = [delta_cell(vs_base(found[a]["benchmark"], mode, key)) for a in arms]
@@ -368,6 +369,18 @@ def steps(study: Study, found: dict) -> list[str]:
         out.append(f"| {study.title(parent)} → {study.title(arm)} | " +
                    " | ".join(delta_cell(paired(a, b, mode, k, resamples, seed)) for k in sets) + " |")
     return out
+
+
+def epochs_note(train: dict) -> str:
+    """' x 2 epochs' for an arm that saw its rows more than once (arms saved before epochs
+    were recorded ran one)."""
+    epochs = train.get("epochs", 1.0)
+    return "" if round(epochs, 2) == 1 else f" x {epochs:g} epochs"
+
+
+def pairs_seen(train: dict) -> float:
+    """Training rows times epochs: the plot's x axis (an arm of 2 epochs over 25.6k rows sits at 51.2k)."""
+    return train["pairs"] * train.get("epochs", 1.0)
 
 
 def vs_base(report: dict, mode: str, key: str) -> dict | None:
@@ -400,7 +413,7 @@ def plot(study: Study, path: Path) -> bool:
     mode = study.mode
     line = [a for a in study.config.get("plot_line", list(found)) if a in found]
     fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
-    for ax, (xlabel, xof) in zip(axes, (("training pairs", lambda r: r["train"]["pairs"]),
+    for ax, (xlabel, xof) in zip(axes, (("training pairs seen (rows x epochs)", lambda r: pairs_seen(r["train"])),
                                         ("training minutes (2 cores)", lambda r: r["train"]["train_time_s"] / 60))):
         for key in PLOT_SETS:
             def points(arms):

@@ -159,6 +159,9 @@ def test_scaling_study_table_and_plot(tmp_path, monkeypatch):
                                                              "pairs": pairs}}))
     text = abl.table(study)
     assert "| training pairs | | 6400 | 25600 |" in text
+    # an arm over the same rows twice says so, and the plot puts it at the rows it saw
+    assert abl.epochs_note({"pairs": 25600, "epochs": 2.0}) == " x 2 epochs" and abl.epochs_note({"pairs": 1}) == ""
+    assert abl.pairs_seen({"pairs": 25600, "epochs": 2.0}) == 51200 and abl.pairs_seen({"pairs": 6400}) == 6400
     assert "| held-out German | Δ MRR vs untuned base | +0.050 [+0.020, +0.080] p=0.002 | +0.090 [+0.060, +0.120] " \
            "p=0.002 |" in text
     png = tmp_path / "scaling.png"
