@@ -6,6 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from hpo_embed.benchmark.inputs import Paths as BenchmarkPaths
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
@@ -16,6 +18,17 @@ REPO = Path(__file__).resolve().parent.parent
 SHARED = REPO.parent / "shared" / "data"
 TRANSLATIONS_DIR = SHARED / "hpo-translations"
 PHENTRIEVE_DIR = SHARED / "phentrieve-benchmarks" / "german"
+
+def benchmark_paths(root: Path) -> BenchmarkPaths:
+    """The benchmark stage's inputs and outputs under ``root``: hpo/, pairs/, models/ as the
+    stages before it write them, its own outputs under out/, metrics/ and reports/."""
+    return BenchmarkPaths(terms=root / "hpo" / "terms.parquet", edges=root / "hpo" / "edges.parquet",
+                          queries=root / "pairs" / "queries.parquet", concepts=root / "pairs" / "concepts.parquet",
+                          finetuned=root / "models" / "finetuned", onnx=root / "models" / "onnx",
+                          per_query=root / "out" / "per_query.parquet", curves=root / "out" / "hr_at_k",
+                          cache=root / "out" / "cache", metrics=root / "metrics" / "benchmark.json",
+                          reports=root / "reports")
+
 
 TINY_CORPUS = [
     "Arthritis", "Inflammation of a joint", "Joint inflammation", "Gelenkentzündung",

@@ -18,6 +18,7 @@ import pytest
 import torch
 import yaml
 
+from conftest import benchmark_paths
 from hpo_embed.benchmark import inputs as bi, run as bm
 from hpo_embed import embedding as emb
 from hpo_embed.pairs import external_sets as xs
@@ -354,12 +355,7 @@ def make_inputs(root: Path) -> bi.Paths:
     pd.DataFrame({"hpo_id": [t for t, *_ in TERMS[1:]],
                   "split": ["test" if t in TEST_IDS else "train" for t, *_ in TERMS[1:]],
                   "branch": None}).to_parquet(root / "pairs" / "concepts.parquet")
-    return bi.Paths(terms=root / "hpo" / "terms.parquet", edges=root / "hpo" / "edges.parquet",
-                    queries=root / "pairs" / "queries.parquet", concepts=root / "pairs" / "concepts.parquet",
-                    finetuned=root / "models" / "finetuned", onnx=root / "models" / "onnx",
-                    per_query=root / "out" / "per_query.parquet", curves=root / "out" / "hr_at_k",
-                    cache=root / "out" / "cache", metrics=root / "metrics" / "benchmark.json",
-                    reports=root / "reports")
+    return benchmark_paths(root)
 
 
 @pytest.fixture(scope="module")

@@ -27,6 +27,7 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
+from conftest import benchmark_paths
 from hpo_embed.benchmark import inputs as bi, run as bm
 from hpo_embed import embedding as emb
 from hpo_embed.pairs import external_sets as xs
@@ -84,12 +85,7 @@ def bench_inputs(root: Path) -> bi.Paths:
                                         schema=EDGES_SCHEMA), root / "hpo" / "edges.parquet")
     pd.DataFrame([{"text": q, "hpo_id": h, "lang": "de", "split": "test"} for q, h in QUERIES]
                  ).to_parquet(root / "pairs" / "queries.parquet")
-    return bi.Paths(terms=root / "hpo" / "terms.parquet", edges=root / "hpo" / "edges.parquet",
-                    queries=root / "pairs" / "queries.parquet", concepts=root / "pairs" / "concepts.parquet",
-                    finetuned=root / "models" / "finetuned", onnx=root / "models" / "onnx",
-                    per_query=root / "out" / "per_query.parquet", curves=root / "out" / "hr_at_k",
-                    cache=root / "out" / "cache", metrics=root / "metrics" / "benchmark.json",
-                    reports=root / "reports")
+    return benchmark_paths(root)
 
 
 @pytest.fixture(scope="module")
