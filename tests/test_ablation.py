@@ -1,4 +1,5 @@
-"""scripts/ablation.py: the -S arguments of an arm and the tables built from arm reports."""
+"""scripts/ablation.py (the -S arguments of an arm, queueing, collecting) and hpo_embed.study
+(the tables and plot built from the arms' saved results)."""
 from __future__ import annotations
 
 import json
@@ -10,6 +11,7 @@ import pytest
 import yaml
 from script_loader import load_script as load
 
+from hpo_embed import study as st
 from hpo_embed.common import UserError
 
 REPO = Path(__file__).resolve().parent.parent
@@ -52,10 +54,9 @@ def test_set_args_quote_lists_and_scalars(tmp_path):
 
 
 def test_tables_from_arm_reports(tmp_path, monkeypatch):
-    abl = load_script()
     config = {"steps": "200 steps", "mode": "multi", "arms": {"a": {}, "b": {}, "c": {}},
               "titles": {"a": "in-batch", "b": "mined", "c": "iterative"}}
-    study = abl.Study(config, tmp_path)
+    study = st.Study(config, tmp_path)
 
     def report(mrr: float) -> dict:
         out = {}
@@ -80,24 +81,24 @@ def test_tables_from_arm_reports(tmp_path, monkeypatch):
             rows += [{"retrieval": "multi", "set": "heldout" if held else key, "lang": key[8:] if held else None,
                       "query": f"q{i}", "mrr": rr[i], "hr@1": float(rr[i] > 0.5)} for i in range(70)]
         pd.DataFrame(rows).to_parquet(tmp_path / f"{arm}.per_query.parquet")
-    full = abl.table(study)
+    full = st.full_table(study)
     assert "| held-out German (70) | MRR | 0.700 [0.690, 0.710] | 0.750 [0.740, 0.760] |" in full
     assert "- mined: `abl-b` at commit 0123456" in full
     # the paired difference: +0.05 on every query -> a zero-width CI and a small permutation p
     delta = [ln for ln in full.splitlines() if ln.startswith("| held-out German (70) | Δ MRR vs in-batch |")]
     assert len(delta) == 1 and "| (baseline) | +0.050 [+0.050, +0.050] p=0.00" in delta[0]
-    short = abl.compact(study)
+    short = st.readme_table(study)
     assert "| negatives | de | fr | o3 | Δ MRR held-out |" in short
     assert "| mined | 0.750 / 0.650 | 0.750 / 0.650 | 0.750 / 0.650 | +0.050 [+0.050, +0.050] p=0.00" in short
     assert "| in-batch | 0.700 / 0.600 | 0.700 / 0.600 | 0.700 / 0.600 | – |" in short
     assert "Not run yet: iterative." in short
     # readme_arms keeps the README a front page: the other finished arms are named, not tabled
-    front = abl.compact(abl.Study({**config, "baseline": "a", "readme_arms": ["b"]}, tmp_path))
+    front = st.readme_table(st.Study({**config, "baseline": "a", "readme_arms": ["b"]}, tmp_path))
     assert "| mined | 0.750 / 0.650 | 0.750 / 0.650 | 0.750 / 0.650 | +0.050 [+0.050, +0.050] p=0.00" in front
     assert "| in-batch |" not in front
     assert f"Also measured (reports/{tmp_path.name}.md): in-batch." in front and "Not run yet: iterative." in front
     # one-factor steps: b changes one factor of a (c is not run: no row)
-    stepped = abl.table(abl.Study({**config, "parent": {"b": "a", "c": "b"}}, tmp_path))
+    stepped = st.full_table(st.Study({**config, "parent": {"b": "a", "c": "b"}}, tmp_path))
     row = [ln for ln in stepped.splitlines() if ln.startswith("| in-batch → mined |")]
     assert len(row) == 1 and row[0].count("+0.050 [+0.050, +0.050] p=0.00") == 2   # the plotted sets present: de, o3
     assert "→ iterative" not in stepped and "**One-factor steps**" not in full
@@ -106,28 +107,26 @@ def test_tables_from_arm_reports(tmp_path, monkeypatch):
 def test_paired_difference_refuses_different_queries(tmp_path):
     import pandas as pd
     import pytest
-    abl = load_script()
     a = pd.DataFrame({"retrieval": ["multi"] * 3, "set": ["heldout"] * 3, "lang": ["de"] * 3,
                       "query": ["x", "y", "z"], "mrr": [1.0, 0.5, 0.2]})
     b = a.assign(query=["x", "y", "w"])
-    assert abl.paired(a, a.assign(mrr=[0.5, 0.5, 0.2]), "multi", "heldout.de", 200, 0)["diff"] == pytest.approx(0.5 / 3)
-    assert abl.paired(a, None, "multi", "heldout.de", 200, 0) is None
-    with pytest.raises(SystemExit, match="heldout.de: the arms were scored on different queries"):
-        abl.paired(a, b, "multi", "heldout.de", 200, 0)
+    assert st.paired_mrr(a, a.assign(mrr=[0.5, 0.5, 0.2]), "multi", "heldout.de", 200, 0)["diff"] == pytest.approx(0.5 / 3)
+    assert st.paired_mrr(a, None, "multi", "heldout.de", 200, 0) is None
+    with pytest.raises(UserError, match="heldout.de: the arms were scored on different queries"):
+        st.paired_mrr(a, b, "multi", "heldout.de", 200, 0)
 
 
 def test_readme_hard_negative_verdict_is_the_committed_arms():
     """The README's hard-negative verdict (the 6.4k table itself is reports/ablation.md) quotes
     the best arm's paired difference as scripts/ablation.py computes it from the committed
     per-query files (no hand-typed number), and every arm of configs/ablation.yaml has run."""
-    abl = load_script()
     config = yaml.safe_load((REPO / "configs" / "ablation.yaml").read_text())
     for arm in config["arms"]:
         assert (REPO / "reports" / "ablation" / f"{arm}.per_query.parquet").is_file(), arm
-    resamples, seed = abl.stats_params()
-    study = abl.Study.load(REPO / "configs" / "ablation.yaml")
+    resamples, seed = st.stats_params()
+    study = st.Study.load(REPO / "configs" / "ablation.yaml")
     base = study.per_query("in_batch")
-    deltas = {arm: abl.paired(study.per_query(arm), base, "multi", "heldout.all", resamples, seed)
+    deltas = {arm: st.paired_mrr(study.per_query(arm), base, "multi", "heldout.all", resamples, seed)
               for arm in config["arms"] if arm != "in_batch"}
     best = max(deltas, key=lambda a: deltas[a]["diff"])
     d = deltas[best]
@@ -139,10 +138,9 @@ def test_readme_hard_negative_verdict_is_the_committed_arms():
 def test_scaling_study_table_and_plot(tmp_path, monkeypatch):
     """A study with ``plot:`` gets its x axes (pairs, minutes), each arm's paired difference to
     the untuned base from the benchmark stage's report, and a PNG of MRR against both axes."""
-    abl = load_script()
-    real = abl.Study.load(REPO / "configs" / "scaling.yaml")
+    real = st.Study.load(REPO / "configs" / "scaling.yaml")
     assert real.out == REPO / "reports" / "scaling" and real.section == "scaling"
-    study = abl.Study({**real.config, "arms": {"pairs_6k": {}, "pairs_26k": {}}}, tmp_path / "scaling")
+    study = st.Study({**real.config, "arms": {"pairs_6k": {}, "pairs_26k": {}}}, tmp_path / "scaling")
     study.out.mkdir()
     for arm, pairs, mrr in (("pairs_6k", 6400, 0.70), ("pairs_26k", 25600, 0.74)):
         bench = {}
@@ -157,22 +155,22 @@ def test_scaling_study_table_and_plot(tmp_path, monkeypatch):
                                                          "base_commit": "0123456789", "train": {
                                                              "dev_mrr_best": mrr, "train_time_s": pairs / 24,
                                                              "pairs": pairs}}))
-    text = abl.table(study)
+    text = st.full_table(study)
     assert "| training pairs | | 6400 | 25600 |" in text
     # an arm over the same rows twice says so, and the plot puts it at the rows it saw
-    assert abl.epochs_note({"pairs": 25600, "epochs": 2.0}) == " x 2 epochs" and abl.epochs_note({"pairs": 1}) == ""
-    assert abl.pairs_seen({"pairs": 25600, "epochs": 2.0}) == 51200 and abl.pairs_seen({"pairs": 6400}) == 6400
+    assert st.epochs_note({"pairs": 25600, "epochs": 2.0}) == " x 2 epochs" and st.epochs_note({"pairs": 1}) == ""
+    assert st.pairs_seen({"pairs": 25600, "epochs": 2.0}) == 51200 and st.pairs_seen({"pairs": 6400}) == 6400
     assert "| held-out German | Δ MRR vs untuned base | +0.050 [+0.020, +0.080] p=0.002 | +0.090 [+0.060, +0.120] " \
            "p=0.002 |" in text
     png = tmp_path / "scaling.png"
-    assert abl.plot(study, png) and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
-    one = abl.Study({**study.config, "arms": {"pairs_6k": {}}}, study.out)
-    assert not abl.plot(one, tmp_path / "one.png")   # one point is no curve
+    assert st.plot_study(study, png) and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+    one = st.Study({**study.config, "arms": {"pairs_6k": {}}}, study.out)
+    assert not st.plot_study(one, tmp_path / "one.png")   # one point is no curve
     # regenerating keeps the person-written reading of the numbers
     readme = tmp_path / "README.md"
     readme.write_text("# x\n\n<!-- scaling:start -->\nold rows\n<!-- scaling:end -->\n")
     (tmp_path / "scaling.md").write_text("# old\n\n<!-- notes:start -->\nflattens at 25.6k\n<!-- notes:end -->\nold table\n")
-    abl.write_table(study, readme)
+    st.write_reports(study, readme)
     again = (tmp_path / "scaling.md").read_text()
     assert "flattens at 25.6k" in again and "old table" not in again and "| training pairs | | 6400 | 25600 |" in again
     section = readme.read_text()   # the README's short table, between the study's marks
@@ -186,7 +184,7 @@ def test_queue_enqueues_each_arm_with_copied_inputs_then_collects_the_successful
     abl = load_script()
     config = {"prefix": "scl", "target": "benchmark", "common": {"quantize.method": "dynamic"},
               "arms": {"big": {"lr": 1e-4}, "bigger": {"train.max_train_pairs": None}}}
-    study = abl.Study(config, abl.ROOT / "reports" / "scaling")
+    study = st.Study(config, abl.ROOT / "reports" / "scaling")
     old_try = "0ld7a5k  scl-big     10:00 PM   Failed\n"   # an earlier try keeps its row: not this run's state
     calls, polls = [], iter([
         "Task     Name        Created    Status\n" + old_try + "\nWorker status: 0 active, 0 idle\n",
@@ -268,11 +266,11 @@ def test_collect_reads_the_experiment_commit_not_the_workspace(tmp_path, monkeyp
     write(0.3)   # the workspace moves on; a later apply stash must not be taken for the arm
     run("git", "update-ref", "refs/exps/apply/stash", "HEAD")
     monkeypatch.setattr(abl, "ROOT", repo)
-    abl.collect(["a"], abl.Study({"prefix": "abl", "common": {"x": 1}, "arms": {"a": {"y": 2}}}, tmp_path / "out"))
+    abl.collect(["a"], st.Study({"prefix": "abl", "common": {"x": 1}, "arms": {"a": {"y": 2}}}, tmp_path / "out"))
     saved = json.loads((tmp_path / "out" / "a.json").read_text())
     assert saved["benchmark"] == {"multi.heldout.de.finetuned.mrr": 0.8} and saved["mine"] is None
     assert saved["base_commit"] == base and saved["settings"] == {"x": 1, "y": 2} and saved["train"]["pairs"] == 640
     pq = pd.read_parquet(tmp_path / "out" / "a.per_query.parquet")
     assert list(pq["mrr"]) == [0.8] and "model" not in pq
     with pytest.raises(UserError, match="no experiment named abl-b"):   # main() prints it as one line
-        abl.collect(["b"], abl.Study({"prefix": "abl", "common": {}, "arms": {"b": {}}}, tmp_path / "out"))
+        abl.collect(["b"], st.Study({"prefix": "abl", "common": {}, "arms": {"b": {}}}, tmp_path / "out"))

@@ -51,6 +51,7 @@ LAZY_OK = {
     "sklearn": "calibration only",
     "google": "the optional Google MT backend",
     "deepl": "the optional DeepL MT backend",
+    "matplotlib": "the study plot only (optional: no plot without it)",
 }
 
 
