@@ -39,7 +39,11 @@ class Study:
 
     @classmethod
     def load(cls, path: Path) -> Study:
+        if not path.is_file():
+            raise UserError(f"{path}: no such study config (configs/ablation.yaml, configs/scaling.yaml)")
         config = yaml.safe_load(path.read_text())
+        if not isinstance(config, dict) or not isinstance(config.get("arms"), dict):
+            raise UserError(f"{path}: a study config needs an `arms:` mapping (arm: its -S settings)")
         return cls(config, ROOT / "reports" / config.get("name", "ablation"))
 
     @property

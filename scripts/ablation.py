@@ -219,20 +219,20 @@ def main(argv: list[str] | None = None) -> None:
                          "adopt: take the arm from the committed default dvc repro; table")
     ap.add_argument("arms", nargs="*", help="arms to run (default: all of configs/ablation.yaml)")
     a = ap.parse_args(argv)
-    study = Study.load(a.config)
-    known = list(study.config["arms"])
-    unknown = [x for x in a.arms if x not in known]
-    if unknown:
-        sys.exit(f"error: {a.config}: unknown arm(s) {unknown}; known: {known}")
     try:
+        study = Study.load(a.config)
+        known = list(study.config["arms"])
+        unknown = [x for x in a.arms if x not in known]
+        if unknown:
+            raise UserError(f"{a.config}: unknown arm(s) {unknown}; known: {known}")
         if a.command in ("run", "queue", "collect"):
             {"run": run, "queue": queue, "collect": collect}[a.command](a.arms or known, study)
         elif a.command == "adopt":
             for arm in a.arms:
                 adopt(arm, study)
+        write_reports(study)
     except UserError as e:
         sys.exit(f"error: {e}")
-    write_reports(study)
 
 
 if __name__ == "__main__":

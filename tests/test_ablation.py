@@ -274,3 +274,20 @@ def test_collect_reads_the_experiment_commit_not_the_workspace(tmp_path, monkeyp
     assert list(pq["mrr"]) == [0.8] and "model" not in pq
     with pytest.raises(UserError, match="no experiment named abl-b"):   # main() prints it as one line
         abl.collect(["b"], st.Study({"prefix": "abl", "common": {}, "arms": {"b": {}}}, tmp_path / "out"))
+
+
+def test_a_bad_study_is_one_line(tmp_path, capsys):
+    """A missing or malformed config, an unknown arm and a study with no results yet stop with
+    one line naming the file or arm; nothing is written."""
+    abl = load_script()
+    with pytest.raises(SystemExit, match=r"^error: .*nope.yaml: no such study config"):
+        abl.main(["--config", str(tmp_path / "nope.yaml"), "table"])
+    (tmp_path / "bad.yaml").write_text("name: x\narms: [a, b]\n")
+    with pytest.raises(SystemExit, match=r"bad.yaml: a study config needs an `arms:` mapping"):
+        abl.main(["--config", str(tmp_path / "bad.yaml"), "table"])
+    with pytest.raises(SystemExit, match=r"unknown arm\(s\) \['nope'\]"):
+        abl.main(["--config", str(REPO / "configs" / "scaling.yaml"), "collect", "nope"])
+    (tmp_path / "empty.yaml").write_text("name: no_such_study_here\narms: {a: {}}\nsteps: x\n")
+    with pytest.raises(SystemExit, match=r"^error: no arm results under .*no_such_study_here"):
+        abl.main(["--config", str(tmp_path / "empty.yaml"), "table"])
+    assert not (REPO / "reports" / "no_such_study_here.md").exists()
