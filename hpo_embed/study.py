@@ -20,6 +20,7 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
+from hpo_embed.benchmark.report import report_sets
 from hpo_embed.common import ROOT, UserError
 from hpo_embed.markdown import fill_section, marks
 from hpo_embed.params import load_params
@@ -107,13 +108,9 @@ def delta_cell(d: dict | None) -> str:
 
 
 def query_sets(report: dict, mode: str) -> list[tuple[str, str]]:
-    keys = sorted({".".join(k.split(".")[1:3]) for k in report
-                   if k.startswith(f"{mode}.") and k.endswith(".finetuned.mrr") and k.count(".") == 4})
-    order = {lang: i for i, lang in enumerate(("de", "fr", "es", "en", "all"))}
-    held = sorted((k for k in keys if k.startswith("heldout.")), key=lambda k: order.get(k.split(".")[1], 99))
-    ext = sorted(k for k in keys if not k.startswith("heldout.") and ".branch." not in k)
-    return [(k, f"held-out {LANG_NAMES.get(k.split('.')[1], k.split('.')[1])}") for k in held] + \
-           [(k, k.replace("phentrieve.", "")) for k in ext]
+    """(set key, row title) of the fine-tuned model's sets, in the benchmark report's order."""
+    return [(k, f"held-out {LANG_NAMES.get(k.split('.')[1], k.split('.')[1])}" if k.startswith("heldout.")
+             else k.replace("phentrieve.", "")) for k in report_sets(report, mode, "finetuned")]
 
 
 def ci_cell(report: dict, key: str, metric: str) -> str:

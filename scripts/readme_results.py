@@ -15,6 +15,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))   # hpo_embed when run as a script
+from hpo_embed.benchmark.report import report_sets  # noqa: E402
 from hpo_embed.common import UserError  # noqa: E402
 from hpo_embed.markdown import fill_section  # noqa: E402
 MODELS = (("base", "e5-small (untuned)"), ("finetuned", "fine-tuned"), ("int8", "fine-tuned INT8"),
@@ -26,15 +27,8 @@ LANG_NAMES = {"de": "German", "es": "Spanish", "fr": "French", "en": "English sy
 
 def set_rows(report: dict, mode: str) -> list[tuple[str, str]]:
     """(report key of the set, row title) in a fixed order: held-out languages, then external sets."""
-    keys = sorted({k.split(".")[1] + "." + k.split(".")[2] for k in report
-                   if k.startswith(f"{mode}.") and k.endswith(".base.mrr") and k.count(".") == 4})
-    held = [k for k in keys if k.startswith("heldout.")]
-    order = {lang: i for i, lang in enumerate(("de", "fr", "es", "en", "all"))}
-    held.sort(key=lambda k: order.get(k.split(".")[1], 99))
-    ext = sorted(k for k in keys if not k.startswith("heldout."))
-    rows = [(k, f"held-out {LANG_NAMES.get(k.split('.')[1], k.split('.')[1])}") for k in held]
-    rows += [(k, k.replace("phentrieve.", "phentrieve ")) for k in ext]
-    return rows
+    return [(k, f"held-out {LANG_NAMES.get(k.split('.')[1], k.split('.')[1])}" if k.startswith("heldout.")
+             else k.replace("phentrieve.", "phentrieve ")) for k in report_sets(report, mode, "base")]
 
 
 def cell(report: dict, key: str) -> str:
