@@ -283,12 +283,13 @@ def readme_table(study: Study) -> str:
         cells = [f"{b[f'{mode}.{k}.finetuned.mrr']:.3f} / {b[f'{mode}.{k}.finetuned.hr@1']:.3f}" for k in sets]
         cells.append("–" if arm == base else delta_cell(paired_mrr(study.per_query(arm), base_rows, mode, pooled, resamples, seed)))
         lines.append(f"| {study.title(arm)} | " + " | ".join(cells) + " |")
-    elsewhere = [study.title(a) for a in done if a not in shown]
+    elsewhere = [a for a in done if a not in shown]   # named in the full report: the README is a front page
     if elsewhere:
-        lines += ["", f"Also measured (reports/{study.out.name}.md): " + "; ".join(elsewhere) + "."]
+        arms = "1 more arm" if len(elsewhere) == 1 else f"{len(elsewhere)} more arms"
+        lines += ["", f"Also measured: {arms}, in [reports/{study.out.name}.md](reports/{study.out.name}.md)."]
     missing = [study.title(a) for a in config["arms"] if a not in done]
     if missing:
-        lines += ["", "Not run yet: " + ", ".join(missing) + "."]
+        lines += ["", "Not run yet: " + "; ".join(missing) + "."]
     return "\n".join(lines) + "\n"
 
 

@@ -96,7 +96,7 @@ def test_tables_from_arm_reports(tmp_path, monkeypatch):
     front = st.readme_table(st.Study({**config, "baseline": "a", "readme_arms": ["b"]}, tmp_path))
     assert "| mined | 0.750 / 0.650 | 0.750 / 0.650 | 0.750 / 0.650 | +0.050 [+0.050, +0.050] p=0.00" in front
     assert "| in-batch |" not in front
-    assert f"Also measured (reports/{tmp_path.name}.md): in-batch." in front and "Not run yet: iterative." in front
+    assert f"Also measured: 1 more arm, in [reports/{tmp_path.name}.md]" in front and "Not run yet: iterative." in front
     # one-factor steps: b changes one factor of a (c is not run: no row)
     stepped = st.full_table(st.Study({**config, "parent": {"b": "a", "c": "b"}}, tmp_path))
     row = [ln for ln in stepped.splitlines() if ln.startswith("| in-batch → mined |")]
