@@ -20,7 +20,6 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-from hpo_embed.benchmark.report import report_sets
 from hpo_embed.common import ROOT, UserError
 from hpo_embed.markdown import fill_section, marks
 from hpo_embed.params import load_params
@@ -28,6 +27,19 @@ from hpo_embed.retrieval.metrics import paired_diff
 
 README = ROOT / "README.md"
 LANG_NAMES = {"de": "German", "fr": "French", "es": "Spanish", "en": "English syn.", "all": "all"}
+HELDOUT_LANG_ORDER = ("de", "fr", "es", "en", "all")   # the held-out rows of every table, in this order
+
+
+def report_sets(report: dict, mode: str, model: str) -> list[str]:
+    """The query sets ``model`` was scored on in ``mode`` in a benchmark.json report (keys
+    ``<mode>.<set>.<model>.mrr``): ``heldout.<lang>`` in HELDOUT_LANG_ORDER, then the
+    external sets (``phentrieve.<file>``) by name. Per-branch rows are not sets here. The one
+    order of the tables built from that report (the study tables, the README results)."""
+    keys = {".".join(k.split(".")[1:3]) for k in report
+            if k.startswith(f"{mode}.") and k.endswith(f".{model}.mrr") and k.count(".") == 4}
+    order = {lang: i for i, lang in enumerate(HELDOUT_LANG_ORDER)}
+    held = sorted((k for k in keys if k.startswith("heldout.")), key=lambda k: (order.get(k.split(".")[1], 99), k))
+    return held + sorted(k for k in keys if not k.startswith("heldout."))
 
 
 @dataclass(frozen=True)

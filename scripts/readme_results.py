@@ -15,9 +15,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))   # hpo_embed when run as a script
-from hpo_embed.benchmark.report import report_sets  # noqa: E402
 from hpo_embed.common import UserError  # noqa: E402
 from hpo_embed.markdown import fill_section  # noqa: E402
+from hpo_embed.study import report_sets  # noqa: E402
 MODELS = (("base", "e5-small (untuned)"), ("finetuned", "fine-tuned"), ("int8", "fine-tuned INT8"),
           ("minilm", "MiniLM (English)"))
 MODES = (("multi", "multi-vector (label + synonyms, max; phentrieve's `label_synonyms_max`)"),

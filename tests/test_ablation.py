@@ -291,3 +291,17 @@ def test_a_bad_study_is_one_line(tmp_path, capsys):
     with pytest.raises(SystemExit, match=r"^error: no arm results under .*no_such_study_here"):
         abl.main(["--config", str(tmp_path / "empty.yaml"), "table"])
     assert not (REPO / "reports" / "no_such_study_here.md").exists()
+
+
+def test_report_sets_order_held_out_languages_then_external_sets():
+    """One order for every table built from benchmark.json (README results, study tables):
+    German, French, Spanish, English synonyms, all, then the external sets; per-branch keys
+    and sets the model was not scored on are not rows."""
+    report = {f"multi.{k}.finetuned.mrr": 0.5 for k in (
+        "phentrieve.b", "heldout.all", "heldout.es", "phentrieve.a", "heldout.de", "heldout.en", "heldout.fr")}
+    report |= {"multi.heldout.branch.HP:0000119.finetuned.mrr": 0.4, "multi.heldout.it.base.mrr": 0.3,
+               "single.heldout.de.finetuned.mrr": 0.2}
+    assert st.report_sets(report, "multi", "finetuned") == [
+        "heldout.de", "heldout.fr", "heldout.es", "heldout.en", "heldout.all", "phentrieve.a", "phentrieve.b"]
+    assert st.report_sets(report, "multi", "base") == ["heldout.it"]
+    assert st.report_sets(report, "single", "finetuned") == ["heldout.de"]

@@ -641,18 +641,3 @@ def test_score_distributions_and_calibrated_thresholds():
     from hpo_embed.retrieval.calibration import Calibrator
     iso = Calibrator(**e["calibrators"]["isotonic"])
     assert iso.predict(0.6) < iso.predict(0.75) < iso.predict(0.9)
-
-
-def test_report_sets_order_held_out_languages_then_external_sets():
-    """One order for every table built from benchmark.json (README results, study tables):
-    German, French, Spanish, English synonyms, all, then the external sets; per-branch keys
-    and sets the model was not scored on are not rows."""
-    from hpo_embed.benchmark.report import report_sets
-    report = {f"multi.{k}.finetuned.mrr": 0.5 for k in (
-        "phentrieve.b", "heldout.all", "heldout.es", "phentrieve.a", "heldout.de", "heldout.en", "heldout.fr")}
-    report |= {"multi.heldout.branch.HP:0000119.finetuned.mrr": 0.4, "multi.heldout.it.base.mrr": 0.3,
-               "single.heldout.de.finetuned.mrr": 0.2}
-    assert report_sets(report, "multi", "finetuned") == [
-        "heldout.de", "heldout.fr", "heldout.es", "heldout.en", "heldout.all", "phentrieve.a", "phentrieve.b"]
-    assert report_sets(report, "multi", "base") == ["heldout.it"]
-    assert report_sets(report, "single", "finetuned") == ["heldout.de"]

@@ -10,20 +10,6 @@ MODE_TITLES = {"single": "single-vector (one document per concept, `benchmark.co
                "multi": "multi-vector (label + synonyms, max per concept: phentrieve's `label_synonyms_max`)"}
 
 
-HELDOUT_LANG_ORDER = ("de", "fr", "es", "en", "all")   # the held-out rows of every table, in this order
-
-
-def report_sets(report: dict, mode: str, model: str) -> list[str]:
-    """The query sets ``model`` was scored on in ``mode`` in a benchmark.json report (keys
-    ``<mode>.<set>.<model>.mrr``): ``heldout.<lang>`` in HELDOUT_LANG_ORDER, then the
-    external sets (``phentrieve.<file>``) by name. Per-branch rows are not sets here."""
-    keys = {".".join(k.split(".")[1:3]) for k in report
-            if k.startswith(f"{mode}.") and k.endswith(f".{model}.mrr") and k.count(".") == 4}
-    order = {lang: i for i, lang in enumerate(HELDOUT_LANG_ORDER)}
-    held = sorted((k for k in keys if k.startswith("heldout.")), key=lambda k: (order.get(k.split(".")[1], 99), k))
-    return held + sorted(k for k in keys if not k.startswith("heldout."))
-
-
 def _fmt(report: dict, key: str) -> str:
     v = report.get(key)
     if v is None:
