@@ -12,6 +12,13 @@ def marks(name: str) -> tuple[str, str]:
     return f"<!-- {name}:start -->", f"<!-- {name}:end -->"
 
 
+def read_section(text: str, name: str) -> str | None:
+    """The body of section ``name`` in ``text`` (without its marks); None where it has none."""
+    start, end = marks(name)
+    m = re.search(re.escape(start) + r"\n?(.*?)" + re.escape(end), text, flags=re.S)
+    return m.group(1) if m else None
+
+
 def fill_section(text: str, name: str, body: str, where: str = "text") -> str:
     """``text`` with section ``name`` holding ``body`` (a newline is added if it lacks one);
     a text without both marks is a UserError naming ``where``."""

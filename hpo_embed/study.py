@@ -13,7 +13,6 @@ stage's own.
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,7 +20,7 @@ import pandas as pd
 import yaml
 
 from hpo_embed.common import ROOT, UserError
-from hpo_embed.markdown import fill_section, marks
+from hpo_embed.markdown import fill_section, marks, read_section
 from hpo_embed.params import load_params
 from hpo_embed.retrieval.metrics import paired_diff
 
@@ -87,6 +86,12 @@ class Study:
     def per_query(self, arm: str) -> pd.DataFrame | None:
         f = self.out / f"{arm}.per_query.parquet"
         return pd.read_parquet(f) if f.is_file() else None
+
+    def save(self, arm: str, result: dict, per_query: pd.DataFrame) -> None:
+        """An arm's results, as ``results`` and ``per_query`` read them back."""
+        self.out.mkdir(parents=True, exist_ok=True)
+        (self.out / f"{arm}.json").write_text(json.dumps(result, indent=1, sort_keys=True) + "\n")
+        per_query.to_parquet(self.out / f"{arm}.per_query.parquet", index=False, compression="zstd")
 
 
 def paired_mrr(arm_rows, base_rows, mode: str, key: str, resamples: int, seed: int) -> dict | None:
@@ -273,12 +278,13 @@ README_SETS = ("heldout.de", "heldout.fr", "heldout.es", "phentrieve.70cases_gem
 
 
 def readme_table(study: Study) -> str:
-    """The README's table: one row per arm (``readme_arms``, default all; the others are named
-    below it), MRR / HR@1 per set (CIs: reports/<name>.md)."""
+    """The README's table: one row per arm (``readme_arms``, default all; the others are
+    counted below it, with a link), MRR / HR@1 per set (CIs: reports/<name>.md)."""
     config, mode = study.config, study.mode
     shown = config.get("readme_arms") or list(config["arms"])
-    done = list(study.results())
-    found = study.results([arm for arm in shown if arm in done])
+    every = study.results()
+    done = list(every)
+    found = {arm: every[arm] for arm in shown if arm in every}
     first = next(iter(found.values()))["benchmark"]
     sets = [k for k in README_SETS if f"{mode}.{k}.finetuned.mrr" in first]
     names = [k.split(".")[1].replace("70cases_", "").replace("_v1", "") for k in sets]
@@ -315,10 +321,9 @@ def write_reports(study: Study, readme_path: Path = README) -> None:
         text += f"\n![MRR against training pairs and minutes]({png.name})\n"
     # the reading of the numbers (where a curve flattens, what was not run) is written by a
     # person between these marks and kept when the tables are regenerated
-    notes = ""
-    if report.is_file():
-        m = re.search(r"<!-- notes:start -->.*?<!-- notes:end -->\n", report.read_text(), flags=re.S)
-        notes = m.group(0) + "\n" if m else ""
+    body = read_section(report.read_text(), "notes") if report.is_file() else None
+    start, end = marks("notes")
+    notes = "" if body is None else f"{start}\n{body}{end}\n\n"
     report.write_text(f"# {study.config.get('title', 'Hard-negative ablation')}\n\n" + notes + text)
     readme = readme_path.read_text()
     if marks(study.section)[0] in readme:

@@ -187,12 +187,9 @@ def save_arm(study: Study, arm: str, experiment: str, read=read_workspace, base_
                "settings": study.settings(arm) if settings is None else settings, "train": train, "mine": json.loads(mine) if mine else None,
                "benchmark": {k: v for k, v in report.items()
                              if ".finetuned." in k or ".finetuned_vs_base." in k or k.endswith("n_queries")}}
-    study.out.mkdir(parents=True, exist_ok=True)
-    (study.out / f"{arm}.json").write_text(json.dumps(payload, indent=1, sort_keys=True) + "\n")
     pq = pd.read_parquet(io.BytesIO(read("data/benchmark/per_query.parquet")),
                          columns=["retrieval", "model", "set", "lang", "query", "mrr", "hr@1"])
-    pq = pq[pq["model"] == "finetuned"].drop(columns="model").reset_index(drop=True)
-    pq.to_parquet(study.out / f"{arm}.per_query.parquet", index=False, compression="zstd")
+    study.save(arm, payload, pq[pq["model"] == "finetuned"].drop(columns="model").reset_index(drop=True))
 
 
 def adopt(arm: str, study: Study) -> None:
@@ -204,9 +201,9 @@ def adopt(arm: str, study: Study) -> None:
         for part in key.split("."):   # lr, train.max_train_pairs
             have = (have or {}).get(part)
         if have != value:
-            sys.exit(f"error: params.yaml has {key}={have!r}, arm {arm} needs {value!r}")
+            raise UserError(f"params.yaml has {key}={have!r}, arm {arm} needs {value!r}")
     if "dvc.lock" in sh("git", "status", "--porcelain", "dvc.lock"):
-        sys.exit("error: dvc.lock has uncommitted changes: commit the `dvc repro` run first")
+        raise UserError("dvc.lock has uncommitted changes: commit the `dvc repro` run first")
     save_arm(study, arm, "dvc repro (default params)", settings=study.config["arms"][arm])
 
 

@@ -19,6 +19,7 @@ SHARED = REPO.parent / "shared" / "data"
 TRANSLATIONS_DIR = SHARED / "hpo-translations"
 PHENTRIEVE_DIR = SHARED / "phentrieve-benchmarks" / "german"
 
+
 def benchmark_paths(root: Path) -> BenchmarkPaths:
     """The benchmark stage's inputs and outputs under ``root``: hpo/, pairs/, models/ as the
     stages before it write them, its own outputs under out/, metrics/ and reports/."""

@@ -10,7 +10,7 @@ SCRIPTS = Path(__file__).resolve().parent.parent / "scripts"
 
 def load_script(name: str):
     """A fresh module each call (a test may monkeypatch it), registered in sys.modules as
-    ``scripts.<name>`` while it runs, as an import would (dataclasses look their module up)."""
+    ``scripts.<name>`` as an import would register it (a dataclass looks its module up there)."""
     spec = importlib.util.spec_from_file_location(f"scripts.{name}", SCRIPTS / f"{name}.py")
     mod = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = mod
