@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -48,10 +49,12 @@ CONFIG = ROOT / "configs" / "ablation.yaml"
 QUEUE_CHECKPOINTS = ROOT / "models" / "checkpoints-queue"   # HPO_EMBED_CHECKPOINT_ROOT of queued arms
 
 
-def sh(*cmd: str, capture: bool = True) -> str:
+def sh(*cmd: str, capture: bool = True, echo: bool = True) -> str:
     """Run ``cmd`` in the repository; its stdout (``capture``; without it the output is
-    dropped: a command that leaves a daemon behind, which would hold a pipe open)."""
-    print("+", " ".join(cmd), flush=True)
+    dropped: a command that leaves a daemon behind, which would hold a pipe open).
+    ``echo``: print the command first (off for the queue's polls)."""
+    if echo:
+        print("+", " ".join(cmd), flush=True)
     out = subprocess.PIPE if capture else subprocess.DEVNULL
     return subprocess.run(cmd, cwd=ROOT, check=True, text=True, stdout=out).stdout or ""
 
@@ -98,7 +101,8 @@ def run(arms: list[str], study: Study) -> None:
 
 def queue(arms: list[str], study: Study, poll_s: float = 60.0) -> None:
     """Every arm into DVC's queue (`dvc exp run --queue`, the git-ignored inputs copied
-    along), one worker (`dvc queue start`: arms never share the two cores), wait, collect.
+    along), one worker (`dvc queue start`: arms never share the two cores), wait (a line
+    each poll: every arm's state, and the running arm's stage and progress), collect.
     The workspace stays free for other work; a queued arm runs in a temporary copy, so
     its trainers keep their checkpoints under QUEUE_CHECKPOINTS (the worker inherits
     HPO_EMBED_CHECKPOINT_ROOT), so queueing a killed arm again resumes it."""
@@ -114,8 +118,10 @@ def queue(arms: list[str], study: Study, poll_s: float = 60.0) -> None:
            study.config.get("target", "benchmark"))
     sh("dvc", "queue", "start", "-j", "1", capture=False)   # its worker daemon outlives the call
     while True:
-        states = queue_states(sh("dvc", "queue", "status"), names, earlier)
-        print("queue:", ", ".join(f"{n} {s}" for n, s in sorted(states.items())), flush=True)
+        states = queue_states(sh("dvc", "queue", "status", echo=False), names, earlier)
+        print("queue:", ", ".join(f"{n} {s}" + (f" ({where})" if s == "Running" and (
+            where := progress(sh("dvc", "queue", "logs", n, echo=False))) else "")
+            for n, s in sorted(states.items())), flush=True)
         if all(s not in ("Queued", "Running") for s in states.values()):
             break
         time.sleep(poll_s)
@@ -124,6 +130,25 @@ def queue(arms: list[str], study: Study, poll_s: float = 60.0) -> None:
         print(f"warning: {failed} did not succeed (`dvc queue logs <name>` says why); "
               "collecting the others", file=sys.stderr)
     collect([arm for arm in arms if states.get(study.exp_name(arm)) == "Success"], study)
+
+
+STAGE = re.compile(r"^Running stage '([^']+)'", re.M)
+BAR = re.compile(r"^(?:(.*?):)? *\d+%\|[^|\n]*\| *(\d+)/(\d+) \[([\d:]+)<([\d:?]+)", re.M)
+
+
+def progress(log: str) -> str | None:
+    """Where a running arm is, from its `dvc queue logs`: the stage DVC runs and its last
+    progress bar ("train: 105/962, 13:20 elapsed, 1:53:01 left"; the encoder's inner
+    "Batches" bars are passed over); None before the first stage."""
+    stages = list(STAGE.finditer(log))
+    if not stages:
+        return None
+    stage = stages[-1]
+    bars = [b for b in BAR.finditer(log.replace("\r", "\n"), stage.end()) if b.group(1) != "Batches"]
+    if not bars:
+        return stage.group(1)
+    label, done, total, elapsed, left = bars[-1].groups()
+    return f"{stage.group(1)}: {label + ' ' if label else ''}{done}/{total}, {elapsed} elapsed, {left} left"
 
 
 def ignored(paths: tuple[str, ...]) -> list[str]:

@@ -177,7 +177,7 @@ def test_scaling_study_table_and_plot(tmp_path, monkeypatch):
     assert "old rows" not in section and "| 25.6k, lr 1e-4 | 0.740 / 0.640 |" in section
 
 
-def test_queue_enqueues_each_arm_with_copied_inputs_then_collects_the_successful(monkeypatch):
+def test_queue_enqueues_each_arm_with_copied_inputs_then_collects_the_successful(monkeypatch, capsys):
     """`queue`: one `dvc exp run --queue` per arm (git-ignored inputs copied along, the arm's
     -S settings), one worker, wait until no arm is queued or running, collect only the arms
     that succeeded."""
@@ -195,8 +195,11 @@ def test_queue_enqueues_each_arm_with_copied_inputs_then_collects_the_successful
 
     started = {}
 
-    def sh(*cmd, capture=True):
+    def sh(*cmd, capture=True, echo=True):
         calls.append(cmd)
+        if cmd[:3] == ("dvc", "queue", "logs"):   # polled for the running arm only
+            assert cmd[3] == "scl-big"
+            return "Running stage 'train':\r  10%|█         | 100/962 [12:42<1:50:42,  7.71s/it]\n"
         if cmd[:3] == ("dvc", "queue", "start"):
             # the worker is a daemon: its output must not be piped (the call would wait for it),
             # and it inherits the checkpoint root that lets a killed arm resume when requeued
@@ -213,6 +216,8 @@ def test_queue_enqueues_each_arm_with_copied_inputs_then_collects_the_successful
     monkeypatch.setattr(abl, "COPY_PATHS", ("data/external",))
     monkeypatch.setenv("HPO_EMBED_CHECKPOINT_ROOT", "/before")   # undone after the test: queue() sets it
     abl.queue(["big", "bigger"], study, poll_s=0)
+    assert "queue: scl-big Running (train: 100/962, 12:42 elapsed, 1:50:42 left), scl-bigger Queued" \
+        in capsys.readouterr().out
     assert started == {"capture": False, "root": str(abl.ROOT / "models" / "checkpoints-queue")}
     assert ("dvc", "exp", "remove", "scl-big") in calls and ("dvc", "exp", "remove", "scl-bigger") not in calls
     queued = [c for c in calls if c[:4] == ("dvc", "exp", "run", "--queue")]
@@ -225,6 +230,20 @@ def test_queue_enqueues_each_arm_with_copied_inputs_then_collects_the_successful
     assert calls.index(("dvc", "queue", "start", "-j", "1")) > calls.index(queued[-1])
     assert sum(c[:3] == ("dvc", "queue", "status") for c in calls) == 3   # before queueing + 2 polls
     assert collected == ["big"]
+
+
+def test_progress_names_the_running_stage_and_its_last_bar():
+    """The queue's poll line: the stage DVC runs now and that stage's last progress bar
+    (tqdm redraws with carriage returns; the encoder's inner "Batches" bars are noise)."""
+    abl = load_script()
+    assert abl.progress("Reproducing experiment 'scl-big'\n") is None
+    log = ("Running stage 'train':\n  5%|▌    | 48/962 [06:00<1:54:00,  7.5s/it]\r"
+           "  5%|▌    | 49/962 [06:07<1:53:59,  7.5s/it]\n"
+           "Running stage 'benchmark':\n> python -m stages.benchmark\n")
+    assert abl.progress(log) == "benchmark"   # a bar of the stage before is not this stage's
+    log += ("finetuned: corpus:  43%|████▎     | 16384/38051 [01:29<01:43, 209.1text/s]\r"
+            "Batches:  50%|█████     | 2/4 [00:01<00:01,  1.37it/s]\n")
+    assert abl.progress(log) == "benchmark: finetuned: corpus 16384/38051, 01:29 elapsed, 01:43 left"
 
 
 def test_collect_reads_the_experiment_commit_not_the_workspace(tmp_path, monkeypatch):
