@@ -119,9 +119,11 @@ def queue(arms: list[str], study: Study, poll_s: float = 60.0) -> None:
     sh("dvc", "queue", "start", "-j", "1", capture=False)   # its worker daemon outlives the call
     while True:
         states = queue_states(sh("dvc", "queue", "status", echo=False), names, earlier)
-        print("queue:", ", ".join(f"{n} {s}" + (f" ({where})" if s == "Running" and (
-            where := progress(sh("dvc", "queue", "logs", n, echo=False))) else "")
-            for n, s in sorted(states.items())), flush=True)
+        line = []
+        for name, state in sorted(states.items()):
+            where = progress(sh("dvc", "queue", "logs", name, echo=False)) if state == "Running" else None
+            line.append(f"{name} {state}" + (f" ({where})" if where else ""))
+        print("queue:", ", ".join(line), flush=True)
         if all(s not in ("Queued", "Running") for s in states.values()):
             break
         time.sleep(poll_s)
@@ -140,11 +142,12 @@ def progress(log: str) -> str | None:
     """Where a running arm is, from its `dvc queue logs`: the stage DVC runs and its last
     progress bar ("train: 105/962, 13:20 elapsed, 1:53:01 left"; the encoder's inner
     "Batches" bars are passed over); None before the first stage."""
+    log = log.replace("\r", "\n")   # tqdm redraws a bar in place
     stages = list(STAGE.finditer(log))
     if not stages:
         return None
     stage = stages[-1]
-    bars = [b for b in BAR.finditer(log.replace("\r", "\n"), stage.end()) if b.group(1) != "Batches"]
+    bars = [b for b in BAR.finditer(log, stage.end()) if b.group(1) != "Batches"]
     if not bars:
         return stage.group(1)
     label, done, total, elapsed, left = bars[-1].groups()
