@@ -6,7 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup repro test release ablation scaling params profile-gpu profile-embedded profile-release clean-venv fetch-translations fetch-benchmarks \
+.PHONY: setup repro test release ablation scaling params profile-gpu profile-embedded profile-release release-run clean-venv fetch-translations fetch-benchmarks \
 	preflight gpu-estimate gpu-check quantize-select
 
 $(STAMP): requirements.txt requirements-dev.txt
@@ -46,6 +46,12 @@ profile-embedded: $(STAMP)
 # concept, benchmark concepts included (reported as seen / unseen); CPU, offline, <= 3 h.
 profile-release: $(STAMP)
 	$(PY) -m hpo_embed.gpu.profile release
+
+# The release profile end to end as experiment $(RELEASE_EXP) through DVC's queue (params.yaml
+# untouched; ~160 min on 2 cores; a killed run resumes when run again), then reports/release/.
+RELEASE_EXP ?= release
+release-run: $(STAMP)
+	PATH="$(abspath $(VENV))/bin:$$PATH" $(PY) scripts/release_report.py --queue $(RELEASE_EXP)
 
 # Checks of the active params in seconds (models resolve offline, CUDA for train.device:
 # cuda, memory/time/disk estimate); `dvc repro` runs it first as the preflight stage.

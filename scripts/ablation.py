@@ -14,9 +14,10 @@ up to the benchmark stage, named ``<prefix>-<arm>``:
     python scripts/ablation.py --config configs/scaling.yaml run pairs_26k   # make scaling
     python scripts/ablation.py --config configs/scaling.yaml queue pairs_26k pairs_all  # via dvc queue
 
-``queue`` points the arms' trainers at one checkpoint root outside DVC's temporary copies
-(models/checkpoints-queue/<fingerprint>, ``HPO_EMBED_CHECKPOINT_ROOT``): an arm whose worker
-was killed resumes from its last checkpoint when it is queued again (the same command).
+``queue`` runs the arms through hpo_embed.experiments.queue, which points their trainers at
+one checkpoint root outside DVC's temporary copies (models/checkpoints-queue/<fingerprint>,
+``HPO_EMBED_CHECKPOINT_ROOT``): an arm whose worker was killed resumes from its last
+checkpoint when it is queued again (the same command).
 
 ``run`` restores params.yaml, dvc.lock and the outputs of the current commit after every arm
 (the arm's results stay in its experiment ref), and copies the arm's benchmark report to
@@ -31,45 +32,23 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import re
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))   # hpo_embed (params, statistics) when run as a script
+from hpo_embed import experiments  # noqa: E402
 from hpo_embed.common import UserError  # noqa: E402
-from hpo_embed.experiments import exp_rev, read_at  # noqa: E402
+from hpo_embed.experiments import exp_rev, read_at, set_args  # noqa: E402
 from hpo_embed.study import Study, write_reports  # noqa: E402
 CONFIG = ROOT / "configs" / "ablation.yaml"
-QUEUE_CHECKPOINTS = ROOT / "models" / "checkpoints-queue"   # HPO_EMBED_CHECKPOINT_ROOT of queued arms
 
 
 def sh(*cmd: str, capture: bool = True, echo: bool = True) -> str:
-    """Run ``cmd`` in the repository; its stdout (``capture``; without it the output is
-    dropped: a command that leaves a daemon behind, which would hold a pipe open).
-    ``echo``: print the command first (off for the queue's polls)."""
-    if echo:
-        print("+", " ".join(cmd), flush=True)
-    out = subprocess.PIPE if capture else subprocess.DEVNULL
-    return subprocess.run(cmd, cwd=ROOT, check=True, text=True, stdout=out).stdout or ""
-
-
-def set_args(settings: dict) -> list[str]:
-    """``-S key=value`` in the override grammar `dvc exp run` parses (Hydra's: JSON lists
-    pass; a mapping needs bare keys, ``{de: 8}``, and ``++`` to replace an empty ``{}``)."""
-    def text(value) -> str:
-        if isinstance(value, dict):
-            return "{" + ", ".join(f"{k}: {text(v)}" for k, v in value.items()) + "}"
-        if isinstance(value, list):
-            return json.dumps(value)
-        return "null" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
-    return [arg for key, value in settings.items()
-            for arg in ("-S", f"{'++' if isinstance(value, dict) else ''}{key}={text(value)}")]
+    """``cmd`` run in the repository (hpo_embed.experiments.sh)."""
+    return experiments.sh(ROOT, *cmd, capture=capture, echo=echo)
 
 
 def restore(study_out: Path) -> None:
@@ -81,11 +60,6 @@ def restore(study_out: Path) -> None:
     if changed:   # params.yaml, dvc.lock, metrics, reports and git-tracked plots of the arm
         sh("git", "checkout", "--", *changed)
     sh("dvc", "checkout", "--force", "--quiet")
-
-
-# Git-ignored inputs a queued arm needs in its temporary copy of the repository: the
-# optional downloaded files (translate and benchmark deps) and the embedding caches.
-COPY_PATHS = ("data/external", "data/benchmark/cache", "data/cache")
 
 
 def run(arms: list[str], study: Study) -> None:
@@ -100,83 +74,12 @@ def run(arms: list[str], study: Study) -> None:
 
 
 def queue(arms: list[str], study: Study, poll_s: float = 60.0) -> None:
-    """Every arm into DVC's queue (`dvc exp run --queue`, the git-ignored inputs copied
-    along), one worker (`dvc queue start`: arms never share the two cores), wait (a line
-    each poll: every arm's state, and the running arm's stage and progress), collect.
-    The workspace stays free for other work; a queued arm runs in a temporary copy, so
-    its trainers keep their checkpoints under QUEUE_CHECKPOINTS (the worker inherits
-    HPO_EMBED_CHECKPOINT_ROOT), so queueing a killed arm again resumes it."""
-    copy = [arg for path in ignored(COPY_PATHS) for arg in ("-C", path)]
-    os.environ["HPO_EMBED_CHECKPOINT_ROOT"] = str(QUEUE_CHECKPOINTS)
-    known = sh("dvc", "exp", "list", "--name-only")
-    names = {study.exp_name(arm) for arm in arms}
-    earlier = task_ids(sh("dvc", "queue", "status"), names)   # failed tries of these arms keep their rows
-    for arm in arms:
-        name = study.exp_name(arm)
-        sh("dvc", "exp", "remove", name) if name in known else None
-        sh("dvc", "exp", "run", "--queue", "-n", name, *copy, *set_args(study.settings(arm)),
-           study.config.get("target", "benchmark"))
-    sh("dvc", "queue", "start", "-j", "1", capture=False)   # its worker daemon outlives the call
-    while True:
-        states = queue_states(sh("dvc", "queue", "status", echo=False), names, earlier)
-        line = []
-        for name, state in sorted(states.items()):
-            where = progress(sh("dvc", "queue", "logs", name, echo=False)) if state == "Running" else None
-            line.append(f"{name} {state}" + (f" ({where})" if where else ""))
-        print("queue:", ", ".join(line), flush=True)
-        if all(s not in ("Queued", "Running") for s in states.values()):
-            break
-        time.sleep(poll_s)
-    failed = [n for n, s in states.items() if s != "Success"]
-    if failed:
-        print(f"warning: {failed} did not succeed (`dvc queue logs <name>` says why); "
-              "collecting the others", file=sys.stderr)
+    """Every arm through DVC's queue (hpo_embed.experiments.queue: one worker, the workspace
+    stays free, a killed arm resumes from its checkpoint when queued again), then collect
+    the arms that succeeded."""
+    target = study.config.get("target", "benchmark")
+    states = experiments.queue({study.exp_name(arm): (study.settings(arm), target) for arm in arms}, ROOT, poll_s)
     collect([arm for arm in arms if states.get(study.exp_name(arm)) == "Success"], study)
-
-
-STAGE = re.compile(r"^Running stage '([^']+)'", re.M)
-BAR = re.compile(r"^(?:(.*?):)? *\d+%\|[^|\n]*\| *(\d+)/(\d+) \[([\d:]+)<([\d:?]+)", re.M)
-
-
-def progress(log: str) -> str | None:
-    """Where a running arm is, from its `dvc queue logs`: the stage DVC runs and its last
-    progress bar ("train: 105/962, 13:20 elapsed, 1:53:01 left"; the encoder's inner
-    "Batches" bars are passed over); None before the first stage."""
-    log = log.replace("\r", "\n")   # tqdm redraws a bar in place
-    stages = list(STAGE.finditer(log))
-    if not stages:
-        return None
-    stage = stages[-1]
-    bars = [b for b in BAR.finditer(log, stage.end()) if b.group(1) != "Batches"]
-    if not bars:
-        return stage.group(1)
-    label, done, total, elapsed, left = bars[-1].groups()
-    return f"{stage.group(1)}: {label + ' ' if label else ''}{done}/{total}, {elapsed} elapsed, {left} left"
-
-
-def ignored(paths: tuple[str, ...]) -> list[str]:
-    """The git-ignored files and wholly ignored folders under ``paths``: what `--copy-paths`
-    must name (DVC copies a folder only where the temporary copy has none, and these folders
-    hold tracked READMEs)."""
-    listing = sh("git", "ls-files", "--others", "--ignored", "--exclude-standard", "--directory", "--", *paths)
-    return [line.rstrip("/") for line in listing.splitlines() if line.strip()]
-
-
-def queue_rows(status: str, names: set[str]) -> list[tuple[str, str, str]]:
-    """(task id, name, state) of the named experiments in `dvc queue status`'s table
-    (Task Name Created Status)."""
-    return [(w[0], w[1], w[-1]) for w in map(str.split, status.splitlines()) if len(w) >= 3 and w[1] in names]
-
-
-def queue_states(status: str, names: set[str], ignore: frozenset[str] | set[str] = frozenset()) -> dict[str, str]:
-    """Status of each named experiment, skipping the tasks in ``ignore`` (an earlier,
-    finished try of the same arm keeps its row)."""
-    return {name: state for task, name, state in queue_rows(status, names) if task not in ignore}
-
-
-def task_ids(status: str, names: set[str]) -> set[str]:
-    """The task ids of the named experiments in `dvc queue status`'s table."""
-    return {task for task, _, _ in queue_rows(status, names)}
 
 
 def collect(arms: list[str], study: Study) -> None:

@@ -1,7 +1,14 @@
 """reports/release/ from a finished run of the release profile (issue 25).
 
-    make profile-release && dvc exp run -n <name>      # or the same through `dvc exp run --queue`
-    python scripts/release_report.py <name>            # then `make profile-embedded`
+    python scripts/release_report.py --queue <name>    # make release-run: run it, then copy it
+    python scripts/release_report.py <name>            # copy a run that already finished
+
+``--queue`` runs the whole pipeline on profiles/release.yaml's keys, given to `dvc exp run` as
+``-S`` settings on the committed params.yaml (params.yaml is not switched and switched back),
+through DVC's queue (hpo_embed.experiments.queue: one worker, the workspace stays free, a
+killed run resumes from its last training checkpoint when queued again under the same name).
+The same run by hand: ``make profile-release && dvc exp run -n <name>``, then
+``make profile-embedded``.
 
 Copies the run's stage outputs verbatim from the experiment's commit (git-tracked reports, the
 model card from the DVC cache; the workspace is not touched, so it works while other runs go
@@ -19,8 +26,10 @@ import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))   # hpo_embed when run as a script
+from hpo_embed import experiments  # noqa: E402
 from hpo_embed.common import UserError  # noqa: E402
 from hpo_embed.experiments import exp_rev, read_at  # noqa: E402
+from hpo_embed.gpu.profile import load_profile  # noqa: E402
 from hpo_embed.markdown import fill_section, marks  # noqa: E402
 
 OUT = ROOT / "reports" / "release"
@@ -38,6 +47,25 @@ COPIED = {
 }
 SETS = (("heldout.all", "held-out, all languages"), ("heldout.de", "held-out, German"),
         ("phentrieve.70cases_gemini_v1", "70cases_gemini_v1"), ("phentrieve.70cases_o3_v1", "70cases_o3_v1"))
+
+
+def profile_settings(profile: dict) -> dict:
+    """A profile overlay as `dvc exp run -S` settings: a section's keys dotted (``train.epochs``)."""
+    settings = {}
+    for key, value in profile.items():
+        if isinstance(value, dict):
+            settings |= {f"{key}.{k}": v for k, v in value.items()}
+        else:
+            settings[key] = value
+    return settings
+
+
+def run_release(name: str, poll_s: float = 60.0) -> None:
+    """The release profile's whole pipeline as experiment ``name``, through DVC's queue."""
+    states = experiments.queue({name: (profile_settings(load_profile("release")), None)}, ROOT, poll_s)
+    if states.get(name) != "Success":
+        raise UserError(f"experiment {name}: {states.get(name, 'not in the queue')} "
+                        f"(`dvc queue logs {name}` says why; queue it again to resume its training)")
 
 
 def collect(name: str, read) -> dict[str, bytes]:
@@ -67,9 +95,10 @@ def headline(name: str, rev: str, files: dict[str, bytes]) -> str:
     b = json.loads(files["benchmark.report.json"])
     seen = json.loads(files["benchmark.metrics.json"])
     t = p["train"]
+    epochs = tr.get("epochs", 1.0)
     lines = [
         f"Experiment `{name}` (commit {rev[:7]}): {t['loss']}, batch {t['batch_size']}, lr {p['lr']:g}, "
-        f"{tr['pairs']:,} pairs ({tr['steps']:,} steps), `pairs.holdout_sets: {json.dumps(p['pairs']['holdout_sets'])}`; "
+        f"{tr['pairs']:,} pairs × {epochs:g} epoch{'s' if epochs != 1 else ''} ({tr['steps']:,} steps), `pairs.holdout_sets: {json.dumps(p['pairs']['holdout_sets'])}`; "
         f"training {tm['train_time_s']:,.0f} s ({tm['pairs_per_s']} pairs/s, {tm['precision']}), "
         f"dev MRR {tm['dev_mrr_base']:.3f} → {tm['dev_mrr_best']:.3f} (best step {tm['best_step']}).",
         "",
@@ -106,8 +135,12 @@ def write(name: str, rev: str, files: dict[str, bytes], out: Path = OUT) -> None
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("experiment", help="the release run's `dvc exp` name")
+    ap.add_argument("--queue", action="store_true",
+                    help="first run profiles/release.yaml end to end under that name through DVC's queue")
     a = ap.parse_args(argv)
     try:
+        if a.queue:
+            run_release(a.experiment)
         rev = exp_rev(a.experiment, ROOT)
         files = collect(a.experiment, lambda path: read_at(rev, path, ROOT))
         write(a.experiment, rev, files)

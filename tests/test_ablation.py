@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -37,20 +36,6 @@ def test_config_arms_are_valid_params(study):
         parse_params(raw)
     assert set(config["titles"]) == set(config["arms"]) and config.get("baseline") in config["arms"]
     assert set(config.get("readme_arms") or []) <= set(config["arms"])   # a typo would drop a README row
-
-
-def test_set_args_quote_lists_and_scalars(tmp_path):
-    abl = load_script()
-    assert abl.set_args({"mine.sources": ["ontology", "model"], "mine.rounds": 2, "x.flag": True, "y": None}) == [
-        "-S", 'mine.sources=["ontology", "model"]', "-S", "mine.rounds=2", "-S", "x.flag=true", "-S", "y=null"]
-    # a mapping in Hydra's grammar, applied as `dvc exp run -S` applies it (it refuses quoted
-    # keys, and a plain override of an empty {} in params.yaml)
-    (arg,) = abl.set_args({"train.language_weights": {"de": 8}})[1:]
-    from dvc.utils.hydra import apply_overrides
-    params = tmp_path / "params.yaml"
-    params.write_text("lr: 1.0e-05\ntrain:\n  language_weights: {}   # comment\n")
-    apply_overrides(str(params), [arg])
-    assert yaml.safe_load(params.read_text())["train"]["language_weights"] == {"de": 8}
 
 
 def test_tables_from_arm_reports(tmp_path, monkeypatch):
@@ -177,73 +162,25 @@ def test_scaling_study_table_and_plot(tmp_path, monkeypatch):
     assert "old rows" not in section and "| 25.6k, lr 1e-4 | 0.740 / 0.640 |" in section
 
 
-def test_queue_enqueues_each_arm_with_copied_inputs_then_collects_the_successful(monkeypatch, capsys):
-    """`queue`: one `dvc exp run --queue` per arm (git-ignored inputs copied along, the arm's
-    -S settings), one worker, wait until no arm is queued or running, collect only the arms
-    that succeeded."""
+def test_queue_runs_each_arm_to_the_study_target_then_collects_the_successful(monkeypatch):
+    """`queue` hands hpo_embed.experiments.queue every arm's experiment name, its settings
+    (the study's shared ones first) and the study's target, and collects the arms that
+    succeeded only."""
     abl = load_script()
     config = {"prefix": "scl", "target": "benchmark", "common": {"quantize.method": "dynamic"},
               "arms": {"big": {"lr": 1e-4}, "bigger": {"train.max_train_pairs": None}}}
     study = st.Study(config, abl.ROOT / "reports" / "scaling")
-    old_try = "0ld7a5k  scl-big     10:00 PM   Failed\n"   # an earlier try keeps its row: not this run's state
-    calls, polls = [], iter([
-        "Task     Name        Created    Status\n" + old_try + "\nWorker status: 0 active, 0 idle\n",
-        "Task     Name        Created    Status\nab12cd3  scl-big     11:02 PM   Running\n"
-        "ef45ab6  scl-bigger  11:02 PM   Queued\n" + old_try + "\nWorker status: 1 active, 0 idle\n",
-        "Task     Name        Created    Status\nab12cd3  scl-big     11:02 PM   Success\n"
-        "ef45ab6  scl-bigger  11:02 PM   Failed\n" + old_try + "\nWorker status: 0 active, 1 idle\n"])
+    handed, collected = {}, []
 
-    started = {}
-
-    def sh(*cmd, capture=True, echo=True):
-        calls.append(cmd)
-        if cmd[:3] == ("dvc", "queue", "logs"):   # polled for the running arm only
-            assert cmd[3] == "scl-big"
-            return "Running stage 'train':\r  10%|█         | 100/962 [12:42<1:50:42,  7.71s/it]\n"
-        if cmd[:3] == ("dvc", "queue", "start"):
-            # the worker is a daemon: its output must not be piped (the call would wait for it),
-            # and it inherits the checkpoint root that lets a killed arm resume when requeued
-            started.update(capture=capture, root=os.environ.get("HPO_EMBED_CHECKPOINT_ROOT"))
-        if cmd[:3] == ("dvc", "queue", "status"):
-            return next(polls)
-        if cmd[:2] == ("git", "ls-files"):
-            assert cmd[-2:] == ("--", "data/external")
-            return "data/benchmark/cache/\ndata/external/hpo-translations/hp-de.babelon.tsv\n"
-        return "scl-big\n" if cmd[:3] == ("dvc", "exp", "list") else ""
-    collected = []
-    monkeypatch.setattr(abl, "sh", sh)
+    def queue(runs, root, poll_s):
+        handed.update(runs)
+        return {"scl-big": "Success", "scl-bigger": "Failed"}
+    monkeypatch.setattr(abl.experiments, "queue", queue)
     monkeypatch.setattr(abl, "collect", lambda arms, s: collected.extend(arms))
-    monkeypatch.setattr(abl, "COPY_PATHS", ("data/external",))
-    monkeypatch.setenv("HPO_EMBED_CHECKPOINT_ROOT", "/before")   # undone after the test: queue() sets it
     abl.queue(["big", "bigger"], study, poll_s=0)
-    assert "queue: scl-big Running (train: 100/962, 12:42 elapsed, 1:50:42 left), scl-bigger Queued" \
-        in capsys.readouterr().out
-    assert started == {"capture": False, "root": str(abl.ROOT / "models" / "checkpoints-queue")}
-    assert ("dvc", "exp", "remove", "scl-big") in calls and ("dvc", "exp", "remove", "scl-bigger") not in calls
-    queued = [c for c in calls if c[:4] == ("dvc", "exp", "run", "--queue")]
-    copied = ("-C", "data/benchmark/cache", "-C", "data/external/hpo-translations/hp-de.babelon.tsv")
-    assert queued == [
-        ("dvc", "exp", "run", "--queue", "-n", "scl-big", *copied,
-         "-S", "quantize.method=dynamic", "-S", "lr=0.0001", "benchmark"),
-        ("dvc", "exp", "run", "--queue", "-n", "scl-bigger", *copied,
-         "-S", "quantize.method=dynamic", "-S", "train.max_train_pairs=null", "benchmark")]
-    assert calls.index(("dvc", "queue", "start", "-j", "1")) > calls.index(queued[-1])
-    assert sum(c[:3] == ("dvc", "queue", "status") for c in calls) == 3   # before queueing + 2 polls
+    assert handed == {"scl-big": ({"quantize.method": "dynamic", "lr": 1e-4}, "benchmark"),
+                      "scl-bigger": ({"quantize.method": "dynamic", "train.max_train_pairs": None}, "benchmark")}
     assert collected == ["big"]
-
-
-def test_progress_names_the_running_stage_and_its_last_bar():
-    """The queue's poll line: the stage DVC runs now and that stage's last progress bar
-    (tqdm redraws with carriage returns; the encoder's inner "Batches" bars are noise)."""
-    abl = load_script()
-    assert abl.progress("Reproducing experiment 'scl-big'\n") is None
-    log = ("Running stage 'train':\n  5%|▌    | 48/962 [06:00<1:54:00,  7.5s/it]\r"
-           "  5%|▌    | 49/962 [06:07<1:53:59,  7.5s/it]\n"
-           "Running stage 'benchmark':\n> python -m stages.benchmark\n")
-    assert abl.progress(log) == "benchmark"   # a bar of the stage before is not this stage's
-    log += ("finetuned: corpus:  43%|████▎     | 16384/38051 [01:29<01:43, 209.1text/s]\r"
-            "Batches:  50%|█████     | 2/4 [00:01<00:01,  1.37it/s]\n")
-    assert abl.progress(log) == "benchmark: finetuned: corpus 16384/38051, 01:29 elapsed, 01:43 left"
 
 
 def test_collect_reads_the_experiment_commit_not_the_workspace(tmp_path, monkeypatch):
