@@ -47,8 +47,9 @@ profile-embedded: $(STAMP)
 profile-release: $(STAMP)
 	$(PY) -m hpo_embed.gpu.profile release
 
-# The release profile end to end as experiment $(RELEASE_EXP) through DVC's queue (params.yaml
-# untouched; ~160 min on 2 cores; a killed run resumes when run again), then reports/release/.
+# The release profile end to end as experiment $(RELEASE_EXP) through DVC's queue, then
+# reports/release/ (params.yaml untouched; release-b128-2ep took 155 min on 2 cores; a killed
+# run resumes when run again).
 RELEASE_EXP ?= release
 release-run: $(STAMP)
 	PATH="$(abspath $(VENV))/bin:$$PATH" $(PY) scripts/release_report.py --queue $(RELEASE_EXP)

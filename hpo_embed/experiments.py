@@ -58,7 +58,8 @@ def read_at(rev: str, path: str, root: Path | str) -> bytes | None:
 # Git-ignored inputs a queued run needs in its temporary copy of the repository: the
 # optional downloaded files (translate and benchmark deps) and the embedding caches.
 COPY_PATHS = ("data/external", "data/benchmark/cache", "data/cache")
-QUEUE_CHECKPOINTS = Path("models") / "checkpoints-queue"   # under the repository: HPO_EMBED_CHECKPOINT_ROOT of queued runs
+# under the repository: the HPO_EMBED_CHECKPOINT_ROOT of queued runs
+QUEUE_CHECKPOINTS = Path("models") / "checkpoints-queue"
 
 
 def sh(root: Path | str, *cmd: str, capture: bool = True, echo: bool = True) -> str:
