@@ -3,6 +3,7 @@ encoders on CPU), the issue's BAAI/bge-m3 table, the gpu profile's budget, the p
 checks, the cached loss's precision and `make gpu-check` (skip / tiny CPU run)."""
 from __future__ import annotations
 
+import math
 import os
 import subprocess
 import sys
@@ -14,7 +15,7 @@ import yaml
 
 from hpo_embed.common import UserError
 from hpo_embed.gpu.estimate import (GIB, Shape, checkpoint_bytes, estimate_for_params, estimate_memory,
-                                 model_config, saved_bytes, sequence_bytes)
+                                 estimate_time, model_config, saved_bytes, sequence_bytes)
 from hpo_embed.params import parse_params
 from hpo_embed.gpu.profile import apply_profile
 
@@ -104,11 +105,21 @@ def test_gpu_profile_fits_a_32_gb_card_with_headroom(tmp_path):
     _, mem, t, disk = estimate_for_params(params, pairs=500_000)
     assert mem.peak_gib < 28
     assert mem.sequences_in_flight == params.train.mini_batch_size
-    assert t["steps_per_epoch"] == -(-int(500_000 * params.train.epochs) // params.train.batch_size)
+    per_epoch = -(-500_000 // params.train.batch_size)
+    assert t["steps"] == math.ceil(params.train.epochs * per_epoch)
     assert disk["checkpoints_kept"] == params.train.save_total_limit + 1
     # the same batch with plain mnrl would not fit
     _, plain, _, _ = estimate_for_params(_gpu_params(tmp_path, loss="mnrl"))
     assert plain.peak_gib > 32
+
+
+def test_time_estimate_counts_steps_as_the_trainer_does():
+    """ceil(pairs / batch) steps per epoch, times the epochs: 61,544 pairs twice at batch 128
+    are 2 x 481 = 962 steps (the trainer's count), not ceil(123,088 / 128) = 961."""
+    s = Shape(layers=12, hidden=384, heads=12, intermediate=1536, vocab=250_037, max_positions=512)
+    t = estimate_time(s, loss="cached_mnrl", batch_size=128, seq_len=64, pairs=61_544, epochs=2.0)
+    assert t["steps"] == 962 and t["train_h"] == pytest.approx(962 * t["step_s"] / 3600)
+    assert estimate_time(s, loss="mnrl", batch_size=32, seq_len=64, pairs=6_400, epochs=1.5)["steps"] == 300
 
 
 # --------------------------------------------------------------------------- preflight

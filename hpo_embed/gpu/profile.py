@@ -12,7 +12,9 @@ replaced by the overlay value in flow style on the key's line; its end-of-line c
 and the comment lines are kept. The result is then read back and checked value by value
 against the original with the overlay applied, and validated, before params.yaml is
 replaced: for any file the tools themselves write, embedded -> gpu -> embedded returns
-the same values; anything else is a one-line error and params.yaml is left as it was.
+the same values (and, for the shipped params.yaml, the same bytes: a key that already has
+the overlay's value is not rewritten); anything else is a one-line error and params.yaml is
+left as it was.
 """
 from __future__ import annotations
 
@@ -179,6 +181,15 @@ def _set_value(lines: list[str], start: int, stop: int, key: str, value) -> None
     lines[i:end] = [new_line, *kept]
 
 
+_MISSING = object()
+
+
+def _same(have, want) -> bool:
+    """A line already holding the overlay's value is left as written (``1.0e-04`` stays, not
+    ``0.0001``): switching profiles there and back gives the same file, not just the same values."""
+    return type(have) is type(want) and have == want
+
+
 def _expected(original: dict, overlay: dict) -> dict:
     out = copy.deepcopy(original)
     for k, v in overlay.items():
@@ -208,9 +219,10 @@ def apply_profile(name: str, params_path: Path = PARAMS_FILE, folder: Path = PRO
             if span is None:
                 raise UserError(f"profile sets {k}.* but params.yaml has no {k} section")
             for kk, vv in v.items():
-                s0, s1 = _section_span(lines, k)
-                _set_value(lines, s0 + 1, s1, kk, vv)
-        else:
+                if not _same(original[k].get(kk, _MISSING), vv):
+                    s0, s1 = _section_span(lines, k)
+                    _set_value(lines, s0 + 1, s1, kk, vv)
+        elif not _same(original.get(k, _MISSING), v):
             _set_value(lines, 0, len(lines), k, v)
     out = "\n".join(lines) + "\n"
     got = _safe_load(out, f"{params_path} with profile {name}")
