@@ -29,7 +29,7 @@ sys.path.insert(0, str(ROOT))   # hpo_embed when run as a script
 from hpo_embed import experiments  # noqa: E402
 from hpo_embed.common import UserError  # noqa: E402
 from hpo_embed.experiments import exp_rev, read_at  # noqa: E402
-from hpo_embed.gpu.profile import load_profile  # noqa: E402
+from hpo_embed.gpu.profile import load_profile, overlay_settings  # noqa: E402
 from hpo_embed.markdown import fill_section, marks  # noqa: E402
 
 OUT = ROOT / "reports" / "release"
@@ -49,20 +49,9 @@ SETS = (("heldout.all", "held-out, all languages"), ("heldout.de", "held-out, Ge
         ("phentrieve.70cases_gemini_v1", "70cases_gemini_v1"), ("phentrieve.70cases_o3_v1", "70cases_o3_v1"))
 
 
-def profile_settings(profile: dict) -> dict:
-    """A profile overlay as `dvc exp run -S` settings: a section's keys dotted (``train.epochs``)."""
-    settings = {}
-    for key, value in profile.items():
-        if isinstance(value, dict):
-            settings |= {f"{key}.{k}": v for k, v in value.items()}
-        else:
-            settings[key] = value
-    return settings
-
-
 def run_release(name: str, poll_s: float = 60.0) -> None:
     """The release profile's whole pipeline as experiment ``name``, through DVC's queue."""
-    states = experiments.queue({name: (profile_settings(load_profile("release")), None)}, ROOT, poll_s)
+    states = experiments.queue({name: (overlay_settings(load_profile("release")), None)}, ROOT, poll_s)
     if states.get(name) != "Success":
         raise UserError(f"experiment {name}: {states.get(name, 'not in the queue')} "
                         f"(`dvc queue logs {name}` says why; queue it again to resume its training)")

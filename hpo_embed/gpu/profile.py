@@ -32,15 +32,16 @@ PROFILES = ROOT / "profiles"
 _KEY = re.compile(r"^(?P<indent>[ ]*)(?P<key>[A-Za-z_][A-Za-z0-9_]*)[ ]*:(?=[ \t]|$)")
 
 
-def overlay_keys(overlay: dict, prefix: str = "") -> set[str]:
-    keys = set()
-    for k, v in overlay.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict) and not prefix:
-            keys |= overlay_keys(v, key + ".")
+def overlay_settings(overlay: dict) -> dict:
+    """A profile overlay as flat settings, a section's keys dotted (``train.epochs``): the keys a
+    profile names, and what `dvc exp run -S` takes."""
+    settings = {}
+    for key, value in overlay.items():
+        if isinstance(value, dict):
+            settings |= {f"{key}.{k}": v for k, v in value.items()}
         else:
-            keys.add(key)
-    return keys
+            settings[key] = value
+    return settings
 
 
 def load_profile(name: str, folder: Path = PROFILES) -> dict:
