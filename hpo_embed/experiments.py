@@ -93,14 +93,35 @@ def ignored(root: Path | str, paths: tuple[str, ...]) -> list[str]:
     return [line.rstrip("/") for line in listing.splitlines() if line.strip()]
 
 
+def check_inputs(root: Path | str) -> None:
+    """A UserError when the optional downloaded inputs (data/external: the official
+    translations, the phentrieve sets) differ from what dvc.lock records for the stages that
+    read them: a run queued on other files (a fresh clone that never ran `make fetch-*`) would
+    train without the German and French labels and score other queries than the committed
+    results, and show it only hours later, when its arm cannot be paired."""
+    status = json.loads(sh(root, "dvc", "status", "--json", echo=False) or "{}")
+    off: dict[tuple[str, str], list[str]] = {}   # (path, state) -> the stages that read it
+    for stage, entries in status.items():
+        for entry in entries:
+            for path, state in (entry.get("changed deps", {}) if isinstance(entry, dict) else {}).items():
+                if path.startswith("data/external/"):
+                    off.setdefault((path, state), []).append(stage)
+    if off:
+        paths = "; ".join(f"{path} ({state}; read by {', '.join(sorted(stages))})" for (path, state), stages in sorted(off.items()))
+        raise UserError("not as dvc.lock records: " + paths + ": get the pinned files "
+                        "(`make fetch-translations`, `make fetch-benchmarks`) or commit a `dvc repro` on the new ones")
+
+
 def queue(runs: dict[str, tuple[dict, str | None]], root: Path | str, poll_s: float = 60.0) -> dict[str, str]:
     """Every run (experiment name -> its ``-S`` settings and the stage to run up to, None for
     the whole pipeline) into DVC's queue with COPY_PATHS copied along, one worker, then wait:
     a line each poll with every run's state and the running one's stage and progress. A
     finished experiment of the same name is replaced. The trainers keep their checkpoints
     under QUEUE_CHECKPOINTS (the worker inherits HPO_EMBED_CHECKPOINT_ROOT), so queueing a
-    killed run again resumes it. Returns each run's final state ("Success", "Failed", ...)."""
+    killed run again resumes it. Nothing is queued when check_inputs refuses. Returns each
+    run's final state ("Success", "Failed", ...)."""
     root = Path(root)
+    check_inputs(root)
     copy = [arg for path in ignored(root, COPY_PATHS) for arg in ("-C", path)]
     os.environ["HPO_EMBED_CHECKPOINT_ROOT"] = str(root / QUEUE_CHECKPOINTS)
     known = sh(root, "dvc", "exp", "list", "--name-only")

@@ -64,7 +64,9 @@ def restore(study_out: Path) -> None:
 
 def run(arms: list[str], study: Study) -> None:
     """Each arm in the workspace, one after the other: an interrupted arm, started again,
-    resumes its training from models/checkpoints (the train stage's own resume)."""
+    resumes its training from models/checkpoints (the train stage's own resume). Refused, like
+    ``queue``, when data/external is not what dvc.lock records (experiments.check_inputs)."""
+    experiments.check_inputs(ROOT)
     for arm in arms:
         name = study.exp_name(arm)
         sh("dvc", "exp", "remove", name) if name in sh("dvc", "exp", "list", "--name-only") else None

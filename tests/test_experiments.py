@@ -3,11 +3,14 @@ inputs, the poll line); reading an experiment's files back is tested with script
 collect (tests/test_ablation.py)."""
 from __future__ import annotations
 
+import json
 import os
 
+import pytest
 import yaml
 
 from hpo_embed import experiments as ex
+from hpo_embed.common import UserError
 
 
 def test_set_args_quote_lists_and_scalars(tmp_path):
@@ -73,6 +76,36 @@ def test_queue_enqueues_each_run_with_copied_inputs_and_waits_for_all(monkeypatc
     assert calls.index(("dvc", "queue", "start", "-j", "1")) > calls.index(queued[-1])
     assert sum(c[:3] == ("dvc", "queue", "status") for c in calls) == 3   # before queueing + 2 polls
     assert states == {"scl-big": "Success", "scl-bigger": "Failed"}
+
+
+def test_queue_refuses_inputs_other_than_the_locked_ones(monkeypatch, tmp_path):
+    """A fresh clone whose data/external holds only the READMEs: the translate and benchmark
+    deps there differ from dvc.lock (`dvc status --json` as DVC writes it), so nothing is
+    queued and the one-line error names each folder and its stage; outputs merely missing
+    (a fresh clone with the files fetched) are no reason to refuse."""
+    fresh = {"translate": [{"changed deps": {"data/hpo/terms.parquet": "deleted",
+                                             "data/external/hpo-translations": "modified"}},
+                           {"changed outs": {"data/translations": "not in cache"}}],
+             "benchmark": [{"changed deps": {"models/finetuned": "deleted",
+                                             "data/external/phentrieve-benchmarks/german": "modified"}}],
+             "pairs": [{"changed deps": {"data/external/phentrieve-benchmarks/german": "modified"}}]}
+    calls = []
+
+    def sh(root, *cmd, capture=True, echo=True):
+        calls.append(cmd)
+        return json.dumps(status) if cmd[:2] == ("dvc", "status") else ""
+    monkeypatch.setattr(ex, "sh", sh)
+    status = fresh
+    with pytest.raises(UserError) as err:
+        ex.queue({"scl-big": ({"lr": 1e-4}, "benchmark")}, tmp_path, poll_s=0)
+    assert str(err.value).splitlines() == [str(err.value)]
+    assert "data/external/hpo-translations (modified; read by translate)" in str(err.value)
+    assert "data/external/phentrieve-benchmarks/german (modified; read by benchmark, pairs)" in str(err.value)
+    assert not [c for c in calls if c[:2] != ("dvc", "status")]
+
+    status = {stage: [{"changed deps": {k: v for k, v in entries[0]["changed deps"].items()
+                                        if not k.startswith("data/external/")}}] for stage, entries in fresh.items()}
+    ex.check_inputs(tmp_path)   # only missing outputs upstream: queueing goes on
 
 
 def test_progress_names_the_running_stage_and_its_last_bar():
