@@ -1,6 +1,7 @@
 """DVC experiments: queued and watched, and read back without touching the workspace.
 
-The one place that runs experiments through DVC's queue (``queue``: the git-ignored inputs
+The one place that runs experiments through DVC's queue (``queue``: refused when the
+downloaded inputs are not those dvc.lock records, ``check_inputs``; the git-ignored inputs
 copied into the temporary copies, one worker so runs never share the two cores, the trainers'
 checkpoints outside the copies so a killed run resumes when queued again, a poll line with
 the running stage's progress), finds an experiment's commit by name and reads a file as that
