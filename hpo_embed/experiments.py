@@ -58,7 +58,8 @@ def read_at(rev: str, path: str, root: Path | str) -> bytes | None:
 
 # Git-ignored inputs a queued run needs in its temporary copy of the repository: the
 # optional downloaded files (translate and benchmark deps) and the embedding caches.
-COPY_PATHS = ("data/external", "data/benchmark/cache", "data/cache")
+EXTERNAL = "data/external"   # the downloaded inputs, DVC deps of translate, pairs, benchmark, ...
+COPY_PATHS = (EXTERNAL, "data/benchmark/cache", "data/cache")
 # under the repository: the HPO_EMBED_CHECKPOINT_ROOT of queued runs
 QUEUE_CHECKPOINTS = Path("models") / "checkpoints-queue"
 
@@ -105,7 +106,7 @@ def check_inputs(root: Path | str) -> None:
     for stage, entries in status.items():
         for entry in entries:
             for path, state in (entry.get("changed deps", {}) if isinstance(entry, dict) else {}).items():
-                if path.startswith("data/external/"):
+                if path.startswith(f"{EXTERNAL}/"):
                     off.setdefault((path, state), []).append(stage)
     if off:
         paths = "; ".join(f"{path} ({state}; read by {', '.join(sorted(stages))})" for (path, state), stages in sorted(off.items()))
